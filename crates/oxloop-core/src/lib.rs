@@ -1,0 +1,15 @@
+//! The Python-free core of oxloop.
+//!
+//! Everything here is plain Rust, generic over the payload it schedules, and tested with
+//! `cargo test`. The `oxloop-py` crate instantiates these pieces with Python handles.
+//!
+//! Invariants shared by every module: none of these types is internally synchronised; the
+//! owner (the loop) decides which thread touches them. No type here owns a file descriptor
+//! except [`reactor::Reactor`], which owns its epoll instance and its waker (an eventfd) and
+//! only *watches* the descriptors registered with it.
+
+pub mod clock;
+pub mod counters;
+pub mod reactor;
+pub mod ready;
+pub mod timers;
