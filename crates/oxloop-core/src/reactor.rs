@@ -19,7 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token};
+
+/// Wakes a reactor blocked in [`Reactor::poll`] from any thread.
+pub use mio::Waker;
 
 /// Token of the waker; descriptors use their own number as token.
 const WAKER_TOKEN: Token = Token(usize::MAX);

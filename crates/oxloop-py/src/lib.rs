@@ -1,1 +1,22 @@
+//! `oxloop._core`: the native half of oxloop.
+//!
+//! Invariants: every object here is used with the GIL held, except the reactor's wait, which
+//! releases it (see `event_loop`). Python code in `python/oxloop/` builds the public `Loop`
+//! on top of [`event_loop::LoopCore`]; handles and timers are [`handles::Handle`] and
+//! [`handles::TimerHandle`]. No function here owns a caller's file descriptor.
+
 use pyo3::prelude::*;
+
+mod dns;
+mod event_loop;
+mod handles;
+
+/// The extension module.
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<event_loop::LoopCore>()?;
+    m.add_class::<handles::Handle>()?;
+    m.add_class::<handles::TimerHandle>()?;
+    dns::register(m)?;
+    Ok(())
+}

@@ -1,0 +1,698 @@
+//! `LoopCore`: the native half of `oxloop.Loop` — ready queue, timers, fd watching and the
+//! iteration that runs them.
+//!
+//! Invariants:
+//! - Python code (`oxloop.Loop`, a subclass) does the once-per-loop work; everything that runs
+//!   per callback, per timer or per event is here.
+//! - All scheduling state lives in `state`, behind a mutex that is only ever taken with the
+//!   GIL held and never held across a call into Python or a drop of a Python object (a drop can
+//!   run a finalizer that schedules a callback). So it is never contended and never re-entered.
+//! - The waiting half of the reactor lives in `reactor`, locked by the thread running the loop
+//!   for the whole run; it waits with the GIL released. Other threads only push to the ready
+//!   queue (under `state`) and trigger the waker, and only when the loop is waiting.
+//! - The loop owns its epoll instance and waker, never a watched descriptor: `add_reader`
+//!   callers keep theirs open and remove them before closing.
+//! - One iteration runs exactly the callbacks that were ready when it started (asyncio's rule);
+//!   if a callback raises `KeyboardInterrupt` or `SystemExit`, the rest of the batch is put back
+//!   at the head of the queue before the exception leaves the loop.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use oxloop_core::clock::Clock;
+use oxloop_core::counters::Counters;
+use oxloop_core::reactor::{self, Reactor, Readiness, Registrar, Trigger, Watch, Waker};
+use oxloop_core::ready::ReadyQueue;
+use oxloop_core::timers::TimerHeap;
+use pyo3::exceptions::{PyAttributeError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyInt, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::handles::{Callback, Handle, TimerHandle};
+
+/// asyncio's `MAXIMUM_SELECT_TIMEOUT`: the longest single wait, in seconds.
+const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
+
+/// The callbacks watching one file descriptor.
+#[derive(Default)]
+struct FdCallbacks {
+    reader: Option<Py<Handle>>,
+    writer: Option<Py<Handle>>,
+}
+
+/// Which side of an fd a callback watches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Read,
+    Write,
+}
+
+/// Everything the loop schedules. Guarded by `LoopCore::state`.
+struct LoopState {
+    ready: ReadyQueue<Py<Handle>>,
+    timers: TimerHeap<Py<TimerHandle>>,
+    registrar: Registrar,
+    fd_callbacks: HashMap<RawFd, FdCallbacks>,
+    clock: Clock,
+    counters: Counters,
+    /// The loop is (about to be) blocked in its poll: threadsafe calls must wake it.
+    waiting: bool,
+}
+
+impl LoopState {
+    /// Sets or clears the callback on one side of `fd` and updates the epoll watch. Returns
+    /// the callback it replaced (to be cancelled by the caller, outside the lock).
+    fn set_fd_callback(&mut self, fd: RawFd, side: Side, handle: Option<Py<Handle>>) -> PyResult<Option<Py<Handle>>> {
+        let entry = self.fd_callbacks.entry(fd).or_default();
+        let slot = match side {
+            Side::Read => &mut entry.reader,
+            Side::Write => &mut entry.writer,
+        };
+        let previous = std::mem::replace(slot, handle);
+        let watch = Watch { readable: entry.reader.is_some(), writable: entry.writer.is_some(), trigger: Trigger::Level };
+        let empty = !watch.readable && !watch.writable;
+        if let Err(err) = self.registrar.set_watch(fd, watch) {
+            // Undo the bookkeeping; the new handle is returned to the caller to be dropped.
+            let entry = self.fd_callbacks.get_mut(&fd).expect("entry was just inserted");
+            let slot = match side {
+                Side::Read => &mut entry.reader,
+                Side::Write => &mut entry.writer,
+            };
+            // The caller still holds the rejected handle, so this drop only decrements it.
+            let _rejected = std::mem::replace(slot, previous);
+            if entry.reader.is_none() && entry.writer.is_none() {
+                self.fd_callbacks.remove(&fd);
+            }
+            return Err(err.into());
+        }
+        if empty {
+            self.fd_callbacks.remove(&fd);
+        }
+        Ok(previous)
+    }
+
+    /// Queues the callbacks of one readiness event (asyncio's `_process_events`): a cancelled
+    /// watcher is removed instead. Returns handles to release outside the lock.
+    fn dispatch_io(&mut self, py: Python<'_>, event: Readiness, released: &mut Vec<Py<Handle>>) {
+        let Some(entry) = self.fd_callbacks.get(&event.fd) else { return };
+        let mut remove = [false, false];
+        for (side, ready, handle) in [(0, event.readable, &entry.reader), (1, event.writable, &entry.writer)] {
+            if let (true, Some(handle)) = (ready, handle) {
+                if handle.get().is_cancelled() {
+                    remove[side] = true;
+                } else {
+                    self.ready.push(handle.clone_ref(py));
+                }
+            }
+        }
+        for (side, remove) in [(Side::Read, remove[0]), (Side::Write, remove[1])] {
+            if remove {
+                if let Ok(Some(old)) = self.set_fd_callback(event.fd, side, None) {
+                    released.push(old);
+                }
+            }
+        }
+        self.registrar.rearm_if_level(event.fd);
+    }
+}
+
+/// The native half of `oxloop.Loop`.
+#[pyclass(module = "oxloop._core", subclass, frozen)]
+pub struct LoopCore {
+    state: Mutex<LoopState>,
+    reactor: Mutex<Reactor>,
+    waker: Arc<Waker>,
+    clock_resolution: f64,
+    closed: AtomicBool,
+    stopping: AtomicBool,
+    debug: AtomicBool,
+    /// `threading.get_ident()` of the thread running the loop, 0 when not running.
+    thread_id: AtomicU64,
+}
+
+impl LoopCore {
+    /// Locks the scheduling state (see the module invariants).
+    #[inline]
+    fn lock(&self) -> MutexGuard<'_, LoopState> {
+        self.state.lock().expect("loop state lock is never poisoned")
+    }
+
+    /// Whether debug mode is on.
+    #[inline]
+    pub(crate) fn debug_enabled(&self) -> bool {
+        self.debug.load(Ordering::Relaxed)
+    }
+
+    /// Called by a `TimerHandle` cancelled while still in the heap.
+    pub(crate) fn timer_cancelled(&self) {
+        let mut state = self.lock();
+        state.timers.note_cancelled();
+        state.counters.timers_cancelled += 1;
+    }
+
+    /// Called when a callback's exception goes to the exception handler.
+    pub(crate) fn note_callback_error(&self) {
+        self.lock().counters.callback_errors += 1;
+    }
+
+    fn check_closed(&self) -> PyResult<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(PyRuntimeError::new_err("Event loop is closed"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// asyncio's `_check_thread` (debug mode): the loop's own thread only.
+    fn check_thread(&self) -> PyResult<()> {
+        let owner = self.thread_id.load(Ordering::Relaxed);
+        if owner != 0 && owner != current_thread_id() {
+            return Err(PyRuntimeError::new_err(
+                "Non-thread-safe operation invoked on an event loop other than the current one",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Debug-mode checks of `call_soon`/`call_at` and the creation traceback.
+    fn debug_checks(slf: &Bound<'_, Self>, callback: &Bound<'_, PyAny>, method: &str, check_thread: bool) -> PyResult<Option<Py<PyAny>>> {
+        if !slf.get().debug_enabled() {
+            return Ok(None);
+        }
+        if check_thread {
+            slf.get().check_thread()?;
+        }
+        slf.call_method1("_check_callback", (callback, method))?;
+        Ok(Some(extract_stack(slf.py())?))
+    }
+
+    /// Creates a handle for `callback(*args)` in `context`.
+    fn new_handle(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, traceback: Option<Py<PyAny>>) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let callback = Callback::new(py, callback, args, context)?;
+        Py::new(py, Handle::new(slf.clone().unbind(), callback, traceback))
+    }
+
+    /// Appends a handle to the ready queue; wakes the poller if `threadsafe` and it waits.
+    #[inline]
+    fn push_ready(&self, handle: Py<Handle>, threadsafe: bool) -> PyResult<()> {
+        let wake = {
+            let mut state = self.lock();
+            state.ready.push(handle);
+            threadsafe && state.waiting
+        };
+        if wake {
+            self.waker.wake()?;
+        }
+        Ok(())
+    }
+
+    /// One iteration: wait for I/O or the next timer, queue what became ready, run the batch.
+    fn run_once(
+        slf: &Bound<'_, Self>,
+        reactor: &mut Reactor,
+        batch: &mut VecDeque<Py<Handle>>,
+        io_events: &mut Vec<Readiness>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let mut released_timers: Vec<Py<TimerHandle>> = Vec::new();
+        let timeout = {
+            let mut state = this.lock();
+            state.counters.iterations += 1;
+            state.timers.purge_cancelled(|t| t.bind(py).as_super().get().is_cancelled(), &mut released_timers);
+            if !state.ready.is_empty() || this.stopping.load(Ordering::Relaxed) {
+                Some(0.0)
+            } else {
+                let deadline = state.timers.next_deadline();
+                state.waiting = true;
+                state.clock.poll_timeout(deadline).map(|t| t.min(MAXIMUM_SELECT_TIMEOUT))
+            }
+        };
+        for timer in &released_timers {
+            timer.get().set_scheduled(false);
+        }
+        drop(released_timers);
+
+        let started = Instant::now();
+        let outcome = {
+            let timeout = timeout.map(Duration::from_secs_f64);
+            let events = &mut *io_events;
+            py.detach(move || reactor.poll(timeout, events))
+        };
+        let waited = started.elapsed();
+
+        let mut released_handles = Vec::new();
+        let mut due: Vec<Py<TimerHandle>> = Vec::new();
+        {
+            let mut state = this.lock();
+            state.waiting = false;
+            state.counters.polls += 1;
+            state.counters.poll_wait_ns += waited.as_nanos() as u64;
+            state.counters.io_events += io_events.len() as u64;
+            for event in io_events.drain(..) {
+                state.dispatch_io(py, event, &mut released_handles);
+            }
+            let end = state.clock.now() + this.clock_resolution;
+            state.timers.pop_due(end, |t| t.bind(py).as_super().get().is_cancelled(), &mut due);
+            for timer in due.drain(..) {
+                timer.get().set_scheduled(false);
+                state.ready.push(timer.into_bound(py).into_super().unbind());
+            }
+            state.ready.take_batch(batch);
+        }
+        drop(released_handles);
+        // Outside the lock: a signal handler may schedule callbacks. Fails only by raising
+        // (KeyboardInterrupt): the batch goes back to the queue first.
+        let signals = match outcome {
+            Ok(outcome) if outcome.interrupted => py.check_signals(),
+            Ok(_) => py.check_signals(),
+            Err(err) => Err(err.into()),
+        };
+        if let Err(err) = signals {
+            this.lock().ready.requeue_front(batch);
+            return Err(err);
+        }
+
+        let debug = this.debug_enabled();
+        let mut ran = 0u64;
+        while let Some(handle) = batch.pop_front() {
+            let handle = handle.into_bound(py);
+            if handle.get().is_cancelled() {
+                continue;
+            }
+            ran += 1;
+            let result = if debug { Self::run_handle_debug(slf, &handle) } else { Handle::run(&handle) };
+            if let Err(err) = result {
+                let mut state = this.lock();
+                state.counters.callbacks_run += ran;
+                state.ready.requeue_front(batch);
+                return Err(err);
+            }
+        }
+        this.lock().counters.callbacks_run += ran;
+        Ok(())
+    }
+
+    /// Runs a handle in debug mode: records it as `_current_handle` and reports it when it
+    /// takes longer than `slow_callback_duration` (naming the task it steps, if any).
+    fn run_handle_debug(slf: &Bound<'_, Self>, handle: &Bound<'_, Handle>) -> PyResult<()> {
+        let py = slf.py();
+        slf.setattr("_current_handle", handle)?;
+        let started = slf.get().now();
+        let result = Handle::run(handle);
+        let elapsed = slf.get().now() - started;
+        slf.setattr("_current_handle", py.None())?;
+        result?;
+        let slow: f64 = slf.getattr("slow_callback_duration")?.extract()?;
+        if elapsed >= slow {
+            slf.call_method1("_log_slow_callback", (handle, elapsed))?;
+        }
+        Ok(())
+    }
+
+    /// The loop's clock.
+    fn now(&self) -> f64 {
+        self.lock().clock.now()
+    }
+
+    /// `add_reader`/`add_writer`.
+    fn add_fd_callback(slf: &Bound<'_, Self>, fileobj: &Bound<'_, PyAny>, side: Side, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        let fd = fileobj_to_fd(fileobj)?;
+        let handle = Self::new_handle(slf, callback, args, None, None)?;
+        let previous = this.lock().set_fd_callback(fd, side, Some(handle.clone_ref(py)))?;
+        if let Some(previous) = previous {
+            previous.bind(py).call_method0("cancel")?;
+        }
+        Ok(handle)
+    }
+
+    /// `remove_reader`/`remove_writer`: whether a callback was registered.
+    fn remove_fd_callback(slf: &Bound<'_, Self>, fileobj: &Bound<'_, PyAny>, side: Side) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.closed.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let fd = fileobj_to_fd(fileobj)?;
+        let previous = {
+            let mut state = this.lock();
+            let registered = state.fd_callbacks.get(&fd).is_some_and(|e| match side {
+                Side::Read => e.reader.is_some(),
+                Side::Write => e.writer.is_some(),
+            });
+            if !registered {
+                return Ok(false);
+            }
+            state.set_fd_callback(fd, side, None)?
+        };
+        match previous {
+            Some(previous) => {
+                previous.bind(py).call_method0("cancel")?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+/// `threading.get_ident()` of the calling thread.
+fn current_thread_id() -> u64 {
+    // SAFETY: PyThread_get_thread_ident has no preconditions.
+    unsafe { ffi::PyThread_get_thread_ident() as u64 }
+}
+
+/// `asyncio.format_helpers.extract_stack(sys._getframe(0))`: where a handle is created, for
+/// debug mode. The top Python frame is the caller of the loop method (native frames do not
+/// appear).
+fn extract_stack(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    static EXTRACT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    static GETFRAME: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let extract = EXTRACT.import(py, "asyncio.format_helpers", "extract_stack")?;
+    let frame = GETFRAME.import(py, "sys", "_getframe")?.call1((0,))?;
+    Ok(extract.call1((frame,))?.unbind())
+}
+
+/// selectors' `_fileobj_to_fd`: an int, or an object whose `fileno()` gives one.
+fn fileobj_to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let py = fileobj.py();
+    let fd: i64 = if fileobj.is_instance_of::<PyInt>() {
+        fileobj.extract()?
+    } else {
+        let number = fileobj
+            .call_method0("fileno")
+            .and_then(|n| py.get_type::<PyInt>().call1((n,)))
+            .and_then(|n| n.extract::<i64>());
+        match number {
+            Ok(fd) => fd,
+            Err(err) if err.is_instance_of::<PyAttributeError>(py) || err.is_instance_of::<PyTypeError>(py) || err.is_instance_of::<PyValueError>(py) => {
+                return Err(PyValueError::new_err(format!("Invalid file object: {}", fileobj.repr()?)));
+            }
+            Err(err) => return Err(err),
+        }
+    };
+    if fd < 0 {
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    }
+    RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+}
+
+#[pymethods]
+impl LoopCore {
+    /// A new, empty loop core on the real monotonic clock.
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn py_new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let (reactor, registrar, waker) = reactor::new()?;
+        let clock = Clock::Monotonic;
+        Ok(LoopCore {
+            clock_resolution: clock.resolution(),
+            state: Mutex::new(LoopState {
+                ready: ReadyQueue::new(),
+                timers: TimerHeap::new(),
+                registrar,
+                fd_callbacks: HashMap::new(),
+                clock,
+                counters: Counters::default(),
+                waiting: false,
+            }),
+            reactor: Mutex::new(reactor),
+            waker,
+            closed: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            debug: AtomicBool::new(false),
+            thread_id: AtomicU64::new(0),
+        })
+    }
+
+    /// The loop's time: `time.monotonic()`.
+    fn time(&self) -> f64 {
+        self.now()
+    }
+
+    /// Schedules `callback(*args)` for the next iteration; returns its `Handle`.
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<Handle>> {
+        let this = slf.get();
+        this.check_closed()?;
+        let traceback = Self::debug_checks(slf, &callback, "call_soon", true)?;
+        let handle = Self::new_handle(slf, callback, args, context, traceback)?;
+        this.push_ready(handle.clone_ref(slf.py()), false)?;
+        Ok(handle)
+    }
+
+    /// Like `call_soon`, callable from any thread (and from signal handlers): wakes the loop.
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<Handle>> {
+        let this = slf.get();
+        this.check_closed()?;
+        let traceback = Self::debug_checks(slf, &callback, "call_soon_threadsafe", false)?;
+        let handle = Self::new_handle(slf, callback, args, context, traceback)?;
+        this.push_ready(handle.clone_ref(slf.py()), true)?;
+        Ok(handle)
+    }
+
+    /// Schedules `callback(*args)` at `when` on the loop's clock; returns its `TimerHandle`.
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(slf: &Bound<'_, Self>, when: Option<f64>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+        let when = when.ok_or_else(|| PyTypeError::new_err("when cannot be None"))?;
+        Self::schedule_timer(slf, when, callback, args, context, "call_at")
+    }
+
+    /// Schedules `callback(*args)` after `delay` seconds; returns its `TimerHandle`.
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(slf: &Bound<'_, Self>, delay: Option<f64>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
+        let delay = delay.ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
+        let when = slf.get().now() + delay;
+        Self::schedule_timer(slf, when, callback, args, context, "call_at")
+    }
+
+    /// Asks the loop to stop after the current iteration.
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the loop is running.
+    fn is_running(&self) -> bool {
+        self.thread_id.load(Ordering::Relaxed) != 0
+    }
+
+    /// Whether the loop was closed.
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Raises `RuntimeError('Event loop is closed')` if the loop was closed.
+    fn _check_closed(&self) -> PyResult<()> {
+        self.check_closed()
+    }
+
+    /// Runs iterations until `stop()` (the core of `run_forever`; the caller sets up and
+    /// tears down the running-loop state).
+    fn _run_until_stopped(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        let mut reactor = this.reactor.try_lock().map_err(|_| PyRuntimeError::new_err("This event loop is already running"))?;
+        let mut batch = VecDeque::new();
+        let mut io_events = Vec::new();
+        loop {
+            Self::run_once(slf, &mut reactor, &mut batch, &mut io_events)?;
+            if this.stopping.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Runs one iteration (asyncio's `_run_once`).
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        let mut reactor = this.reactor.try_lock().map_err(|_| PyRuntimeError::new_err("This event loop is already running"))?;
+        Self::run_once(slf, &mut reactor, &mut VecDeque::new(), &mut Vec::new())
+    }
+
+    /// Marks the loop closed and releases every pending callback, timer and fd watch.
+    fn _close_core(&self) {
+        self.closed.store(true, Ordering::Release);
+        let (ready, timers, watchers) = {
+            let mut state = self.lock();
+            state.registrar.unwatch_all();
+            let watchers: Vec<FdCallbacks> = state.fd_callbacks.drain().map(|(_, w)| w).collect();
+            (state.ready.drain_all(), state.timers.drain_all(), watchers)
+        };
+        for timer in &timers {
+            timer.get().set_scheduled(false);
+        }
+        drop((ready, timers, watchers));
+    }
+
+    /// Wraps `callback(*args)` in a handle without scheduling it (signal handlers use this).
+    #[pyo3(signature = (callback, *args))]
+    fn _make_handle(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
+        Self::new_handle(slf, callback, args, None, None)
+    }
+
+    /// Schedules an existing handle for the next iteration, from any thread.
+    fn _add_callback(&self, handle: Py<Handle>) -> PyResult<()> {
+        if handle.get().is_cancelled() {
+            return Ok(());
+        }
+        self.push_ready(handle, true)
+    }
+
+    /// Watches `fd` for reading: `callback(*args)` runs each iteration while it is readable.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
+        Self::add_fd_callback(slf, fd, Side::Read, callback, args).map(drop)
+    }
+
+    /// Like `add_reader`, returning the handle.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
+        Self::add_fd_callback(slf, fd, Side::Read, callback, args)
+    }
+
+    /// Stops watching `fd` for reading; whether it was watched.
+    fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_fd_callback(slf, fd, Side::Read)
+    }
+
+    /// Watches `fd` for writing: `callback(*args)` runs each iteration while it is writable.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
+        Self::add_fd_callback(slf, fd, Side::Write, callback, args).map(drop)
+    }
+
+    /// Like `add_writer`, returning the handle.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
+        Self::add_fd_callback(slf, fd, Side::Write, callback, args)
+    }
+
+    /// Stops watching `fd` for writing; whether it was watched.
+    fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_fd_callback(slf, fd, Side::Write)
+    }
+
+    /// The loop's counters, for live metrics.
+    fn _counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let (counters, ready, timers, fds) = {
+            let state = self.lock();
+            (state.counters, state.ready.len(), state.timers.len(), state.registrar.len())
+        };
+        let dict = PyDict::new(py);
+        dict.set_item("iterations", counters.iterations)?;
+        dict.set_item("callbacks_run", counters.callbacks_run)?;
+        dict.set_item("callback_errors", counters.callback_errors)?;
+        dict.set_item("timers_scheduled", counters.timers_scheduled)?;
+        dict.set_item("timers_cancelled", counters.timers_cancelled)?;
+        dict.set_item("io_events", counters.io_events)?;
+        dict.set_item("polls", counters.polls)?;
+        dict.set_item("poll_wait_seconds", counters.poll_wait_ns as f64 / 1e9)?;
+        dict.set_item("ready", ready)?;
+        dict.set_item("timers", timers)?;
+        dict.set_item("watched_fds", fds)?;
+        Ok(dict)
+    }
+
+    /// Debug mode (asyncio's `_debug` attribute).
+    #[getter(_debug)]
+    fn get_debug_attr(&self) -> bool {
+        self.debug_enabled()
+    }
+
+    #[setter(_debug)]
+    fn set_debug_attr(&self, enabled: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.debug.store(enabled.is_truthy()?, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether the loop was closed (asyncio's `_closed` attribute).
+    #[getter(_closed)]
+    fn get_closed_attr(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    #[setter(_closed)]
+    fn set_closed_attr(&self, closed: bool) {
+        self.closed.store(closed, Ordering::Release);
+    }
+
+    /// Whether `stop()` was called (asyncio's `_stopping` attribute).
+    #[getter(_stopping)]
+    fn get_stopping_attr(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    #[setter(_stopping)]
+    fn set_stopping_attr(&self, stopping: bool) {
+        self.stopping.store(stopping, Ordering::Relaxed);
+    }
+
+    /// The thread running the loop, or None (asyncio's `_thread_id` attribute).
+    #[getter(_thread_id)]
+    fn get_thread_id_attr(&self) -> Option<u64> {
+        match self.thread_id.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    #[setter(_thread_id)]
+    fn set_thread_id_attr(&self, thread_id: Option<u64>) {
+        self.thread_id.store(thread_id.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Ok(state) = self.state.try_lock() else { return Ok(()) };
+        for handle in state.ready.iter() {
+            visit.call(handle)?;
+        }
+        for timer in state.timers.iter() {
+            visit.call(timer)?;
+        }
+        for callbacks in state.fd_callbacks.values() {
+            if let Some(reader) = &callbacks.reader {
+                visit.call(reader)?;
+            }
+            if let Some(writer) = &callbacks.writer {
+                visit.call(writer)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let (ready, timers, watchers) = {
+            let Ok(mut state) = self.state.try_lock() else { return };
+            let watchers: Vec<FdCallbacks> = state.fd_callbacks.drain().map(|(_, w)| w).collect();
+            (state.ready.drain_all(), state.timers.drain_all(), watchers)
+        };
+        drop((ready, timers, watchers));
+    }
+}
+
+impl LoopCore {
+    /// `call_at` after argument checks.
+    fn schedule_timer(slf: &Bound<'_, Self>, when: f64, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, method: &str) -> PyResult<Py<TimerHandle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        let traceback = Self::debug_checks(slf, &callback, method, true)?;
+        let callback = Callback::new(py, callback, args, context)?;
+        let init = PyClassInitializer::from(Handle::new(slf.clone().unbind(), callback, traceback)).add_subclass(TimerHandle::new(when));
+        let timer = Py::new(py, init)?;
+        timer.get().set_scheduled(true);
+        let mut state = this.lock();
+        state.timers.push(timer.get().deadline(), timer.clone_ref(py));
+        state.counters.timers_scheduled += 1;
+        Ok(timer)
+    }
+}

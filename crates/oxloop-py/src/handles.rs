@@ -1,0 +1,364 @@
+//! `Handle` and `TimerHandle`: a scheduled callback, its arguments and its context.
+//!
+//! Invariants:
+//! - Handles are only touched with the GIL held (every method is called from Python, and the
+//!   loop runs them holding the GIL). The callback lives behind a mutex only because PyO3
+//!   requires frozen classes to be `Sync`; the lock is held for a few loads and never across
+//!   a call into Python, so it is never contended.
+//! - `cancel()` drops the callback, its arguments and its context at once (a cancelled
+//!   `wait_for(..., 3600)` holds no memory for an hour); the entry left in the timer heap is an
+//!   empty shell purged lazily.
+//! - Running a handle calls the callback inside its `contextvars.Context` with
+//!   `PyContext_Enter`/`PyObject_Vectorcall`/`PyContext_Exit`: no tuple, no bound method.
+//! - Handles take part in Python's garbage collector, so a cycle through a handle (an object
+//!   that keeps the timer that calls it back) is collected.
+
+use std::ffi::c_int;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::event_loop::LoopCore;
+
+/// What a handle calls: the callback, its positional arguments and its context.
+pub(crate) struct Callback {
+    func: Py<PyAny>,
+    args: Py<PyTuple>,
+    context: Py<PyAny>,
+}
+
+impl Callback {
+    /// Builds a callback; `context` `None` captures a copy of the current context, as
+    /// asyncio's `Handle` does.
+    pub(crate) fn new(
+        py: Python<'_>,
+        func: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let context = match context {
+            Some(ctx) if !ctx.is_none() => ctx.unbind(),
+            _ => copy_current_context(py)?,
+        };
+        Ok(Callback { func: func.unbind(), args: args.unbind(), context })
+    }
+}
+
+/// `contextvars.copy_context()`.
+fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    // SAFETY: called with the GIL held; PyContext_CopyCurrent returns a new reference or NULL
+    // with an exception set, which `from_owned_ptr_or_err` turns into a PyErr.
+    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()).map(Bound::unbind) }
+}
+
+/// Calls `func(*args)` inside `context`, without building a tuple or a bound method.
+fn call_in_context(
+    py: Python<'_>,
+    func: &Bound<'_, PyAny>,
+    args: &Bound<'_, PyTuple>,
+    context: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    // SAFETY: all three objects are alive (borrowed from Bound values) and the GIL is held.
+    // `args` is an exact tuple, so its items are a contiguous array of `len` pointers, which
+    // is exactly what vectorcall takes. Enter and exit are paired whatever the call returns.
+    unsafe {
+        if ffi::PyContext_Enter(context.as_ptr()) < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        let nargs = ffi::PyTuple_GET_SIZE(args.as_ptr());
+        let items = (*args.as_ptr().cast::<ffi::PyTupleObject>()).ob_item.as_mut_ptr();
+        let result = ffi::PyObject_Vectorcall(func.as_ptr(), items, nargs as usize, std::ptr::null_mut());
+        let call_result = if result.is_null() {
+            Err(PyErr::fetch(py))
+        } else {
+            ffi::Py_DECREF(result);
+            Ok(())
+        };
+        let exit_status: c_int = ffi::PyContext_Exit(context.as_ptr());
+        if exit_status < 0 && call_result.is_ok() {
+            return Err(PyErr::fetch(py));
+        }
+        call_result
+    }
+}
+
+/// asyncio.format_helpers._format_callback_source, looked up once.
+fn format_callback_source<'py>(py: Python<'py>, func: &Py<PyAny>, args: &Py<PyTuple>) -> PyResult<String> {
+    static FORMAT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let format = FORMAT.import(py, "asyncio.format_helpers", "_format_callback_source")?;
+    format.call1((func, args))?.extract()
+}
+
+/// A callback scheduled on the loop: returned by `call_soon`, `add_reader` and friends.
+#[pyclass(module = "oxloop._core", subclass, weakref, frozen)]
+pub struct Handle {
+    callback: Mutex<Option<Callback>>,
+    cancelled: AtomicBool,
+    event_loop: Py<LoopCore>,
+    /// Where the handle was created (debug mode only): asyncio's `_source_traceback`.
+    source_traceback: Option<Py<PyAny>>,
+    /// The repr captured when a handle is cancelled in debug mode, as asyncio keeps it.
+    cancelled_repr: Mutex<Option<String>>,
+}
+
+impl Handle {
+    /// A new, not yet scheduled handle.
+    pub(crate) fn new(event_loop: Py<LoopCore>, callback: Callback, source_traceback: Option<Py<PyAny>>) -> Self {
+        Handle {
+            callback: Mutex::new(Some(callback)),
+            cancelled: AtomicBool::new(false),
+            event_loop,
+            source_traceback,
+            cancelled_repr: Mutex::new(None),
+        }
+    }
+
+    /// Whether `cancel()` was called.
+    #[inline]
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// The callback's parts, as new references (so that no lock is held during the call).
+    fn callback_parts<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyAny>, Bound<'py, PyTuple>, Bound<'py, PyAny>)> {
+        let guard = self.callback.lock().expect("handle lock is never poisoned");
+        guard.as_ref().map(|cb| (cb.func.bind(py).clone(), cb.args.bind(py).clone(), cb.context.bind(py).clone()))
+    }
+
+    /// Marks the handle cancelled and drops its callback. Returns whether it was live.
+    fn cancel_base(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let this = slf.get();
+        if this.cancelled.swap(true, Ordering::Relaxed) {
+            return Ok(false);
+        }
+        if this.event_loop.get().debug_enabled() {
+            let text = Self::render_repr(slf)?;
+            *this.cancelled_repr.lock().expect("handle lock is never poisoned") = Some(text);
+        }
+        let dropped = this.callback.lock().expect("handle lock is never poisoned").take();
+        drop(dropped); // after the lock is released: dropping may run arbitrary finalizers
+        Ok(true)
+    }
+
+    /// Runs the callback in its context. Exceptions other than `SystemExit` and
+    /// `KeyboardInterrupt` go to the loop's exception handler, as asyncio's `Handle._run` does;
+    /// those two (and an exception raised by the handler itself) propagate.
+    pub(crate) fn run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let Some((func, args, context)) = slf.get().callback_parts(py) else {
+            return Ok(());
+        };
+        match call_in_context(py, &func, &args, &context) {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                if is_fatal(py, &err) {
+                    return Err(err);
+                }
+                slf.get().event_loop.get().note_callback_error();
+                let source = format_callback_source(py, &func.unbind(), &args.unbind())?;
+                let context = PyDict::new(py);
+                context.set_item("message", format!("Exception in callback {source}"))?;
+                context.set_item("exception", err.value(py))?;
+                context.set_item("handle", slf)?;
+                if let Some(tb) = &slf.get().source_traceback {
+                    if tb.bind(py).is_truthy()? {
+                        context.set_item("source_traceback", tb)?;
+                    }
+                }
+                slf.get().event_loop.bind(py).call_method1("call_exception_handler", (context,))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The words of asyncio's `Handle._repr_info()`.
+    fn repr_info(slf: &Bound<'_, Self>) -> PyResult<Vec<String>> {
+        let py = slf.py();
+        let this = slf.get();
+        let mut info = vec![slf.get_type().name()?.to_string()];
+        if this.is_cancelled() {
+            info.push("cancelled".to_owned());
+        }
+        let parts = this.callback_parts(py);
+        if let Some((func, args, _)) = parts {
+            info.push(format_callback_source(py, &func.unbind(), &args.unbind())?);
+        }
+        if let Some(tb) = &this.source_traceback {
+            let tb = tb.bind(py);
+            if tb.is_truthy()? {
+                let frame = tb.get_item(-1)?;
+                info.push(format!("created at {}:{}", frame.get_item(0)?, frame.get_item(1)?));
+            }
+        }
+        Ok(info)
+    }
+
+    /// `<Handle callback(args) at file:line>`, or the repr captured at cancellation.
+    fn render_repr(slf: &Bound<'_, Self>) -> PyResult<String> {
+        if let Some(text) = slf.get().cancelled_repr.lock().expect("handle lock is never poisoned").clone() {
+            return Ok(text);
+        }
+        let mut info = Self::repr_info(slf)?;
+        if let Ok(timer) = slf.cast::<TimerHandle>() {
+            let when = timer.get().when.into_pyobject(slf.py())?.repr()?;
+            info.insert(1, format!("when={when}"));
+        }
+        Ok(format!("<{}>", info.join(" ")))
+    }
+}
+
+#[pymethods]
+impl Handle {
+    /// Cancels the call: the callback will not run, and its references are dropped now.
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::cancel_base(slf)?;
+        Ok(())
+    }
+
+    /// Whether the call was cancelled.
+    fn cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    /// The `contextvars.Context` the callback runs in.
+    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        let guard = self.callback.lock().expect("handle lock is never poisoned");
+        guard.as_ref().map(|cb| cb.context.clone_ref(py))
+    }
+
+    /// Runs the callback now, as the loop would (asyncio's `Handle._run`).
+    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::run(slf)
+    }
+
+    /// The callback, or None once cancelled.
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        let guard = self.callback.lock().expect("handle lock is never poisoned");
+        guard.as_ref().map(|cb| cb.func.clone_ref(py))
+    }
+
+    /// The positional arguments, or None once cancelled.
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        let guard = self.callback.lock().expect("handle lock is never poisoned");
+        guard.as_ref().map(|cb| cb.args.clone_ref(py))
+    }
+
+    /// Whether the call was cancelled (asyncio's attribute).
+    #[getter]
+    fn _cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    /// The loop the handle belongs to.
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Py<LoopCore> {
+        self.event_loop.clone_ref(py)
+    }
+
+    /// The context (asyncio's attribute).
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.get_context(py)
+    }
+
+    /// Where the handle was created, in debug mode; None otherwise.
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        Self::render_repr(slf)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_loop)?;
+        if let Some(tb) = &self.source_traceback {
+            visit.call(tb)?;
+        }
+        if let Ok(guard) = self.callback.try_lock() {
+            if let Some(cb) = guard.as_ref() {
+                visit.call(&cb.func)?;
+                visit.call(&cb.args)?;
+                visit.call(&cb.context)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let dropped = self.callback.lock().expect("handle lock is never poisoned").take();
+        drop(dropped);
+    }
+}
+
+/// A callback scheduled for a point in time: returned by `call_later` and `call_at`.
+#[pyclass(module = "oxloop._core", extends = Handle, frozen)]
+pub struct TimerHandle {
+    when: f64,
+    /// Whether the timer is still in the loop's heap (asyncio's `_scheduled`).
+    scheduled: AtomicBool,
+}
+
+impl TimerHandle {
+    /// A timer due at `when` on the loop's clock, not yet in the heap.
+    pub(crate) fn new(when: f64) -> Self {
+        TimerHandle { when, scheduled: AtomicBool::new(false) }
+    }
+
+    /// The deadline.
+    pub(crate) fn deadline(&self) -> f64 {
+        self.when
+    }
+
+    /// Records whether the timer is in the heap.
+    pub(crate) fn set_scheduled(&self, scheduled: bool) {
+        self.scheduled.store(scheduled, Ordering::Relaxed);
+    }
+}
+
+#[pymethods]
+impl TimerHandle {
+    /// Cancels the timer; the loop purges it from its heap lazily.
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let base = slf.as_super();
+        if Handle::cancel_base(base)? && slf.get().scheduled.load(Ordering::Relaxed) {
+            base.get().event_loop.get().timer_cancelled();
+        }
+        Ok(())
+    }
+
+    /// The absolute time (on the loop's clock) the callback is scheduled for.
+    fn when(&self) -> f64 {
+        self.when
+    }
+
+    /// The deadline (asyncio's attribute).
+    #[getter]
+    fn _when(&self) -> f64 {
+        self.when
+    }
+
+    /// Whether the timer is still in the loop's heap (asyncio's attribute).
+    #[getter]
+    fn _scheduled(&self) -> bool {
+        self.scheduled.load(Ordering::Relaxed)
+    }
+
+    fn __hash__(&self) -> u64 {
+        self.when.to_bits()
+    }
+}
+
+/// Whether `err` must leave the loop rather than reach the exception handler.
+pub(crate) fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
+}

@@ -1,0 +1,111 @@
+"""``Loop``: oxloop's event loop.
+
+The per-callback machinery (ready queue, timers, fd watching, the iteration itself) is native,
+in ``_core.LoopCore``. This module adds what runs once per loop or once per call that is not
+hot: entering and leaving ``run_forever``, closing, the self-pipe that carries signals, and
+asyncio's own Python code for the rest (``asyncio.BaseEventLoop``: tasks, futures, exception
+handling, the default executor, async generator hooks, connection set-up).
+"""
+
+import asyncio
+import logging
+import socket
+import sys
+import threading
+from asyncio import base_events, events
+
+from . import _core
+from ._dns import ResolverOperations
+from ._signals import SignalOperations
+from ._sockets import SocketOperations
+
+logger = logging.getLogger("asyncio")
+
+
+class Loop(_core.LoopCore, SocketOperations, SignalOperations, ResolverOperations, asyncio.BaseEventLoop):
+    """An asyncio event loop whose core is written in Rust."""
+
+    def __init__(self):
+        asyncio.BaseEventLoop.__init__(self)
+        # asyncio keeps its queues in these; ours live in the native core.
+        del self._ready, self._scheduled
+        self._signal_handlers = {}
+        self._self_reader, self._self_writer = socket.socketpair()
+        self._self_reader.setblocking(False)
+        self._self_writer.setblocking(False)
+        self._internal_fds += 1
+        self._add_reader(self._self_reader.fileno(), self._read_from_self)
+        self._owns_wakeup_fd = False
+
+    def run_forever(self):
+        """Run until ``stop()`` is called."""
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self._debug)
+        old_agen_hooks = sys.get_asyncgen_hooks()
+        claimed_wakeup_fd = self._claim_wakeup_fd()
+        try:
+            self._thread_id = threading.get_ident()
+            sys.set_asyncgen_hooks(
+                firstiter=self._asyncgen_firstiter_hook,
+                finalizer=self._asyncgen_finalizer_hook,
+            )
+            events._set_running_loop(self)
+            self._run_until_stopped()
+        finally:
+            self._stopping = False
+            self._thread_id = None
+            events._set_running_loop(None)
+            self._set_coroutine_origin_tracking(False)
+            sys.set_asyncgen_hooks(*old_agen_hooks)
+            if claimed_wakeup_fd:
+                self._release_wakeup_fd()
+
+    def close(self):
+        """Close the loop: drop pending callbacks, stop watching fds, shut the executor down.
+
+        The loop must not be running. Closing twice does nothing.
+        """
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        if self._debug:
+            logger.debug("Close %r", self)
+        self._remove_all_signal_handlers()
+        self._close_core()
+        self._self_reader.close()
+        self._self_writer.close()
+        self._internal_fds -= 1
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is not None:
+            self._default_executor = None
+            executor.shutdown(wait=False)
+
+    def _write_to_self(self):
+        """Wake the loop from another thread."""
+        self.call_soon_threadsafe(_do_nothing)
+
+    def _log_slow_callback(self, handle, seconds):
+        """Debug mode: report a callback that blocked the loop (naming its task, if any)."""
+        logger.warning("Executing %s took %.3f seconds", base_events._format_handle(handle), seconds)
+
+    def _read_from_self(self):
+        """Drain the self-pipe; each byte is a signal number written by the signal module."""
+        while True:
+            try:
+                data = self._self_reader.recv(4096)
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            for signum in data:
+                if signum:
+                    self._handle_signal(signum)
+
+
+def _do_nothing():
+    pass

@@ -1,0 +1,20 @@
+"""The entry points: the loop factory and ``run``."""
+
+import asyncio
+
+from ._loop import Loop
+
+
+def new_event_loop() -> Loop:
+    """Return a new oxloop event loop (a loop factory for ``asyncio.Runner`` and friends)."""
+    return Loop()
+
+
+def run(main, *, debug=None):
+    """Run the coroutine ``main`` on a new oxloop loop and return its result.
+
+    Behaves as ``asyncio.run``: the loop is closed afterwards, after remaining tasks are
+    cancelled and async generators and the default executor are shut down.
+    """
+    with asyncio.Runner(loop_factory=new_event_loop, debug=debug) as runner:
+        return runner.run(main)

@@ -1,0 +1,131 @@
+"""Unix signal handlers for ``Loop`` (``add_signal_handler`` and friends).
+
+Signals arrive once in a while, so this is Python: the signal module's C handler writes the
+signal number to the loop's self-pipe (``signal.set_wakeup_fd``), which wakes the loop's poll;
+the loop reads the numbers and schedules the registered handlers as ordinary callbacks.
+
+The same wakeup fd also makes Ctrl+C interrupt a waiting loop: ``run_forever`` installs it on
+the main thread when nobody else has one, so SIGINT wakes the poll even if the kernel
+delivered it to another thread.
+"""
+
+import errno
+import logging
+import signal
+import sys
+import threading
+import warnings
+from asyncio import coroutines
+
+logger = logging.getLogger("asyncio")
+
+
+def _ignore_signal(signum, frame):
+    """Python-level handler of signals the loop handles: the work is done by the loop."""
+
+
+class SignalOperations:
+    """Mixin of ``Loop``: signal handlers. Expects ``_self_writer`` and ``_signal_handlers``."""
+
+    def add_signal_handler(self, sig, callback, *args):
+        """Run ``callback(*args)`` on the loop whenever signal ``sig`` arrives.
+
+        Main thread only. Raises ValueError for an invalid signal, RuntimeError for one that
+        cannot be caught or when not called from the main thread.
+        """
+        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+            raise TypeError("coroutines cannot be used with add_signal_handler()")
+        self._check_signal(sig)
+        self._check_closed()
+        try:
+            # Also the check that this is the main thread: set_wakeup_fd raises elsewhere.
+            signal.set_wakeup_fd(self._self_writer.fileno())
+        except (ValueError, OSError) as exc:
+            raise RuntimeError(str(exc))
+        self._owns_wakeup_fd = True
+        self._signal_handlers[sig] = self._make_handle(callback, *args)
+        try:
+            signal.signal(sig, _ignore_signal)
+            signal.siginterrupt(sig, False)
+        except OSError as exc:
+            del self._signal_handlers[sig]
+            if not self._signal_handlers:
+                self._release_wakeup_fd()
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught")
+            raise
+
+    def remove_signal_handler(self, sig):
+        """Remove the handler of ``sig``; return whether there was one."""
+        self._check_signal(sig)
+        handle = self._signal_handlers.pop(sig, None)
+        if handle is None:
+            return False
+        default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        try:
+            signal.signal(sig, default)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught")
+            raise
+        if not self._signal_handlers:
+            self._release_wakeup_fd()
+        return True
+
+    def _check_signal(self, sig):
+        """asyncio's validation of a signal number."""
+        if not isinstance(sig, int):
+            raise TypeError(f"sig must be an int, not {sig!r}")
+        if sig not in signal.valid_signals():
+            raise ValueError(f"invalid signal number {sig}")
+
+    def _handle_signal(self, sig):
+        """Schedule the handler of ``sig`` (called when the self-pipe carries it)."""
+        handle = self._signal_handlers.get(sig)
+        if handle is None:
+            return
+        if handle.cancelled():
+            self.remove_signal_handler(sig)
+        else:
+            self._add_callback(handle)
+
+    def _claim_wakeup_fd(self):
+        """Install the self-pipe as the wakeup fd if we are on the main thread and no one else
+        has one. Returns whether it was installed now (and so must be released later)."""
+        if self._owns_wakeup_fd or threading.current_thread() is not threading.main_thread():
+            return False
+        ours = self._self_writer.fileno()
+        try:
+            previous = signal.set_wakeup_fd(ours, warn_on_full_buffer=False)
+        except ValueError:  # not the main interpreter
+            return False
+        if previous not in (-1, ours):
+            signal.set_wakeup_fd(previous)  # someone else's: leave it in place
+            return False
+        self._owns_wakeup_fd = True
+        return True
+
+    def _release_wakeup_fd(self):
+        """Uninstall the wakeup fd, unless signal handlers still need it."""
+        if self._signal_handlers or not self._owns_wakeup_fd:
+            return
+        self._owns_wakeup_fd = False
+        try:
+            signal.set_wakeup_fd(-1)
+        except (ValueError, OSError) as exc:
+            logger.info("set_wakeup_fd(-1) failed: %s", exc)
+
+    def _remove_all_signal_handlers(self):
+        """On close: restore the default handlers of every signal we handle."""
+        if not self._signal_handlers:
+            return
+        if sys.is_finalizing():
+            warnings.warn(
+                f"Closing the loop {self!r} on interpreter shutdown stage, skipping signal handlers removal",
+                ResourceWarning,
+                source=self,
+            )
+            self._signal_handlers.clear()
+            return
+        for sig in list(self._signal_handlers):
+            self.remove_signal_handler(sig)

@@ -1,0 +1,165 @@
+"""Low-level socket operations of ``Loop``: ``sock_recv``, ``sock_sendall`` and friends.
+
+Each operation first tries the call directly; only when the socket would block does it watch
+the fd (natively, with ``_add_reader``/``_add_writer``) and retry when the fd is ready. When
+the operation finishes, fails or is cancelled, the watch is removed — unless another operation
+has replaced it in the meantime (the replaced watch is cancelled, which is how we know).
+"""
+
+import socket
+
+try:
+    import ssl
+except ImportError:  # pragma: no cover - Python built without ssl
+    ssl = None
+
+_WOULD_BLOCK = (BlockingIOError, InterruptedError)
+
+
+def _check_socket(sock):
+    """Reject what the loop cannot drive: SSL sockets and blocking sockets."""
+    if ssl is not None and isinstance(sock, ssl.SSLSocket):
+        raise TypeError("Socket cannot be of type SSLSocket")
+    if sock.gettimeout() != 0:
+        raise ValueError("the socket must be non-blocking")
+
+
+class SocketOperations:
+    """Mixin of ``Loop``: the ``sock_*`` coroutines."""
+
+    async def _when_ready(self, sock, for_writing, attempt, *args):
+        """Wait until ``attempt(*args)`` stops raising BlockingIOError; return its result.
+
+        ``attempt`` is called each time the fd is ready. The watch is removed when the wait
+        ends, however it ends (result, exception, cancellation).
+        """
+        fd = sock.fileno()
+        future = self.create_future()
+
+        def on_ready():
+            if future.done():
+                return
+            try:
+                result = attempt(*args)
+            except _WOULD_BLOCK:
+                return
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        if for_writing:
+            handle, remove = self._add_writer(fd, on_ready), self.remove_writer
+        else:
+            handle, remove = self._add_reader(fd, on_ready), self.remove_reader
+        try:
+            return await future
+        finally:
+            if not handle.cancelled():
+                remove(fd)
+
+    async def sock_recv(self, sock, n):
+        """Receive up to ``n`` bytes from ``sock``."""
+        _check_socket(sock)
+        try:
+            return sock.recv(n)
+        except _WOULD_BLOCK:
+            pass
+        return await self._when_ready(sock, False, sock.recv, n)
+
+    async def sock_recv_into(self, sock, buf):
+        """Receive into ``buf``; return the number of bytes received."""
+        _check_socket(sock)
+        try:
+            return sock.recv_into(buf)
+        except _WOULD_BLOCK:
+            pass
+        return await self._when_ready(sock, False, sock.recv_into, buf)
+
+    async def sock_recvfrom(self, sock, bufsize):
+        """Receive a datagram of up to ``bufsize`` bytes; return ``(data, address)``."""
+        _check_socket(sock)
+        try:
+            return sock.recvfrom(bufsize)
+        except _WOULD_BLOCK:
+            pass
+        return await self._when_ready(sock, False, sock.recvfrom, bufsize)
+
+    async def sock_recvfrom_into(self, sock, buf, nbytes=0):
+        """Receive a datagram into ``buf``; return ``(nbytes, address)``."""
+        _check_socket(sock)
+        if not nbytes:
+            nbytes = len(buf)
+        try:
+            return sock.recvfrom_into(buf, nbytes)
+        except _WOULD_BLOCK:
+            pass
+        return await self._when_ready(sock, False, sock.recvfrom_into, buf, nbytes)
+
+    async def sock_sendall(self, sock, data):
+        """Send all of ``data``; return None once it is all handed to the kernel."""
+        _check_socket(sock)
+        try:
+            sent = sock.send(data)
+        except _WOULD_BLOCK:
+            sent = 0
+        if sent == len(data):
+            return
+        remaining = memoryview(data)[sent:]
+
+        def send_some():
+            nonlocal remaining
+            sent = sock.send(remaining)
+            remaining = remaining[sent:]
+            if remaining:
+                raise BlockingIOError  # not done: wait for the next writable event
+            return None
+
+        await self._when_ready(sock, True, send_some)
+
+    async def sock_sendto(self, sock, data, address):
+        """Send a datagram to ``address``; return the number of bytes sent."""
+        _check_socket(sock)
+        try:
+            return sock.sendto(data, address)
+        except _WOULD_BLOCK:
+            pass
+        return await self._when_ready(sock, True, sock.sendto, data, address)
+
+    async def sock_connect(self, sock, address):
+        """Connect ``sock`` to ``address``, resolving a host name first as asyncio does."""
+        _check_socket(sock)
+        if sock.family == socket.AF_INET or (socket.has_ipv6 and sock.family == socket.AF_INET6):
+            resolved = await self._ensure_resolved(
+                address, family=sock.family, type=sock.type, proto=sock.proto, loop=self
+            )
+            address = resolved[0][4]
+        try:
+            sock.connect(address)
+            return
+        except _WOULD_BLOCK:
+            pass
+
+        def connect_result():
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error != 0:
+                raise OSError(error, f"Connect call failed {address}")
+
+        await self._when_ready(sock, True, connect_result)
+
+    async def sock_accept(self, sock):
+        """Accept a connection; return ``(conn, address)`` with ``conn`` non-blocking."""
+        _check_socket(sock)
+
+        def accept():
+            conn, address = sock.accept()
+            conn.setblocking(False)
+            return conn, address
+
+        try:
+            return accept()
+        except _WOULD_BLOCK:
+            pass
+        return await self._when_ready(sock, False, accept)
