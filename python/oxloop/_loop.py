@@ -2,7 +2,7 @@
 
 The per-callback machinery (ready queue, timers, fd watching, the iteration itself) is native,
 in ``_core.LoopCore``. This module adds what runs once per loop or once per call that is not
-hot: entering and leaving ``run_forever``, closing, the self-pipe that carries signals, and
+hot: entering and leaving ``run_forever``, closing, signal handlers, and
 asyncio's own Python code for the rest (``asyncio.BaseEventLoop``: tasks, futures, exception
 handling, the default executor, async generator hooks, connection set-up).
 """
@@ -34,7 +34,7 @@ class Loop(_core.LoopCore, SocketOperations, SignalOperations, ResolverOperation
         self._self_reader.setblocking(False)
         self._self_writer.setblocking(False)
         self._internal_fds += 1
-        self._add_reader(self._self_reader.fileno(), self._read_from_self)
+        self._set_wakeup_reader(self._self_reader.fileno())
         self._owns_wakeup_fd = False
 
     def run_forever(self):
@@ -90,21 +90,6 @@ class Loop(_core.LoopCore, SocketOperations, SignalOperations, ResolverOperation
     def _log_slow_callback(self, handle, seconds):
         """Debug mode: report a callback that blocked the loop (naming its task, if any)."""
         logger.warning("Executing %s took %.3f seconds", base_events._format_handle(handle), seconds)
-
-    def _read_from_self(self):
-        """Drain the self-pipe; each byte is a signal number written by the signal module."""
-        while True:
-            try:
-                data = self._self_reader.recv(4096)
-            except InterruptedError:
-                continue
-            except BlockingIOError:
-                return
-            if not data:
-                return
-            for signum in data:
-                if signum:
-                    self._handle_signal(signum)
 
 
 def _do_nothing():

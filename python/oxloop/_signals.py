@@ -1,8 +1,9 @@
 """Unix signal handlers for ``Loop`` (``add_signal_handler`` and friends).
 
-Signals arrive once in a while, so this is Python: the signal module's C handler writes the
-signal number to the loop's self-pipe (``signal.set_wakeup_fd``), which wakes the loop's poll;
-the loop reads the numbers and schedules the registered handlers as ordinary callbacks.
+Signals arrive once in a while, so this is Python. The signal module's C handler writes the
+signal number to the loop's wakeup pipe (``signal.set_wakeup_fd``), which ends the loop's
+wait (the native core drains the pipe); the loop then runs Python's pending signal handlers
+(``PyErr_CheckSignals``, every iteration), and ours schedules the registered callback.
 
 The same wakeup fd also makes Ctrl+C interrupt a waiting loop: ``run_forever`` installs it on
 the main thread when nobody else has one, so SIGINT wakes the poll even if the kernel
@@ -15,13 +16,31 @@ import signal
 import sys
 import threading
 import warnings
-from asyncio import coroutines
+import weakref
+from asyncio import coroutines, events
 
 logger = logging.getLogger("asyncio")
 
 
-def _ignore_signal(signum, frame):
-    """Python-level handler of signals the loop handles: the work is done by the loop."""
+class _SignalDispatcher:
+    """The Python-level handler of a signal the loop handles: schedules its callback.
+
+    Holds the loop weakly, so an installed handler does not keep a forgotten loop alive.
+    """
+
+    def __init__(self, loop):
+        self._loop = weakref.ref(loop)
+
+    def __call__(self, signum, frame):
+        loop = self._loop()
+        if loop is not None and not loop.is_closed():
+            loop._handle_signal(signum)
+
+
+def _run_unless_cancelled(handle):
+    """Run a signal handler's handle, unless it was cancelled since the signal arrived."""
+    if not handle.cancelled():
+        handle._run()
 
 
 class SignalOperations:
@@ -43,9 +62,11 @@ class SignalOperations:
         except (ValueError, OSError) as exc:
             raise RuntimeError(str(exc))
         self._owns_wakeup_fd = True
-        self._signal_handlers[sig] = self._make_handle(callback, *args)
+        # asyncio's own Handle: it lives as long as the registration, and its errors reach the
+        # exception handler exactly as asyncio reports them.
+        self._signal_handlers[sig] = events.Handle(callback, args, self, None)
         try:
-            signal.signal(sig, _ignore_signal)
+            signal.signal(sig, _SignalDispatcher(self))
             signal.siginterrupt(sig, False)
         except OSError as exc:
             del self._signal_handlers[sig]
@@ -80,14 +101,15 @@ class SignalOperations:
             raise ValueError(f"invalid signal number {sig}")
 
     def _handle_signal(self, sig):
-        """Schedule the handler of ``sig`` (called when the self-pipe carries it)."""
+        """Schedule the callback of ``sig`` (called by its Python-level signal handler, on the
+        main thread, possibly while the loop runs in another)."""
         handle = self._signal_handlers.get(sig)
         if handle is None:
             return
         if handle.cancelled():
             self.remove_signal_handler(sig)
         else:
-            self._add_callback(handle)
+            self.call_soon_threadsafe(_run_unless_cancelled, handle)
 
     def _claim_wakeup_fd(self):
         """Install the self-pipe as the wakeup fd if we are on the main thread and no one else

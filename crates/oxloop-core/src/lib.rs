@@ -8,6 +8,7 @@
 //! except [`reactor::Reactor`], which owns its epoll instance and its waker (an eventfd) and
 //! only *watches* the descriptors registered with it.
 
+pub mod addr_literal;
 pub mod clock;
 pub mod counters;
 pub mod reactor;

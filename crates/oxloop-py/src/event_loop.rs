@@ -24,15 +24,14 @@ use std::time::{Duration, Instant};
 
 use oxloop_core::clock::Clock;
 use oxloop_core::counters::Counters;
-use oxloop_core::reactor::{self, Reactor, Readiness, Registrar, Trigger, Watch, Waker};
+use oxloop_core::reactor::{self, PollOutcome, Reactor, Readiness, Registrar, Trigger, Watch, Waker};
 use oxloop_core::ready::ReadyQueue;
 use oxloop_core::timers::TimerHeap;
 use pyo3::exceptions::{PyAttributeError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyInt, PyTuple};
-use pyo3::{PyTraverseError, PyVisit};
+use pyo3::types::{PyDict, PyInt, PyTuple, PyWeakrefReference};
 
 use crate::handles::{Callback, Handle, TimerHandle};
 
@@ -63,6 +62,9 @@ struct LoopState {
     counters: Counters,
     /// The loop is (about to be) blocked in its poll: threadsafe calls must wake it.
     waiting: bool,
+    /// The read end of the signal wakeup pipe (`signal.set_wakeup_fd`), drained natively: it
+    /// only exists to end a wait when a signal arrives.
+    wakeup_reader: Option<RawFd>,
 }
 
 impl LoopState {
@@ -97,9 +99,21 @@ impl LoopState {
         Ok(previous)
     }
 
+    /// Whether a zero-timeout poll could report anything: not when no descriptor but the
+    /// wakeup pipe is watched (threadsafe calls reach the ready queue directly, and signals
+    /// are handled by `check_signals` every iteration). Skipping it then changes nothing but
+    /// the cost of a system call per iteration.
+    fn poll_can_report(&self) -> bool {
+        self.registrar.len() > usize::from(self.wakeup_reader.is_some())
+    }
+
     /// Queues the callbacks of one readiness event (asyncio's `_process_events`): a cancelled
     /// watcher is removed instead. Returns handles to release outside the lock.
     fn dispatch_io(&mut self, py: Python<'_>, event: Readiness, released: &mut Vec<Py<Handle>>) {
+        if Some(event.fd) == self.wakeup_reader {
+            drain(event.fd);
+            return;
+        }
         let Some(entry) = self.fd_callbacks.get(&event.fd) else { return };
         let mut remove = [false, false];
         for (side, ready, handle) in [(0, event.readable, &entry.reader), (1, event.writable, &entry.writer)] {
@@ -122,21 +136,28 @@ impl LoopState {
     }
 }
 
-/// The native half of `oxloop.Loop`.
-#[pyclass(module = "oxloop._core", subclass, frozen)]
-pub struct LoopCore {
-    state: Mutex<LoopState>,
-    reactor: Mutex<Reactor>,
-    waker: Arc<Waker>,
-    clock_resolution: f64,
-    closed: AtomicBool,
-    stopping: AtomicBool,
-    debug: AtomicBool,
-    /// `threading.get_ident()` of the thread running the loop, 0 when not running.
-    thread_id: AtomicU64,
+/// Reads and discards everything readable on a non-blocking `fd`.
+fn drain(fd: RawFd) {
+    let mut buf = [0u8; 256];
+    loop {
+        // SAFETY: `buf` is a valid writable buffer of the given length; `fd` is the loop's own
+        // wakeup pipe, open while registered.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return;
+        }
+    }
 }
 
-impl LoopCore {
+/// The part of a loop its handles share: the scheduling state, the debug flag and a weak
+/// reference to the Python loop object (handles must not keep the loop alive).
+pub(crate) struct LoopShared {
+    state: Mutex<LoopState>,
+    debug: AtomicBool,
+    loop_object: PyOnceLock<Py<PyWeakrefReference>>,
+}
+
+impl LoopShared {
     /// Locks the scheduling state (see the module invariants).
     #[inline]
     fn lock(&self) -> MutexGuard<'_, LoopState> {
@@ -159,6 +180,69 @@ impl LoopCore {
     /// Called when a callback's exception goes to the exception handler.
     pub(crate) fn note_callback_error(&self) {
         self.lock().counters.callback_errors += 1;
+    }
+
+    /// The Python loop object, if it is still alive.
+    pub(crate) fn loop_object<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.loop_object.get(py).and_then(|weak| weak.bind(py).upgrade())
+    }
+
+    /// Removes every pending callback, timer and fd watch, and drops their callbacks (the
+    /// loop is closing or being freed). Nothing is dropped under the lock.
+    fn release_everything(&self, py: Python<'_>) {
+        let (ready, timers, watchers) = {
+            let mut state = self.lock();
+            state.registrar.unwatch_all();
+            let watchers: Vec<FdCallbacks> = state.fd_callbacks.drain().map(|(_, w)| w).collect();
+            (state.ready.drain_all(), state.timers.drain_all(), watchers)
+        };
+        for handle in &ready {
+            handle.get().release_callback();
+        }
+        for timer in &timers {
+            timer.get().set_scheduled(false);
+            timer.bind(py).as_super().get().release_callback();
+        }
+        for watcher in &watchers {
+            for handle in watcher.reader.iter().chain(watcher.writer.iter()) {
+                handle.get().release_callback();
+            }
+        }
+        drop((ready, timers, watchers));
+    }
+}
+
+/// The native half of `oxloop.Loop`.
+#[pyclass(module = "oxloop._core", subclass, weakref, frozen)]
+pub struct LoopCore {
+    shared: Arc<LoopShared>,
+    reactor: Mutex<Reactor>,
+    waker: Arc<Waker>,
+    clock_resolution: f64,
+    closed: AtomicBool,
+    stopping: AtomicBool,
+    /// `threading.get_ident()` of the thread running the loop, 0 when not running.
+    thread_id: AtomicU64,
+}
+
+impl Drop for LoopCore {
+    fn drop(&mut self) {
+        // Pending handles may sit in cycles with their callbacks' objects: break them.
+        Python::attach(|py| self.shared.release_everything(py));
+    }
+}
+
+impl LoopCore {
+    /// Locks the scheduling state (see the module invariants).
+    #[inline]
+    fn lock(&self) -> MutexGuard<'_, LoopState> {
+        self.shared.lock()
+    }
+
+    /// Whether debug mode is on.
+    #[inline]
+    fn debug_enabled(&self) -> bool {
+        self.shared.debug_enabled()
     }
 
     fn check_closed(&self) -> PyResult<()> {
@@ -193,10 +277,16 @@ impl LoopCore {
     }
 
     /// Creates a handle for `callback(*args)` in `context`.
-    fn new_handle(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, traceback: Option<Py<PyAny>>) -> PyResult<Py<Handle>> {
+    fn new_handle(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, one_shot: bool, traceback: Option<Py<PyAny>>) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let callback = Callback::new(py, callback, args, context)?;
-        Py::new(py, Handle::new(slf.clone().unbind(), callback, traceback))
+        Py::new(py, Handle::new(slf.get().shared_with_handles(slf)?, callback, one_shot, traceback))
+    }
+
+    /// The shared part, for a new handle; records the loop object on first use.
+    fn shared_with_handles(&self, slf: &Bound<'_, Self>) -> PyResult<Arc<LoopShared>> {
+        self.shared.loop_object.get_or_try_init(slf.py(), || PyWeakrefReference::new(slf).map(Bound::unbind))?;
+        Ok(Arc::clone(&self.shared))
     }
 
     /// Appends a handle to the ready queue; wakes the poller if `threadsafe` and it waits.
@@ -228,11 +318,11 @@ impl LoopCore {
             state.counters.iterations += 1;
             state.timers.purge_cancelled(|t| t.bind(py).as_super().get().is_cancelled(), &mut released_timers);
             if !state.ready.is_empty() || this.stopping.load(Ordering::Relaxed) {
-                Some(0.0)
+                Some(state.poll_can_report().then_some(0.0))
             } else {
                 let deadline = state.timers.next_deadline();
                 state.waiting = true;
-                state.clock.poll_timeout(deadline).map(|t| t.min(MAXIMUM_SELECT_TIMEOUT))
+                state.clock.poll_timeout(deadline).map(|t| Some(t.min(MAXIMUM_SELECT_TIMEOUT)))
             }
         };
         for timer in &released_timers {
@@ -240,21 +330,21 @@ impl LoopCore {
         }
         drop(released_timers);
 
-        let started = Instant::now();
-        let outcome = {
-            let timeout = timeout.map(Duration::from_secs_f64);
-            let events = &mut *io_events;
-            py.detach(move || reactor.poll(timeout, events))
+        let (outcome, waited) = match timeout {
+            Some(None) => (Ok(PollOutcome::default()), None),
+            Some(Some(seconds)) => Self::wait(py, reactor, Some(seconds), io_events),
+            None => Self::wait(py, reactor, None, io_events),
         };
-        let waited = started.elapsed();
 
         let mut released_handles = Vec::new();
         let mut due: Vec<Py<TimerHandle>> = Vec::new();
         {
             let mut state = this.lock();
             state.waiting = false;
-            state.counters.polls += 1;
-            state.counters.poll_wait_ns += waited.as_nanos() as u64;
+            if let Some(waited) = waited {
+                state.counters.polls += 1;
+                state.counters.poll_wait_ns += waited.as_nanos() as u64;
+            }
             state.counters.io_events += io_events.len() as u64;
             for event in io_events.drain(..) {
                 state.dispatch_io(py, event, &mut released_handles);
@@ -271,7 +361,6 @@ impl LoopCore {
         // Outside the lock: a signal handler may schedule callbacks. Fails only by raising
         // (KeyboardInterrupt): the batch goes back to the queue first.
         let signals = match outcome {
-            Ok(outcome) if outcome.interrupted => py.check_signals(),
             Ok(_) => py.check_signals(),
             Err(err) => Err(err.into()),
         };
@@ -288,7 +377,7 @@ impl LoopCore {
                 continue;
             }
             ran += 1;
-            let result = if debug { Self::run_handle_debug(slf, &handle) } else { Handle::run(&handle) };
+            let result = if debug { Self::run_handle_debug(slf, &handle) } else { Handle::run(&handle, true) };
             if let Err(err) = result {
                 let mut state = this.lock();
                 state.counters.callbacks_run += ran;
@@ -300,21 +389,32 @@ impl LoopCore {
         Ok(())
     }
 
+    /// Waits for I/O with the GIL released; returns what the poll saw and how long it took.
+    fn wait(py: Python<'_>, reactor: &mut Reactor, timeout: Option<f64>, io_events: &mut Vec<Readiness>) -> (std::io::Result<PollOutcome>, Option<Duration>) {
+        let started = Instant::now();
+        let timeout = timeout.map(Duration::from_secs_f64);
+        let outcome = py.detach(move || reactor.poll(timeout, io_events));
+        (outcome, Some(started.elapsed()))
+    }
+
     /// Runs a handle in debug mode: records it as `_current_handle` and reports it when it
     /// takes longer than `slow_callback_duration` (naming the task it steps, if any).
     fn run_handle_debug(slf: &Bound<'_, Self>, handle: &Bound<'_, Handle>) -> PyResult<()> {
         let py = slf.py();
         slf.setattr("_current_handle", handle)?;
         let started = slf.get().now();
-        let result = Handle::run(handle);
+        let result = Handle::run(handle, false);
         let elapsed = slf.get().now() - started;
         slf.setattr("_current_handle", py.None())?;
-        result?;
-        let slow: f64 = slf.getattr("slow_callback_duration")?.extract()?;
-        if elapsed >= slow {
-            slf.call_method1("_log_slow_callback", (handle, elapsed))?;
-        }
-        Ok(())
+        let logged = result.and_then(|()| {
+            let slow: f64 = slf.getattr("slow_callback_duration")?.extract()?;
+            if elapsed >= slow {
+                slf.call_method1("_log_slow_callback", (handle, elapsed))?;
+            }
+            Ok(())
+        });
+        handle.get().finish();
+        logged
     }
 
     /// The loop's clock.
@@ -328,7 +428,7 @@ impl LoopCore {
         let this = slf.get();
         this.check_closed()?;
         let fd = fileobj_to_fd(fileobj)?;
-        let handle = Self::new_handle(slf, callback, args, None, None)?;
+        let handle = Self::new_handle(slf, callback, args, None, false, None)?;
         let previous = this.lock().set_fd_callback(fd, side, Some(handle.clone_ref(py)))?;
         if let Some(previous) = previous {
             previous.bind(py).call_method0("cancel")?;
@@ -416,7 +516,10 @@ impl LoopCore {
         let clock = Clock::Monotonic;
         Ok(LoopCore {
             clock_resolution: clock.resolution(),
-            state: Mutex::new(LoopState {
+            shared: Arc::new(LoopShared {
+                debug: AtomicBool::new(false),
+                loop_object: PyOnceLock::new(),
+                state: Mutex::new(LoopState {
                 ready: ReadyQueue::new(),
                 timers: TimerHeap::new(),
                 registrar,
@@ -424,12 +527,13 @@ impl LoopCore {
                 clock,
                 counters: Counters::default(),
                 waiting: false,
+                wakeup_reader: None,
+                }),
             }),
             reactor: Mutex::new(reactor),
             waker,
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
-            debug: AtomicBool::new(false),
             thread_id: AtomicU64::new(0),
         })
     }
@@ -445,7 +549,7 @@ impl LoopCore {
         let this = slf.get();
         this.check_closed()?;
         let traceback = Self::debug_checks(slf, &callback, "call_soon", true)?;
-        let handle = Self::new_handle(slf, callback, args, context, traceback)?;
+        let handle = Self::new_handle(slf, callback, args, context, true, traceback)?;
         this.push_ready(handle.clone_ref(slf.py()), false)?;
         Ok(handle)
     }
@@ -456,7 +560,7 @@ impl LoopCore {
         let this = slf.get();
         this.check_closed()?;
         let traceback = Self::debug_checks(slf, &callback, "call_soon_threadsafe", false)?;
-        let handle = Self::new_handle(slf, callback, args, context, traceback)?;
+        let handle = Self::new_handle(slf, callback, args, context, true, traceback)?;
         this.push_ready(handle.clone_ref(slf.py()), true)?;
         Ok(handle)
     }
@@ -519,32 +623,18 @@ impl LoopCore {
     }
 
     /// Marks the loop closed and releases every pending callback, timer and fd watch.
-    fn _close_core(&self) {
+    fn _close_core(&self, py: Python<'_>) {
         self.closed.store(true, Ordering::Release);
-        let (ready, timers, watchers) = {
-            let mut state = self.lock();
-            state.registrar.unwatch_all();
-            let watchers: Vec<FdCallbacks> = state.fd_callbacks.drain().map(|(_, w)| w).collect();
-            (state.ready.drain_all(), state.timers.drain_all(), watchers)
-        };
-        for timer in &timers {
-            timer.get().set_scheduled(false);
-        }
-        drop((ready, timers, watchers));
+        self.shared.release_everything(py);
     }
 
-    /// Wraps `callback(*args)` in a handle without scheduling it (signal handlers use this).
-    #[pyo3(signature = (callback, *args))]
-    fn _make_handle(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
-        Self::new_handle(slf, callback, args, None, None)
-    }
-
-    /// Schedules an existing handle for the next iteration, from any thread.
-    fn _add_callback(&self, handle: Py<Handle>) -> PyResult<()> {
-        if handle.get().is_cancelled() {
-            return Ok(());
-        }
-        self.push_ready(handle, true)
+    /// Watches the read end of the signal wakeup pipe: it ends a wait when a signal arrives
+    /// and is drained natively (signal handlers themselves run from Python's signal module).
+    fn _set_wakeup_reader(&self, fd: RawFd) -> PyResult<()> {
+        let mut state = self.lock();
+        state.registrar.set_watch(fd, Watch { readable: true, writable: false, trigger: Trigger::Edge })?;
+        state.wakeup_reader = Some(fd);
+        Ok(())
     }
 
     /// Watches `fd` for reading: `callback(*args)` runs each iteration while it is readable.
@@ -610,7 +700,7 @@ impl LoopCore {
 
     #[setter(_debug)]
     fn set_debug_attr(&self, enabled: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.debug.store(enabled.is_truthy()?, Ordering::Relaxed);
+        self.shared.debug.store(enabled.is_truthy()?, Ordering::Relaxed);
         Ok(())
     }
 
@@ -649,34 +739,6 @@ impl LoopCore {
     fn set_thread_id_attr(&self, thread_id: Option<u64>) {
         self.thread_id.store(thread_id.unwrap_or(0), Ordering::Relaxed);
     }
-
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        let Ok(state) = self.state.try_lock() else { return Ok(()) };
-        for handle in state.ready.iter() {
-            visit.call(handle)?;
-        }
-        for timer in state.timers.iter() {
-            visit.call(timer)?;
-        }
-        for callbacks in state.fd_callbacks.values() {
-            if let Some(reader) = &callbacks.reader {
-                visit.call(reader)?;
-            }
-            if let Some(writer) = &callbacks.writer {
-                visit.call(writer)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn __clear__(&self) {
-        let (ready, timers, watchers) = {
-            let Ok(mut state) = self.state.try_lock() else { return };
-            let watchers: Vec<FdCallbacks> = state.fd_callbacks.drain().map(|(_, w)| w).collect();
-            (state.ready.drain_all(), state.timers.drain_all(), watchers)
-        };
-        drop((ready, timers, watchers));
-    }
 }
 
 impl LoopCore {
@@ -687,7 +749,8 @@ impl LoopCore {
         this.check_closed()?;
         let traceback = Self::debug_checks(slf, &callback, method, true)?;
         let callback = Callback::new(py, callback, args, context)?;
-        let init = PyClassInitializer::from(Handle::new(slf.clone().unbind(), callback, traceback)).add_subclass(TimerHandle::new(when));
+        let handle = Handle::new(this.shared_with_handles(slf)?, callback, true, traceback);
+        let init = PyClassInitializer::from(handle).add_subclass(TimerHandle::new(when));
         let timer = Py::new(py, init)?;
         timer.get().set_scheduled(true);
         let mut state = this.lock();

@@ -10,21 +10,24 @@
 //!   empty shell purged lazily.
 //! - Running a handle calls the callback inside its `contextvars.Context` with
 //!   `PyContext_Enter`/`PyObject_Vectorcall`/`PyContext_Exit`: no tuple, no bound method.
-//! - Handles take part in Python's garbage collector, so a cycle through a handle (an object
-//!   that keeps the timer that calls it back) is collected.
+//! - Handles are not tracked by Python's garbage collector (tracking every handle costs more
+//!   than the rest of `call_soon`). They therefore never stay in a reference cycle once they
+//!   are done: a one-shot handle drops its callback after it runs, every handle drops it when
+//!   cancelled, and the loop drops the callbacks of everything still pending when it closes
+//!   or is freed. A handle refers to its loop through [`LoopShared`], never to the Python loop
+//!   object, so an unclosed loop is still collected (and warns, as asyncio's does).
 
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
-use pyo3::{PyTraverseError, PyVisit};
 
-use crate::event_loop::LoopCore;
+use crate::event_loop::LoopShared;
 
 /// What a handle calls: the callback, its positional arguments and its context.
 pub(crate) struct Callback {
@@ -96,11 +99,13 @@ fn format_callback_source<'py>(py: Python<'py>, func: &Py<PyAny>, args: &Py<PyTu
 }
 
 /// A callback scheduled on the loop: returned by `call_soon`, `add_reader` and friends.
-#[pyclass(module = "oxloop._core", subclass, weakref, frozen)]
+#[pyclass(module = "oxloop._core", subclass, weakref, frozen, freelist = 1024)]
 pub struct Handle {
     callback: Mutex<Option<Callback>>,
     cancelled: AtomicBool,
-    event_loop: Py<LoopCore>,
+    /// Dropped after the first run (`call_soon`, timers) rather than kept (fd watchers).
+    one_shot: bool,
+    shared: Arc<LoopShared>,
     /// Where the handle was created (debug mode only): asyncio's `_source_traceback`.
     source_traceback: Option<Py<PyAny>>,
     /// The repr captured when a handle is cancelled in debug mode, as asyncio keeps it.
@@ -109,11 +114,12 @@ pub struct Handle {
 
 impl Handle {
     /// A new, not yet scheduled handle.
-    pub(crate) fn new(event_loop: Py<LoopCore>, callback: Callback, source_traceback: Option<Py<PyAny>>) -> Self {
+    pub(crate) fn new(shared: Arc<LoopShared>, callback: Callback, one_shot: bool, source_traceback: Option<Py<PyAny>>) -> Self {
         Handle {
             callback: Mutex::new(Some(callback)),
             cancelled: AtomicBool::new(false),
-            event_loop,
+            one_shot,
+            shared,
             source_traceback,
             cancelled_repr: Mutex::new(None),
         }
@@ -137,21 +143,44 @@ impl Handle {
         if this.cancelled.swap(true, Ordering::Relaxed) {
             return Ok(false);
         }
-        if this.event_loop.get().debug_enabled() {
+        if this.shared.debug_enabled() {
             let text = Self::render_repr(slf)?;
             *this.cancelled_repr.lock().expect("handle lock is never poisoned") = Some(text);
         }
-        let dropped = this.callback.lock().expect("handle lock is never poisoned").take();
-        drop(dropped); // after the lock is released: dropping may run arbitrary finalizers
+        this.release_callback();
         Ok(true)
+    }
+
+    /// After the loop ran the handle: a one-shot handle drops its callback.
+    pub(crate) fn finish(&self) {
+        if self.one_shot {
+            self.release_callback();
+        }
+    }
+
+    /// Drops the callback, its arguments and its context (the handle is done or abandoned).
+    pub(crate) fn release_callback(&self) {
+        let dropped = self.callback.lock().expect("handle lock is never poisoned").take();
+        drop(dropped); // after the lock is released: dropping may run arbitrary finalizers
     }
 
     /// Runs the callback in its context. Exceptions other than `SystemExit` and
     /// `KeyboardInterrupt` go to the loop's exception handler, as asyncio's `Handle._run` does;
     /// those two (and an exception raised by the handler itself) propagate.
-    pub(crate) fn run(slf: &Bound<'_, Self>) -> PyResult<()> {
+    ///
+    /// With `consume`, a one-shot handle gives up its callback for the call (the loop's fast
+    /// path); otherwise the loop calls [`Handle::finish`] when it is done with the handle.
+    pub(crate) fn run(slf: &Bound<'_, Self>, consume: bool) -> PyResult<()> {
         let py = slf.py();
-        let Some((func, args, context)) = slf.get().callback_parts(py) else {
+        let this = slf.get();
+        let parts = if consume && this.one_shot {
+            this.callback.lock().expect("handle lock is never poisoned").take().map(|cb| {
+                (cb.func.into_bound(py), cb.args.into_bound(py), cb.context.into_bound(py))
+            })
+        } else {
+            this.callback_parts(py)
+        };
+        let Some((func, args, context)) = parts else {
             return Ok(());
         };
         match call_in_context(py, &func, &args, &context) {
@@ -160,18 +189,23 @@ impl Handle {
                 if is_fatal(py, &err) {
                     return Err(err);
                 }
-                slf.get().event_loop.get().note_callback_error();
+                this.shared.note_callback_error();
                 let source = format_callback_source(py, &func.unbind(), &args.unbind())?;
                 let context = PyDict::new(py);
                 context.set_item("message", format!("Exception in callback {source}"))?;
                 context.set_item("exception", err.value(py))?;
                 context.set_item("handle", slf)?;
-                if let Some(tb) = &slf.get().source_traceback {
+                if let Some(tb) = &this.source_traceback {
                     if tb.bind(py).is_truthy()? {
                         context.set_item("source_traceback", tb)?;
                     }
                 }
-                slf.get().event_loop.bind(py).call_method1("call_exception_handler", (context,))?;
+                match this.shared.loop_object(py) {
+                    Some(event_loop) => {
+                        event_loop.call_method1("call_exception_handler", (context,))?;
+                    }
+                    None => err.write_unraisable(py, Some(slf.as_any())),
+                }
                 Ok(())
             }
         }
@@ -234,7 +268,7 @@ impl Handle {
 
     /// Runs the callback now, as the loop would (asyncio's `Handle._run`).
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::run(slf)
+        Self::run(slf, false)
     }
 
     /// The callback, or None once cancelled.
@@ -257,10 +291,10 @@ impl Handle {
         self.is_cancelled()
     }
 
-    /// The loop the handle belongs to.
+    /// The loop the handle belongs to (None once that loop was freed).
     #[getter]
-    fn _loop(&self, py: Python<'_>) -> Py<LoopCore> {
-        self.event_loop.clone_ref(py)
+    fn _loop<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.shared.loop_object(py)
     }
 
     /// The context (asyncio's attribute).
@@ -278,30 +312,10 @@ impl Handle {
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
         Self::render_repr(slf)
     }
-
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.event_loop)?;
-        if let Some(tb) = &self.source_traceback {
-            visit.call(tb)?;
-        }
-        if let Ok(guard) = self.callback.try_lock() {
-            if let Some(cb) = guard.as_ref() {
-                visit.call(&cb.func)?;
-                visit.call(&cb.args)?;
-                visit.call(&cb.context)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn __clear__(&self) {
-        let dropped = self.callback.lock().expect("handle lock is never poisoned").take();
-        drop(dropped);
-    }
 }
 
 /// A callback scheduled for a point in time: returned by `call_later` and `call_at`.
-#[pyclass(module = "oxloop._core", extends = Handle, frozen)]
+#[pyclass(module = "oxloop._core", extends = Handle, frozen, freelist = 1024)]
 pub struct TimerHandle {
     when: f64,
     /// Whether the timer is still in the loop's heap (asyncio's `_scheduled`).
@@ -331,7 +345,7 @@ impl TimerHandle {
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
         let base = slf.as_super();
         if Handle::cancel_base(base)? && slf.get().scheduled.load(Ordering::Relaxed) {
-            base.get().event_loop.get().timer_cancelled();
+            base.get().shared.timer_cancelled();
         }
         Ok(())
     }
