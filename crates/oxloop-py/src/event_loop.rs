@@ -32,7 +32,9 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyInt, PyTuple, PyWeakrefReference};
+use pyo3::{PyTraverseError, PyVisit};
 
+use crate::futures;
 use crate::handles::{Callback, Handle, TimerHandle};
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: the longest single wait, in seconds.
@@ -223,6 +225,8 @@ pub struct LoopCore {
     stopping: AtomicBool,
     /// `threading.get_ident()` of the thread running the loop, 0 when not running.
     thread_id: AtomicU64,
+    /// `set_task_factory()`'s factory.
+    task_factory: Mutex<Option<Py<PyAny>>>,
 }
 
 impl Drop for LoopCore {
@@ -535,6 +539,7 @@ impl LoopCore {
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             thread_id: AtomicU64::new(0),
+            task_factory: Mutex::new(None),
         })
     }
 
@@ -578,6 +583,56 @@ impl LoopCore {
         let delay = delay.ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
         let when = slf.get().now() + delay;
         Self::schedule_timer(slf, when, callback, args, context, "call_at")
+    }
+
+    /// A new `asyncio.Future` attached to this loop.
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        futures::create_future(slf.as_any())
+    }
+
+    /// Wraps the coroutine `coro` in an `asyncio.Task` (or what the task factory makes) and
+    /// schedules its first step. Extra keywords go to the task class or factory.
+    #[pyo3(signature = (coro, *, name=None, context=None, **kwargs))]
+    fn create_task<'py>(slf: &Bound<'py, Self>, coro: &Bound<'py, PyAny>, name: Option<&Bound<'py, PyAny>>, context: Option<&Bound<'py, PyAny>>, kwargs: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        slf.get().check_closed()?;
+        let factory = slf.get().task_factory.lock().expect("task factory lock is never poisoned").as_ref().map(|f| f.bind(py).clone());
+        let none = py.None().into_bound(py);
+        futures::create_task(slf.as_any(), factory, coro, name.unwrap_or(&none), context.unwrap_or(&none), kwargs)
+    }
+
+    /// Whether debug mode is on.
+    fn get_debug(&self) -> bool {
+        self.debug_enabled()
+    }
+
+    /// The task factory, or None (asyncio's `_task_factory` attribute).
+    #[getter(_task_factory)]
+    fn get_task_factory_attr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.task_factory.lock().expect("task factory lock is never poisoned").as_ref().map(|f| f.clone_ref(py))
+    }
+
+    #[setter(_task_factory)]
+    fn set_task_factory_attr(&self, factory: Bound<'_, PyAny>) -> PyResult<()> {
+        futures::check_task_factory(&factory)?;
+        let new = (!factory.is_none()).then(|| factory.unbind());
+        let old = std::mem::replace(&mut *self.task_factory.lock().expect("task factory lock is never poisoned"), new);
+        drop(old);
+        Ok(())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Ok(factory) = self.task_factory.try_lock() {
+            if let Some(factory) = factory.as_ref() {
+                visit.call(factory)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let old = self.task_factory.lock().map(|mut f| f.take()).ok().flatten();
+        drop(old);
     }
 
     /// Asks the loop to stop after the current iteration.

@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 
 mod dns;
 mod event_loop;
+mod futures;
 mod handles;
 
 /// The extension module.
