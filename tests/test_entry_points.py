@@ -99,10 +99,6 @@ def test_run_shuts_the_default_executor_down(loop_kind, leak_check):
     assert not threads[0].is_alive()
 
 
-@pytest.mark.oxloop_xfail(
-    reason="oxloop.run creates its Runner before checking for a running loop: Runner.__exit__ "
-    "then fails in shutdown_asyncgens and replaces the error (plus a never-awaited warning)"
-)
 def test_run_from_a_running_loop_raises(loop, loop_kind):
     async def inner():
         pass

@@ -133,10 +133,6 @@ def test_callback_exception_is_logged_by_the_default_handler(loop, caplog):
     assert str(record.exc_info[1]) == "logged"
 
 
-@pytest.mark.oxloop_xfail(
-    reason="a call_soon handle gives up its callback before running it, so the handle passed "
-    "to the exception handler (and logged by the default one) has repr '<Handle>'"
-)
 def test_handle_given_to_the_exception_handler_still_names_its_callback(loop, caplog):
     reprs = []
 

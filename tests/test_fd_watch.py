@@ -399,13 +399,6 @@ def test_add_of_a_regular_file_raises_permission_error_and_leaves_no_registratio
         assert getattr(loop, method.replace("add", "remove"))(f) is False
 
 
-OSERROR_NO_ERRNO = (
-    "errors of the epoll registration reach Python as OSError('... (os error N)') with "
-    "errno None; asyncio raises OSError(errno, strerror)"
-)
-
-
-@pytest.mark.oxloop_xfail(reason=OSERROR_NO_ERRNO)
 @pytest.mark.parametrize("method", ["add_reader", "add_writer"])
 def test_add_of_a_closed_descriptor_raises_oserror_with_ebadf(loop, method):
     with pytest.raises(OSError) as info:
@@ -414,7 +407,6 @@ def test_add_of_a_closed_descriptor_raises_oserror_with_ebadf(loop, method):
     assert info.value.args == (errno.EBADF, os.strerror(errno.EBADF))
 
 
-@pytest.mark.oxloop_xfail(reason=OSERROR_NO_ERRNO)
 @pytest.mark.parametrize("method", ["add_reader", "add_writer"])
 def test_add_of_a_regular_file_raises_permission_error_with_eperm(loop, method, tmp_path):
     with open(tmp_path / "file", "wb") as f:

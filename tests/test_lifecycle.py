@@ -233,10 +233,6 @@ def test_close_drops_pending_callbacks_and_timers(loop):
     assert later_ref() is None
 
 
-@pytest.mark.oxloop_xfail(
-    reason="close() keeps the loop's epoll and eventfd descriptors open until the loop object "
-    "is freed (asyncio closes its selector in close())"
-)
 def test_close_releases_the_loops_file_descriptors(loop_kind):
     before = open_fds()
     loop = LOOP_FACTORIES[loop_kind]()

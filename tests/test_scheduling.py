@@ -326,7 +326,6 @@ def test_handle_repr_names_the_callback(loop):
     assert repr(handle) == "<Handle cancelled>"
 
 
-@pytest.mark.oxloop_xfail(reason="cancelled TimerHandle repr puts 'when=' before 'cancelled'")
 def test_cancelled_timer_handle_repr(loop):
     timer = loop.call_later(10, print)
     timer.cancel()

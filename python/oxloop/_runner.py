@@ -16,5 +16,8 @@ def run(main, *, debug=None):
     Behaves as ``asyncio.run``: the loop is closed afterwards, after remaining tasks are
     cancelled and async generators and the default executor are shut down.
     """
+    if asyncio.events._get_running_loop() is not None:
+        # Checked before a loop is made, as asyncio.run does.
+        raise RuntimeError("oxloop.run() cannot be called from a running event loop")
     with asyncio.Runner(loop_factory=new_event_loop, debug=debug) as runner:
         return runner.run(main)

@@ -27,11 +27,12 @@ def _check_socket(sock):
 class SocketOperations:
     """Mixin of ``Loop``: the ``sock_*`` coroutines."""
 
-    async def _when_ready(self, sock, for_writing, attempt, *args):
-        """Wait until ``attempt(*args)`` stops raising BlockingIOError; return its result.
+    async def _when_ready(self, sock, for_writing, method, *args):
+        """Wait until ``sock.<method>(*args)`` stops raising BlockingIOError; return its result.
 
-        ``attempt`` is called each time the fd is ready. The watch is removed when the wait
-        ends, however it ends (result, exception, cancellation).
+        The method is looked up on the socket each time the fd is ready (as asyncio does), or
+        ``method`` is a callable to call instead. The watch is removed when the wait ends,
+        however it ends (result, exception, cancellation).
         """
         fd = sock.fileno()
         future = self.create_future()
@@ -40,6 +41,7 @@ class SocketOperations:
             if future.done():
                 return
             try:
+                attempt = getattr(sock, method) if isinstance(method, str) else method
                 result = attempt(*args)
             except _WOULD_BLOCK:
                 return
@@ -67,7 +69,7 @@ class SocketOperations:
             return sock.recv(n)
         except _WOULD_BLOCK:
             pass
-        return await self._when_ready(sock, False, sock.recv, n)
+        return await self._when_ready(sock, False, "recv", n)
 
     async def sock_recv_into(self, sock, buf):
         """Receive into ``buf``; return the number of bytes received."""
@@ -76,7 +78,7 @@ class SocketOperations:
             return sock.recv_into(buf)
         except _WOULD_BLOCK:
             pass
-        return await self._when_ready(sock, False, sock.recv_into, buf)
+        return await self._when_ready(sock, False, "recv_into", buf)
 
     async def sock_recvfrom(self, sock, bufsize):
         """Receive a datagram of up to ``bufsize`` bytes; return ``(data, address)``."""
@@ -85,7 +87,7 @@ class SocketOperations:
             return sock.recvfrom(bufsize)
         except _WOULD_BLOCK:
             pass
-        return await self._when_ready(sock, False, sock.recvfrom, bufsize)
+        return await self._when_ready(sock, False, "recvfrom", bufsize)
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         """Receive a datagram into ``buf``; return ``(nbytes, address)``."""
@@ -96,7 +98,7 @@ class SocketOperations:
             return sock.recvfrom_into(buf, nbytes)
         except _WOULD_BLOCK:
             pass
-        return await self._when_ready(sock, False, sock.recvfrom_into, buf, nbytes)
+        return await self._when_ready(sock, False, "recvfrom_into", buf, nbytes)
 
     async def sock_sendall(self, sock, data):
         """Send all of ``data``; return None once it is all handed to the kernel."""
@@ -126,7 +128,7 @@ class SocketOperations:
             return sock.sendto(data, address)
         except _WOULD_BLOCK:
             pass
-        return await self._when_ready(sock, True, sock.sendto, data, address)
+        return await self._when_ready(sock, True, "sendto", data, address)
 
     async def sock_connect(self, sock, address):
         """Connect ``sock`` to ``address``, resolving a host name first as asyncio does."""

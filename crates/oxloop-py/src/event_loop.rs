@@ -27,7 +27,7 @@ use oxloop_core::counters::Counters;
 use oxloop_core::reactor::{self, PollOutcome, Reactor, Readiness, Registrar, Trigger, Watch, Waker};
 use oxloop_core::ready::ReadyQueue;
 use oxloop_core::timers::TimerHeap;
-use pyo3::exceptions::{PyAttributeError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyAttributeError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -35,7 +35,7 @@ use pyo3::types::{PyDict, PyInt, PyTuple, PyWeakrefReference};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::futures;
-use crate::handles::{Callback, Handle, TimerHandle};
+use crate::handles::{handle_context, Callback, Handle, TimerHandle};
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: the longest single wait, in seconds.
 const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -58,7 +58,10 @@ enum Side {
 struct LoopState {
     ready: ReadyQueue<Py<Handle>>,
     timers: TimerHeap<Py<TimerHandle>>,
-    registrar: Registrar,
+    /// Registers fds with the epoll instance; None once the loop is closed.
+    registrar: Option<Registrar>,
+    /// Wakes a waiting poll; None once the loop is closed.
+    waker: Option<Arc<Waker>>,
     fd_callbacks: HashMap<RawFd, FdCallbacks>,
     clock: Clock,
     counters: Counters,
@@ -81,7 +84,10 @@ impl LoopState {
         let previous = std::mem::replace(slot, handle);
         let watch = Watch { readable: entry.reader.is_some(), writable: entry.writer.is_some(), trigger: Trigger::Level };
         let empty = !watch.readable && !watch.writable;
-        if let Err(err) = self.registrar.set_watch(fd, watch) {
+        let Some(registrar) = self.registrar.as_mut() else {
+            return Err(PyRuntimeError::new_err("Event loop is closed"));
+        };
+        if let Err(err) = registrar.set_watch(fd, watch) {
             // Undo the bookkeeping; the new handle is returned to the caller to be dropped.
             let entry = self.fd_callbacks.get_mut(&fd).expect("entry was just inserted");
             let slot = match side {
@@ -93,7 +99,7 @@ impl LoopState {
             if entry.reader.is_none() && entry.writer.is_none() {
                 self.fd_callbacks.remove(&fd);
             }
-            return Err(err.into());
+            return Err(fd_py_error(err));
         }
         if empty {
             self.fd_callbacks.remove(&fd);
@@ -106,7 +112,7 @@ impl LoopState {
     /// are handled by `check_signals` every iteration). Skipping it then changes nothing but
     /// the cost of a system call per iteration.
     fn poll_can_report(&self) -> bool {
-        self.registrar.len() > usize::from(self.wakeup_reader.is_some())
+        self.registrar.as_ref().is_some_and(|r| r.len() > usize::from(self.wakeup_reader.is_some()))
     }
 
     /// Queues the callbacks of one readiness event (asyncio's `_process_events`): a cancelled
@@ -134,7 +140,23 @@ impl LoopState {
                 }
             }
         }
-        self.registrar.rearm_if_level(event.fd);
+        if let Some(registrar) = self.registrar.as_mut() {
+            registrar.rearm_if_level(event.fd);
+        }
+    }
+}
+
+/// An `OSError` as Python raises it for a failed system call: `OSError(errno, strerror)`,
+/// which Python turns into the matching subclass (`PermissionError`, ...).
+fn fd_py_error(err: std::io::Error) -> PyErr {
+    match err.raw_os_error() {
+        Some(code) => {
+            // SAFETY: strerror returns a pointer to a NUL-terminated static or thread-local
+            // message, read at once.
+            let message = unsafe { std::ffi::CStr::from_ptr(libc::strerror(code)) }.to_string_lossy().into_owned();
+            PyOSError::new_err((code, message))
+        }
+        None => err.into(),
     }
 }
 
@@ -194,7 +216,12 @@ impl LoopShared {
     fn release_everything(&self, py: Python<'_>) {
         let (ready, timers, watchers) = {
             let mut state = self.lock();
-            state.registrar.unwatch_all();
+            // Dropping the registrar and the waker closes their descriptors (the epoll
+            // instance itself closes with the reactor, in `_close_core`).
+            if let Some(mut registrar) = state.registrar.take() {
+                registrar.unwatch_all();
+            }
+            state.waker = None;
             let watchers: Vec<FdCallbacks> = state.fd_callbacks.drain().map(|(_, w)| w).collect();
             (state.ready.drain_all(), state.timers.drain_all(), watchers)
         };
@@ -218,8 +245,8 @@ impl LoopShared {
 #[pyclass(module = "oxloop._core", subclass, weakref, frozen)]
 pub struct LoopCore {
     shared: Arc<LoopShared>,
-    reactor: Mutex<Reactor>,
-    waker: Arc<Waker>,
+    /// The waiting half of the reactor; None once the loop is closed.
+    reactor: Mutex<Option<Reactor>>,
     clock_resolution: f64,
     closed: AtomicBool,
     stopping: AtomicBool,
@@ -241,6 +268,11 @@ impl LoopCore {
     #[inline]
     fn lock(&self) -> MutexGuard<'_, LoopState> {
         self.shared.lock()
+    }
+
+    /// Takes the waiting half of the reactor: only one thread may run the loop.
+    fn lock_reactor(&self) -> PyResult<MutexGuard<'_, Option<Reactor>>> {
+        self.reactor.try_lock().map_err(|_| PyRuntimeError::new_err("This event loop is already running"))
     }
 
     /// Whether debug mode is on.
@@ -283,8 +315,8 @@ impl LoopCore {
     /// Creates a handle for `callback(*args)` in `context`.
     fn new_handle(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, one_shot: bool, traceback: Option<Py<PyAny>>) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        let callback = Callback::new(py, callback, args, context)?;
-        Py::new(py, Handle::new(slf.get().shared_with_handles(slf)?, callback, one_shot, traceback))
+        let context = handle_context(py, context)?;
+        Py::new(py, Handle::new(slf.get().shared_with_handles(slf)?, Callback::new(callback, args), context, one_shot, traceback))
     }
 
     /// The shared part, for a new handle; records the loop object on first use.
@@ -296,13 +328,13 @@ impl LoopCore {
     /// Appends a handle to the ready queue; wakes the poller if `threadsafe` and it waits.
     #[inline]
     fn push_ready(&self, handle: Py<Handle>, threadsafe: bool) -> PyResult<()> {
-        let wake = {
-            let mut state = self.lock();
-            state.ready.push(handle);
-            threadsafe && state.waiting
-        };
-        if wake {
-            self.waker.wake()?;
+        let mut state = self.lock();
+        state.ready.push(handle);
+        if threadsafe && state.waiting {
+            if let Some(waker) = &state.waker {
+                // A non-blocking write to an eventfd: no Python, safe under the lock.
+                waker.wake()?;
+            }
         }
         Ok(())
     }
@@ -526,7 +558,8 @@ impl LoopCore {
                 state: Mutex::new(LoopState {
                 ready: ReadyQueue::new(),
                 timers: TimerHeap::new(),
-                registrar,
+                registrar: Some(registrar),
+                waker: Some(waker),
                 fd_callbacks: HashMap::new(),
                 clock,
                 counters: Counters::default(),
@@ -534,8 +567,7 @@ impl LoopCore {
                 wakeup_reader: None,
                 }),
             }),
-            reactor: Mutex::new(reactor),
-            waker,
+            reactor: Mutex::new(Some(reactor)),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             thread_id: AtomicU64::new(0),
@@ -659,11 +691,12 @@ impl LoopCore {
     /// tears down the running-loop state).
     fn _run_until_stopped(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
-        let mut reactor = this.reactor.try_lock().map_err(|_| PyRuntimeError::new_err("This event loop is already running"))?;
+        let mut reactor = this.lock_reactor()?;
+        let reactor = reactor.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
         let mut batch = VecDeque::new();
         let mut io_events = Vec::new();
         loop {
-            Self::run_once(slf, &mut reactor, &mut batch, &mut io_events)?;
+            Self::run_once(slf, reactor, &mut batch, &mut io_events)?;
             if this.stopping.load(Ordering::Relaxed) {
                 return Ok(());
             }
@@ -673,21 +706,26 @@ impl LoopCore {
     /// Runs one iteration (asyncio's `_run_once`).
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
-        let mut reactor = this.reactor.try_lock().map_err(|_| PyRuntimeError::new_err("This event loop is already running"))?;
-        Self::run_once(slf, &mut reactor, &mut VecDeque::new(), &mut Vec::new())
+        let mut reactor = this.lock_reactor()?;
+        let reactor = reactor.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
+        Self::run_once(slf, reactor, &mut VecDeque::new(), &mut Vec::new())
     }
 
     /// Marks the loop closed and releases every pending callback, timer and fd watch.
-    fn _close_core(&self, py: Python<'_>) {
+    fn _close_core(&self, py: Python<'_>) -> PyResult<()> {
+        let mut reactor = self.lock_reactor()?;
         self.closed.store(true, Ordering::Release);
         self.shared.release_everything(py);
+        *reactor = None; // closes the epoll instance
+        Ok(())
     }
 
     /// Watches the read end of the signal wakeup pipe: it ends a wait when a signal arrives
     /// and is drained natively (signal handlers themselves run from Python's signal module).
     fn _set_wakeup_reader(&self, fd: RawFd) -> PyResult<()> {
         let mut state = self.lock();
-        state.registrar.set_watch(fd, Watch { readable: true, writable: false, trigger: Trigger::Edge })?;
+        let registrar = state.registrar.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
+        registrar.set_watch(fd, Watch { readable: true, writable: false, trigger: Trigger::Edge }).map_err(fd_py_error)?;
         state.wakeup_reader = Some(fd);
         Ok(())
     }
@@ -730,7 +768,7 @@ impl LoopCore {
     fn _counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let (counters, ready, timers, fds) = {
             let state = self.lock();
-            (state.counters, state.ready.len(), state.timers.len(), state.registrar.len())
+            (state.counters, state.ready.len(), state.timers.len(), state.registrar.as_ref().map_or(0, Registrar::len))
         };
         let dict = PyDict::new(py);
         dict.set_item("iterations", counters.iterations)?;
@@ -803,8 +841,8 @@ impl LoopCore {
         let this = slf.get();
         this.check_closed()?;
         let traceback = Self::debug_checks(slf, &callback, method, true)?;
-        let callback = Callback::new(py, callback, args, context)?;
-        let handle = Handle::new(this.shared_with_handles(slf)?, callback, true, traceback);
+        let context = handle_context(py, context)?;
+        let handle = Handle::new(this.shared_with_handles(slf)?, Callback::new(callback, args), context, true, traceback);
         let init = PyClassInitializer::from(handle).add_subclass(TimerHandle::new(when));
         let timer = Py::new(py, init)?;
         timer.get().set_scheduled(true);

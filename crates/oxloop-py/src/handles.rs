@@ -5,7 +5,7 @@
 //!   loop runs them holding the GIL). The callback lives behind a mutex only because PyO3
 //!   requires frozen classes to be `Sync`; the lock is held for a few loads and never across
 //!   a call into Python, so it is never contended.
-//! - `cancel()` drops the callback, its arguments and its context at once (a cancelled
+//! - `cancel()` drops the callback and its arguments at once (a cancelled
 //!   `wait_for(..., 3600)` holds no memory for an hour); the entry left in the timer heap is an
 //!   empty shell purged lazily.
 //! - Running a handle calls the callback inside its `contextvars.Context` with
@@ -29,27 +29,25 @@ use pyo3::types::{PyDict, PyTuple};
 
 use crate::event_loop::LoopShared;
 
-/// What a handle calls: the callback, its positional arguments and its context.
+/// What a handle calls: the callback and its positional arguments.
 pub(crate) struct Callback {
     func: Py<PyAny>,
     args: Py<PyTuple>,
-    context: Py<PyAny>,
 }
 
 impl Callback {
-    /// Builds a callback; `context` `None` captures a copy of the current context, as
-    /// asyncio's `Handle` does.
-    pub(crate) fn new(
-        py: Python<'_>,
-        func: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Self> {
-        let context = match context {
-            Some(ctx) if !ctx.is_none() => ctx.unbind(),
-            _ => copy_current_context(py)?,
-        };
-        Ok(Callback { func: func.unbind(), args: args.unbind(), context })
+    /// Builds a callback.
+    pub(crate) fn new(func: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> Self {
+        Callback { func: func.unbind(), args: args.unbind() }
+    }
+}
+
+/// The context a handle runs in: the one given, or (None) a copy of the current context, as
+/// asyncio's `Handle` does.
+pub(crate) fn handle_context(py: Python<'_>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+    match context {
+        Some(ctx) if !ctx.is_none() => Ok(ctx.unbind()),
+        _ => copy_current_context(py),
     }
 }
 
@@ -102,6 +100,8 @@ fn format_callback_source<'py>(py: Python<'py>, func: &Py<PyAny>, args: &Py<PyTu
 #[pyclass(module = "oxloop._core", subclass, weakref, frozen, freelist = 1024)]
 pub struct Handle {
     callback: Mutex<Option<Callback>>,
+    /// The `contextvars.Context` the callback runs in; kept after cancellation, as asyncio does.
+    context: Py<PyAny>,
     cancelled: AtomicBool,
     /// Dropped after the first run (`call_soon`, timers) rather than kept (fd watchers).
     one_shot: bool,
@@ -114,9 +114,10 @@ pub struct Handle {
 
 impl Handle {
     /// A new, not yet scheduled handle.
-    pub(crate) fn new(shared: Arc<LoopShared>, callback: Callback, one_shot: bool, source_traceback: Option<Py<PyAny>>) -> Self {
+    pub(crate) fn new(shared: Arc<LoopShared>, callback: Callback, context: Py<PyAny>, one_shot: bool, source_traceback: Option<Py<PyAny>>) -> Self {
         Handle {
             callback: Mutex::new(Some(callback)),
+            context,
             cancelled: AtomicBool::new(false),
             one_shot,
             shared,
@@ -132,9 +133,9 @@ impl Handle {
     }
 
     /// The callback's parts, as new references (so that no lock is held during the call).
-    fn callback_parts<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyAny>, Bound<'py, PyTuple>, Bound<'py, PyAny>)> {
+    fn callback_parts<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
         let guard = self.callback.lock().expect("handle lock is never poisoned");
-        guard.as_ref().map(|cb| (cb.func.bind(py).clone(), cb.args.bind(py).clone(), cb.context.bind(py).clone()))
+        guard.as_ref().map(|cb| (cb.func.bind(py).clone(), cb.args.bind(py).clone()))
     }
 
     /// Marks the handle cancelled and drops its callback. Returns whether it was live.
@@ -173,24 +174,28 @@ impl Handle {
     pub(crate) fn run(slf: &Bound<'_, Self>, consume: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let parts = if consume && this.one_shot {
-            this.callback.lock().expect("handle lock is never poisoned").take().map(|cb| {
-                (cb.func.into_bound(py), cb.args.into_bound(py), cb.context.into_bound(py))
-            })
+        let consumed = consume && this.one_shot;
+        let parts = if consumed {
+            this.callback.lock().expect("handle lock is never poisoned").take().map(|cb| (cb.func.into_bound(py), cb.args.into_bound(py)))
         } else {
             this.callback_parts(py)
         };
-        let Some((func, args, context)) = parts else {
+        let Some((func, args)) = parts else {
             return Ok(());
         };
-        match call_in_context(py, &func, &args, &context) {
+        match call_in_context(py, &func, &args, this.context.bind(py)) {
             Ok(()) => Ok(()),
             Err(err) => {
                 if is_fatal(py, &err) {
                     return Err(err);
                 }
                 this.shared.note_callback_error();
-                let source = format_callback_source(py, &func.unbind(), &args.unbind())?;
+                let (func, args) = (func.unbind(), args.unbind());
+                let source = format_callback_source(py, &func, &args)?;
+                if consumed {
+                    // The exception handler sees the handle as asyncio shows it: with its callback.
+                    *this.callback.lock().expect("handle lock is never poisoned") = Some(Callback { func, args });
+                }
                 let context = PyDict::new(py);
                 context.set_item("message", format!("Exception in callback {source}"))?;
                 context.set_item("exception", err.value(py))?;
@@ -220,7 +225,7 @@ impl Handle {
             info.push("cancelled".to_owned());
         }
         let parts = this.callback_parts(py);
-        if let Some((func, args, _)) = parts {
+        if let Some((func, args)) = parts {
             info.push(format_callback_source(py, &func.unbind(), &args.unbind())?);
         }
         if let Some(tb) = &this.source_traceback {
@@ -241,7 +246,7 @@ impl Handle {
         let mut info = Self::repr_info(slf)?;
         if let Ok(timer) = slf.cast::<TimerHandle>() {
             let when = timer.get().when.into_pyobject(slf.py())?.repr()?;
-            info.insert(1, format!("when={when}"));
+            info.insert(if slf.get().is_cancelled() { 2 } else { 1 }, format!("when={when}"));
         }
         Ok(format!("<{}>", info.join(" ")))
     }
@@ -261,9 +266,8 @@ impl Handle {
     }
 
     /// The `contextvars.Context` the callback runs in.
-    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        let guard = self.callback.lock().expect("handle lock is never poisoned");
-        guard.as_ref().map(|cb| cb.context.clone_ref(py))
+    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
     }
 
     /// Runs the callback now, as the loop would (asyncio's `Handle._run`).
@@ -299,7 +303,7 @@ impl Handle {
 
     /// The context (asyncio's attribute).
     #[getter]
-    fn _context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
         self.get_context(py)
     }
 
