@@ -83,6 +83,11 @@ class Loop(_core.LoopCore, SocketOperations, SignalOperations, ResolverOperation
             self._default_executor = None
             executor.shutdown(wait=False)
 
+    def _stop_serving(self, sock):
+        """Stop accepting on a listening socket and close it (asyncio's ``Server`` calls it)."""
+        self.remove_reader(sock.fileno())
+        sock.close()
+
     def _write_to_self(self):
         """Wake the loop from another thread."""
         self.call_soon_threadsafe(_do_nothing)
