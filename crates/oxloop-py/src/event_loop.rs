@@ -308,7 +308,7 @@ impl LoopCore {
         if check_thread {
             slf.get().check_thread()?;
         }
-        slf.call_method1("_check_callback", (callback, method))?;
+        slf.call_method1(pyo3::intern!(slf.py(), "_check_callback"), (callback, method))?;
         Ok(Some(extract_stack(slf.py())?))
     }
 
@@ -437,13 +437,13 @@ impl LoopCore {
     /// takes longer than `slow_callback_duration` (naming the task it steps, if any).
     fn run_handle_debug(slf: &Bound<'_, Self>, handle: &Bound<'_, Handle>) -> PyResult<()> {
         let py = slf.py();
-        slf.setattr("_current_handle", handle)?;
+        slf.setattr(pyo3::intern!(py, "_current_handle"), handle)?;
         let started = slf.get().now();
         let result = Handle::run(handle, false);
         let elapsed = slf.get().now() - started;
-        slf.setattr("_current_handle", py.None())?;
+        slf.setattr(pyo3::intern!(py, "_current_handle"), py.None())?;
         let logged = result.and_then(|()| {
-            let slow: f64 = slf.getattr("slow_callback_duration")?.extract()?;
+            let slow: f64 = slf.getattr(pyo3::intern!(py, "slow_callback_duration"))?.extract()?;
             if elapsed >= slow {
                 slf.call_method1("_log_slow_callback", (handle, elapsed))?;
             }

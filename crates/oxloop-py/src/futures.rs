@@ -44,7 +44,7 @@ pub(crate) fn create_future<'py>(event_loop: &Bound<'py, PyAny>) -> PyResult<Bou
     static FUTURES: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
     static NAMES: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
     let py = event_loop.py();
-    let future_class = module(py, &FUTURES, "asyncio.futures")?.getattr("Future")?;
+    let future_class = module(py, &FUTURES, "asyncio.futures")?.getattr(pyo3::intern!(py, "Future"))?;
     call_with_keywords(&future_class, &[], &[event_loop], kwnames(py, &NAMES, &["loop"])?)
 }
 
@@ -63,7 +63,7 @@ pub(crate) fn create_task<'py>(
     let py = event_loop.py();
     let tasks = module(py, &TASKS, "asyncio.tasks")?;
     let Some(factory) = factory else {
-        let task_class = tasks.getattr("Task")?;
+        let task_class = tasks.getattr(pyo3::intern!(py, "Task"))?;
         if extra.is_some_and(|kw| !kw.is_empty()) {
             let kwargs = extra.expect("checked above").copy()?;
             kwargs.set_item("loop", event_loop)?;
@@ -82,7 +82,7 @@ pub(crate) fn create_task<'py>(
     }
     let task = factory.call((event_loop, coro), Some(&kwargs))?;
     if !name.is_none() {
-        task.call_method1("set_name", (name,))?;
+        task.call_method1(pyo3::intern!(py, "set_name"), (name,))?;
     }
     Ok(task)
 }
