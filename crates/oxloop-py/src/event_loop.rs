@@ -580,28 +580,6 @@ impl LoopCore {
         self.now()
     }
 
-    /// Schedules `callback(*args)` for the next iteration; returns its `Handle`.
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<Handle>> {
-        let this = slf.get();
-        this.check_closed()?;
-        let traceback = Self::debug_checks(slf, &callback, "call_soon", true)?;
-        let handle = Self::new_handle(slf, callback, args, context, true, traceback)?;
-        this.push_ready(handle.clone_ref(slf.py()), false)?;
-        Ok(handle)
-    }
-
-    /// Like `call_soon`, callable from any thread (and from signal handlers): wakes the loop.
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon_threadsafe(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<Handle>> {
-        let this = slf.get();
-        this.check_closed()?;
-        let traceback = Self::debug_checks(slf, &callback, "call_soon_threadsafe", false)?;
-        let handle = Self::new_handle(slf, callback, args, context, true, traceback)?;
-        this.push_ready(handle.clone_ref(slf.py()), true)?;
-        Ok(handle)
-    }
-
     /// Schedules `callback(*args)` at `when` on the loop's clock; returns its `TimerHandle`.
     #[pyo3(signature = (when, callback, *args, context=None))]
     fn call_at(slf: &Bound<'_, Self>, when: Option<f64>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
@@ -835,6 +813,21 @@ impl LoopCore {
 }
 
 impl LoopCore {
+    /// `call_soon` (or, `threadsafe`, `call_soon_threadsafe`) after argument parsing: the
+    /// entry points are hand-written vectorcall functions in `fastcall`.
+    pub(crate) fn schedule_soon(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, threadsafe: bool) -> PyResult<Py<Handle>> {
+        let this = slf.get();
+        this.check_closed()?;
+        let traceback = if threadsafe {
+            Self::debug_checks(slf, &callback, "call_soon_threadsafe", false)?
+        } else {
+            Self::debug_checks(slf, &callback, "call_soon", true)?
+        };
+        let handle = Self::new_handle(slf, callback, args, context, true, traceback)?;
+        this.push_ready(handle.clone_ref(slf.py()), threadsafe)?;
+        Ok(handle)
+    }
+
     /// `call_at` after argument checks.
     fn schedule_timer(slf: &Bound<'_, Self>, when: f64, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, method: &str) -> PyResult<Py<TimerHandle>> {
         let py = slf.py();

@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 
 mod dns;
 mod event_loop;
+mod fastcall;
 mod futures;
 mod handles;
 
@@ -16,6 +17,7 @@ mod handles;
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
+    fastcall::install(&m.py().get_type::<event_loop::LoopCore>())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     dns::register(m)?;
