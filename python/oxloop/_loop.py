@@ -16,13 +16,21 @@ from asyncio import base_events, events
 
 from . import _core
 from ._dns import ResolverOperations
+from ._pending import PendingOperations
 from ._signals import SignalOperations
 from ._sockets import SocketOperations
 
 logger = logging.getLogger("asyncio")
 
 
-class Loop(_core.LoopCore, SocketOperations, SignalOperations, ResolverOperations, asyncio.BaseEventLoop):
+class Loop(
+    _core.LoopCore,
+    SocketOperations,
+    SignalOperations,
+    ResolverOperations,
+    PendingOperations,
+    asyncio.BaseEventLoop,
+):
     """An asyncio event loop whose core is written in Rust."""
 
     def __init__(self):

@@ -26,12 +26,12 @@ The entries below were recorded on the default module set, with oxloop's
 transports (TCP, UDP, Unix sockets, pipes, SSL, servers) not written yet.
 """
 
-_TCP = "socket (TCP) transports not implemented yet: BaseEventLoop._make_socket_transport raises NotImplementedError"
-_SERVER = "create_server not implemented yet: the loop has no _start_serving"
-_SSL = "SSL transports not implemented yet: BaseEventLoop._make_ssl_transport raises NotImplementedError"
-_UDP = "datagram transports not implemented yet: BaseEventLoop._make_datagram_transport raises NotImplementedError"
-_UNIX = "create_unix_connection / create_unix_server not implemented yet (AbstractEventLoop's NotImplementedError)"
-_PIPES = "pipe transports not implemented yet: BaseEventLoop._make_read/write_pipe_transport raise NotImplementedError"
+_TCP = "TCP transports are issue #3 (create_connection raises NotImplementedError until then)"
+_SERVER = "servers are issue #3 (create_server raises NotImplementedError until then)"
+_SSL = "TLS is issue #4 (needs the transports of issue #3 first)"
+_UDP = "UDP is issue #4 (create_datagram_endpoint raises NotImplementedError until then)"
+_UNIX = "Unix stream transports are issue #3 (create_unix_* raise NotImplementedError until then)"
+_PIPES = "pipe transports are issue #4 (connect_*_pipe raise NotImplementedError until then)"
 _SELECTOR_INTERNALS = "the test uses selector-loop internals: {}"
 
 
