@@ -29,6 +29,7 @@ import asyncio
 import gc
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -266,3 +267,14 @@ def run_python(args, *, cwd=None, timeout=60) -> subprocess.CompletedProcess:
     return subprocess.run(
         [PYTHON, *args], cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture
+def pair():
+    """A connected pair of non-blocking Unix sockets, closed afterwards."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()

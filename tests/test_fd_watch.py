@@ -14,16 +14,6 @@ import weakref
 import pytest
 
 
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 class FileLike:
     """Not a socket: just an object with fileno()."""
 

@@ -23,16 +23,6 @@ def nonblocking(sock):
 
 
 @pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
-@pytest.fixture
 def udp_pair():
     a = nonblocking(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     b = nonblocking(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))

@@ -85,32 +85,20 @@ fn into_c_result(py: Python<'_>, outcome: std::thread::Result<PyResult<Py<Handle
     }
 }
 
-/// `loop.call_soon(callback, *args, context=None)`.
-unsafe extern "C" fn call_soon(
+/// `loop.call_soon(callback, *args, context=None)` and, with `THREADSAFE`,
+/// `loop.call_soon_threadsafe(...)`.
+unsafe extern "C" fn schedule_entry<const THREADSAFE: bool>(
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls methods with the GIL held; arguments as documented above.
+    // SAFETY: CPython calls methods with the GIL held; arguments as `schedule_from_vectorcall`
+    // documents.
     let py = unsafe { Python::assume_attached() };
+    let method = if THREADSAFE { "call_soon_threadsafe" } else { "call_soon" };
     let outcome = catch_unwind(AssertUnwindSafe(|| unsafe {
-        schedule_from_vectorcall(py, slf, args, nargs, kwnames, "call_soon", false)
-    }));
-    into_c_result(py, outcome)
-}
-
-/// `loop.call_soon_threadsafe(callback, *args, context=None)`.
-unsafe extern "C" fn call_soon_threadsafe(
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: as in `call_soon`.
-    let py = unsafe { Python::assume_attached() };
-    let outcome = catch_unwind(AssertUnwindSafe(|| unsafe {
-        schedule_from_vectorcall(py, slf, args, nargs, kwnames, "call_soon_threadsafe", true)
+        schedule_from_vectorcall(py, slf, args, nargs, kwnames, method, THREADSAFE)
     }));
     into_c_result(py, outcome)
 }
@@ -126,12 +114,12 @@ struct FastMethod {
 const METHODS: [FastMethod; 2] = [
     FastMethod {
         name: c"call_soon",
-        function: call_soon,
+        function: schedule_entry::<false>,
         doc: c"call_soon($self, callback, /, *args, context=None)\n--\n\nSchedule callback(*args) for the next iteration; return its Handle.",
     },
     FastMethod {
         name: c"call_soon_threadsafe",
-        function: call_soon_threadsafe,
+        function: schedule_entry::<true>,
         doc: c"call_soon_threadsafe($self, callback, /, *args, context=None)\n--\n\nLike call_soon(), callable from any thread and from signal handlers: wakes the loop.",
     },
 ];
