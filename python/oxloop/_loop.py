@@ -44,6 +44,7 @@ class Loop(
         self._internal_fds += 1
         self._set_wakeup_reader(self._self_reader.fileno())
         self._owns_wakeup_fd = False
+        self._wakeup_fd_needed_by_run = False
 
     def run_forever(self):
         """Run until ``stop()`` is called."""
@@ -67,7 +68,7 @@ class Loop(
             self._set_coroutine_origin_tracking(False)
             sys.set_asyncgen_hooks(*old_agen_hooks)
             if claimed_wakeup_fd:
-                self._release_wakeup_fd()
+                self._end_run_wakeup_fd()
 
     def close(self):
         """Close the loop: drop pending callbacks, stop watching fds, shut the executor down.

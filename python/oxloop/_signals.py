@@ -113,23 +113,36 @@ class SignalOperations:
 
     def _claim_wakeup_fd(self):
         """Install the self-pipe as the wakeup fd if we are on the main thread and no one else
-        has one. Returns whether it was installed now (and so must be released later)."""
-        if self._owns_wakeup_fd or threading.current_thread() is not threading.main_thread():
+        has one, for the duration of ``run_forever``. Returns whether it must be released
+        afterwards."""
+        if threading.current_thread() is not threading.main_thread():
             return False
+        if self._owns_wakeup_fd:
+            # Installed for signal handlers: keep it while we run, even if they go.
+            self._wakeup_fd_needed_by_run = True
+            return True
         ours = self._self_writer.fileno()
         try:
             previous = signal.set_wakeup_fd(ours, warn_on_full_buffer=False)
         except ValueError:  # not the main interpreter
             return False
         if previous not in (-1, ours):
-            signal.set_wakeup_fd(previous)  # someone else's: leave it in place
+            # Someone else's: leave it in place (its warn_on_full_buffer flag cannot be read
+            # back, so it is restored with the default).
+            signal.set_wakeup_fd(previous)
             return False
         self._owns_wakeup_fd = True
+        self._wakeup_fd_needed_by_run = True
         return True
 
+    def _end_run_wakeup_fd(self):
+        """``run_forever`` is over: release the wakeup fd unless signal handlers need it."""
+        self._wakeup_fd_needed_by_run = False
+        self._release_wakeup_fd()
+
     def _release_wakeup_fd(self):
-        """Uninstall the wakeup fd, unless signal handlers still need it."""
-        if self._signal_handlers or not self._owns_wakeup_fd:
+        """Uninstall the wakeup fd, unless signal handlers or a running loop still need it."""
+        if self._signal_handlers or self._wakeup_fd_needed_by_run or not self._owns_wakeup_fd:
             return
         self._owns_wakeup_fd = False
         try:

@@ -167,7 +167,11 @@ fn drain(fd: RawFd) {
         // SAFETY: `buf` is a valid writable buffer of the given length; `fd` is the loop's own
         // wakeup pipe, open while registered.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+        if n > 0 {
+            continue;
+        }
+        // End of file, EAGAIN (drained) or a real error: stop; only EINTR retries.
+        if n == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
             return;
         }
     }

@@ -42,10 +42,10 @@ unsafe fn schedule_from_vectorcall(
     unsafe {
         let slf = Bound::from_borrowed_ptr(py, slf).cast_into::<LoopCore>()?;
         let positional = std::slice::from_raw_parts(args, nargs as usize);
-        let Some((&callback, rest)) = positional.split_first() else {
-            return Err(PyTypeError::new_err(format!("{method}() missing 1 required positional argument: 'callback'")));
+        let (mut callback, rest) = match positional.split_first() {
+            Some((&callback, rest)) => (Some(Bound::from_borrowed_ptr(py, callback)), rest),
+            None => (None, positional),
         };
-        let callback = Bound::from_borrowed_ptr(py, callback);
         let rest = if rest.is_empty() {
             PyTuple::empty(py)
         } else {
@@ -58,13 +58,21 @@ unsafe fn schedule_from_vectorcall(
             let context_name = pyo3::intern!(py, "context");
             for (name, &value) in names.iter().zip(values) {
                 // Keyword names are almost always the interned string itself.
-                if name.is(context_name) || name.cast::<PyString>().is_ok_and(|n| n.to_str().is_ok_and(|n| n == "context")) {
+                let is = |expected: &str| name.cast::<PyString>().is_ok_and(|n| n.to_str().is_ok_and(|n| n == expected));
+                if name.is(context_name) || is("context") {
                     context = Some(Bound::from_borrowed_ptr(py, value));
+                } else if is("callback") && callback.is_none() {
+                    callback = Some(Bound::from_borrowed_ptr(py, value));
+                } else if is("callback") {
+                    return Err(PyTypeError::new_err(format!("{method}() got multiple values for argument 'callback'")));
                 } else {
                     return Err(PyTypeError::new_err(format!("{method}() got an unexpected keyword argument '{name}'")));
                 }
             }
         }
+        let callback = callback.ok_or_else(|| {
+            PyTypeError::new_err(format!("{method}() missing 1 required positional argument: 'callback'"))
+        })?;
         LoopCore::schedule_soon(&slf, callback, rest, context, threadsafe)
     }
 }
@@ -115,12 +123,12 @@ const METHODS: [FastMethod; 2] = [
     FastMethod {
         name: c"call_soon",
         function: schedule_entry::<false>,
-        doc: c"call_soon($self, callback, /, *args, context=None)\n--\n\nSchedule callback(*args) for the next iteration; return its Handle.",
+        doc: c"call_soon($self, callback, *args, context=None)\n--\n\nSchedule callback(*args) for the next iteration; return its Handle.",
     },
     FastMethod {
         name: c"call_soon_threadsafe",
         function: schedule_entry::<true>,
-        doc: c"call_soon_threadsafe($self, callback, /, *args, context=None)\n--\n\nLike call_soon(), callable from any thread and from signal handlers: wakes the loop.",
+        doc: c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\nLike call_soon(), callable from any thread and from signal handlers: wakes the loop.",
     },
 ];
 

@@ -10,11 +10,13 @@
 //!   empty shell purged lazily.
 //! - Running a handle calls the callback inside its `contextvars.Context` with
 //!   `PyContext_Enter`/`PyObject_Vectorcall`/`PyContext_Exit`: no tuple, no bound method.
-//! - Handles are not tracked by Python's garbage collector (tracking every handle costs more
-//!   than the rest of `call_soon`). They therefore never stay in a reference cycle once they
-//!   are done: a one-shot handle drops its callback after it runs, every handle drops it when
-//!   cancelled, and the loop drops the callbacks of everything still pending when it closes
-//!   or is freed. A handle refers to its loop through [`LoopShared`], never to the Python loop
+//! - The garbage collector does not see what a handle refers to (no `__traverse__`:
+//!   traversing every pending handle in each collection costs more than the rest of
+//!   `call_soon`; handles reused from the freelist are not even tracked). So a handle never
+//!   stays in a reference cycle once it is done: a one-shot handle drops its callback when it
+//!   has run (after the exception handler has seen it, if it raised), every handle drops it
+//!   when cancelled, and the loop drops the callbacks of everything still pending when it
+//!   closes or is freed. A handle refers to its loop through [`LoopShared`], never to the Python loop
 //!   object, so an unclosed loop is still collected (and warns, as asyncio's does).
 
 use std::ffi::c_int;
@@ -24,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
 
@@ -205,13 +208,17 @@ impl Handle {
                         context.set_item("source_traceback", tb)?;
                     }
                 }
-                match this.shared.loop_object(py) {
-                    Some(event_loop) => {
-                        event_loop.call_method1("call_exception_handler", (context,))?;
+                let reported = match this.shared.loop_object(py) {
+                    Some(event_loop) => event_loop.call_method1("call_exception_handler", (context,)).map(drop),
+                    None => {
+                        err.write_unraisable(py, Some(slf.as_any()));
+                        Ok(())
                     }
-                    None => err.write_unraisable(py, Some(slf.as_any())),
+                };
+                if consumed {
+                    this.release_callback();
                 }
-                Ok(())
+                reported
             }
         }
     }
@@ -371,8 +378,42 @@ impl TimerHandle {
         self.scheduled.load(Ordering::Relaxed)
     }
 
-    fn __hash__(&self) -> u64 {
-        self.when.to_bits()
+    /// `hash(when)`, as asyncio's `TimerHandle`.
+    fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
+        self.when.into_pyobject(py)?.hash()
+    }
+
+    /// Timers order by deadline; equal timers have the same deadline, callback, arguments and
+    /// cancellation state (asyncio's `TimerHandle` comparisons).
+    fn __richcmp__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let Ok(other) = other.cast::<TimerHandle>() else {
+            return Ok(py.NotImplemented());
+        };
+        let (a, b) = (slf.get().when, other.get().when);
+        let equal = || -> PyResult<bool> {
+            if a != b {
+                return Ok(false);
+            }
+            let (mine, theirs) = (slf.as_super().get(), other.as_super().get());
+            if mine.is_cancelled() != theirs.is_cancelled() {
+                return Ok(false);
+            }
+            match (mine.callback_parts(py), theirs.callback_parts(py)) {
+                (None, None) => Ok(true),
+                (Some((f1, a1)), Some((f2, a2))) => Ok(f1.eq(f2)? && a1.eq(a2)?),
+                _ => Ok(false),
+            }
+        };
+        let result = match op {
+            CompareOp::Lt => a < b,
+            CompareOp::Gt => a > b,
+            CompareOp::Le => a < b || equal()?,
+            CompareOp::Ge => a > b || equal()?,
+            CompareOp::Eq => equal()?,
+            CompareOp::Ne => !equal()?,
+        };
+        Ok(result.into_pyobject(py)?.to_owned().into_any().unbind())
     }
 }
 
