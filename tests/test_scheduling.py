@@ -508,3 +508,31 @@ def test_explicit_none_context_copies_the_current_context(loop):
     finally:
         var.set("unset")
     assert seen == ["current"]
+
+
+def test_call_soon_accepts_callback_as_a_keyword(loop):
+    seen = []
+    loop.call_soon(callback=lambda: seen.append("soon"), context=None)
+    loop.call_soon_threadsafe(callback=lambda: seen.append("threadsafe"))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == ["soon", "threadsafe"]
+    with pytest.raises(TypeError):
+        loop.call_soon(print, callback=print)
+    with pytest.raises(TypeError):
+        loop.call_soon(print, ctx=None)
+
+
+def test_timer_handles_compare_and_hash_by_deadline(loop):
+    early = loop.call_at(loop.time() + 100, print)
+    late = loop.call_at(loop.time() + 200, print)
+    assert early < late and late > early and early <= late and late >= early
+    assert early != late and not early == late
+    assert sorted([late, early]) == [early, late]
+    assert hash(early) == hash(early.when())
+    twin = loop.call_at(early.when(), print)
+    assert twin == early and early <= twin and early >= twin
+    twin.cancel()
+    assert twin != early
+    early.cancel()
+    late.cancel()
