@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use oxloop_core::clock::Clock;
 use oxloop_core::counters::Counters;
-use oxloop_core::reactor::{self, PollOutcome, Reactor, Readiness, Registrar, Trigger, Watch, Waker};
+use oxloop_core::reactor::{self, Reactor, Readiness, Registrar, Trigger, Watch, Waker};
 use oxloop_core::ready::ReadyQueue;
 use oxloop_core::timers::TimerHeap;
 use pyo3::exceptions::{PyAttributeError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
@@ -115,6 +115,18 @@ impl LoopState {
         self.registrar.as_ref().is_some_and(|r| r.len() > usize::from(self.wakeup_reader.is_some()))
     }
 
+    /// Moves the timers due now to the ready queue (asyncio: deadline before now plus the
+    /// clock's resolution), then takes the whole queue as this iteration's batch.
+    fn take_batch(&mut self, py: Python<'_>, resolution: f64, buffers: &mut IterationBuffers) {
+        let end = self.clock.now() + resolution;
+        self.timers.pop_due(end, |t| t.bind(py).as_super().get().is_cancelled(), &mut buffers.due_timers);
+        for timer in buffers.due_timers.drain(..) {
+            timer.get().set_scheduled(false);
+            self.ready.push(timer.into_bound(py).into_super().unbind());
+        }
+        self.ready.take_batch(&mut buffers.batch);
+    }
+
     /// Queues the callbacks of one readiness event (asyncio's `_process_events`): a cancelled
     /// watcher is removed instead. Returns handles to release outside the lock.
     fn dispatch_io(&mut self, py: Python<'_>, event: Readiness, released: &mut Vec<Py<Handle>>) {
@@ -175,6 +187,25 @@ fn drain(fd: RawFd) {
             return;
         }
     }
+}
+
+/// Whether an iteration polls, and for how long (`None`: until something happens).
+enum Wait {
+    Skip,
+    Poll(Option<f64>),
+}
+
+/// Buffers one run of the loop reuses from iteration to iteration, so that an iteration
+/// allocates nothing. Python objects in them are dropped outside the state lock.
+#[derive(Default)]
+struct IterationBuffers {
+    batch: VecDeque<Py<Handle>>,
+    io_events: Vec<Readiness>,
+    released_handles: Vec<Py<Handle>>,
+    released_timers: Vec<Py<TimerHandle>>,
+    due_timers: Vec<Py<TimerHandle>>,
+    /// Callbacks run since the counters were last updated (added at the next lock).
+    callbacks_run: u64,
 }
 
 /// The part of a loop its handles share: the scheduling state, the debug flag and a weak
@@ -344,97 +375,78 @@ impl LoopCore {
     }
 
     /// One iteration: wait for I/O or the next timer, queue what became ready, run the batch.
-    fn run_once(
-        slf: &Bound<'_, Self>,
-        reactor: &mut Reactor,
-        batch: &mut VecDeque<Py<Handle>>,
-        io_events: &mut Vec<Readiness>,
-    ) -> PyResult<()> {
+    fn run_once(slf: &Bound<'_, Self>, reactor: &mut Reactor, buffers: &mut IterationBuffers) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let mut released_timers: Vec<Py<TimerHandle>> = Vec::new();
-        let timeout = {
+        let is_cancelled = |t: &Py<TimerHandle>| t.bind(py).as_super().get().is_cancelled();
+        let wait = {
             let mut state = this.lock();
             state.counters.iterations += 1;
-            state.timers.purge_cancelled(|t| t.bind(py).as_super().get().is_cancelled(), &mut released_timers);
+            state.counters.callbacks_run += std::mem::take(&mut buffers.callbacks_run);
+            state.timers.purge_cancelled(is_cancelled, &mut buffers.released_timers);
+            for timer in &buffers.released_timers {
+                timer.get().set_scheduled(false);
+            }
             if !state.ready.is_empty() || this.stopping.load(Ordering::Relaxed) {
-                Some(state.poll_can_report().then_some(0.0))
+                if state.poll_can_report() {
+                    Wait::Poll(Some(0.0))
+                } else {
+                    state.take_batch(py, this.clock_resolution, buffers);
+                    Wait::Skip
+                }
             } else {
                 let deadline = state.timers.next_deadline();
                 state.waiting = true;
-                state.clock.poll_timeout(deadline).map(|t| Some(t.min(MAXIMUM_SELECT_TIMEOUT)))
+                Wait::Poll(state.clock.poll_timeout(deadline).map(|t| t.min(MAXIMUM_SELECT_TIMEOUT)))
             }
         };
-        for timer in &released_timers {
-            timer.get().set_scheduled(false);
-        }
-        drop(released_timers);
+        buffers.released_timers.clear(); // dropped outside the lock
 
-        let (outcome, waited) = match timeout {
-            Some(None) => (Ok(PollOutcome::default()), None),
-            Some(Some(seconds)) => Self::wait(py, reactor, Some(seconds), io_events),
-            None => Self::wait(py, reactor, None, io_events),
-        };
-
-        let mut released_handles = Vec::new();
-        let mut due: Vec<Py<TimerHandle>> = Vec::new();
-        {
-            let mut state = this.lock();
-            state.waiting = false;
-            if let Some(waited) = waited {
+        if let Wait::Poll(timeout) = wait {
+            let started = Instant::now();
+            let io_events = &mut buffers.io_events;
+            let outcome = py.detach(|| reactor.poll(timeout.map(Duration::from_secs_f64), io_events));
+            let waited = started.elapsed();
+            {
+                let mut state = this.lock();
+                state.waiting = false;
                 state.counters.polls += 1;
                 state.counters.poll_wait_ns += waited.as_nanos() as u64;
+                state.counters.io_events += buffers.io_events.len() as u64;
+                for event in buffers.io_events.drain(..) {
+                    state.dispatch_io(py, event, &mut buffers.released_handles);
+                }
+                state.take_batch(py, this.clock_resolution, buffers);
             }
-            state.counters.io_events += io_events.len() as u64;
-            for event in io_events.drain(..) {
-                state.dispatch_io(py, event, &mut released_handles);
+            buffers.released_handles.clear(); // dropped outside the lock
+            if let Err(err) = outcome {
+                this.lock().ready.requeue_front(&mut buffers.batch);
+                return Err(err.into());
             }
-            let end = state.clock.now() + this.clock_resolution;
-            state.timers.pop_due(end, |t| t.bind(py).as_super().get().is_cancelled(), &mut due);
-            for timer in due.drain(..) {
-                timer.get().set_scheduled(false);
-                state.ready.push(timer.into_bound(py).into_super().unbind());
-            }
-            state.ready.take_batch(batch);
         }
-        drop(released_handles);
         // Outside the lock: a signal handler may schedule callbacks. Fails only by raising
         // (KeyboardInterrupt): the batch goes back to the queue first.
-        let signals = match outcome {
-            Ok(_) => py.check_signals(),
-            Err(err) => Err(err.into()),
-        };
-        if let Err(err) = signals {
-            this.lock().ready.requeue_front(batch);
+        if let Err(err) = py.check_signals() {
+            this.lock().ready.requeue_front(&mut buffers.batch);
             return Err(err);
         }
 
         let debug = this.debug_enabled();
-        let mut ran = 0u64;
-        while let Some(handle) = batch.pop_front() {
+        while let Some(handle) = buffers.batch.pop_front() {
             let handle = handle.into_bound(py);
             if handle.get().is_cancelled() {
                 continue;
             }
-            ran += 1;
+            buffers.callbacks_run += 1;
             let result = if debug { Self::run_handle_debug(slf, &handle) } else { Handle::run(&handle, true) };
             if let Err(err) = result {
                 let mut state = this.lock();
-                state.counters.callbacks_run += ran;
-                state.ready.requeue_front(batch);
+                state.counters.callbacks_run += std::mem::take(&mut buffers.callbacks_run);
+                state.ready.requeue_front(&mut buffers.batch);
                 return Err(err);
             }
         }
-        this.lock().counters.callbacks_run += ran;
         Ok(())
-    }
-
-    /// Waits for I/O with the GIL released; returns what the poll saw and how long it took.
-    fn wait(py: Python<'_>, reactor: &mut Reactor, timeout: Option<f64>, io_events: &mut Vec<Readiness>) -> (std::io::Result<PollOutcome>, Option<Duration>) {
-        let started = Instant::now();
-        let timeout = timeout.map(Duration::from_secs_f64);
-        let outcome = py.detach(move || reactor.poll(timeout, io_events));
-        (outcome, Some(started.elapsed()))
     }
 
     /// Runs a handle in debug mode: records it as `_current_handle` and reports it when it
@@ -675,14 +687,17 @@ impl LoopCore {
         let this = slf.get();
         let mut reactor = this.lock_reactor()?;
         let reactor = reactor.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
-        let mut batch = VecDeque::new();
-        let mut io_events = Vec::new();
-        loop {
-            Self::run_once(slf, reactor, &mut batch, &mut io_events)?;
-            if this.stopping.load(Ordering::Relaxed) {
-                return Ok(());
+        let mut buffers = IterationBuffers::default();
+        let result = loop {
+            if let Err(err) = Self::run_once(slf, reactor, &mut buffers) {
+                break Err(err);
             }
-        }
+            if this.stopping.load(Ordering::Relaxed) {
+                break Ok(());
+            }
+        };
+        this.lock().counters.callbacks_run += buffers.callbacks_run;
+        result
     }
 
     /// Runs one iteration (asyncio's `_run_once`).
@@ -690,7 +705,10 @@ impl LoopCore {
         let this = slf.get();
         let mut reactor = this.lock_reactor()?;
         let reactor = reactor.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
-        Self::run_once(slf, reactor, &mut VecDeque::new(), &mut Vec::new())
+        let mut buffers = IterationBuffers::default();
+        let result = Self::run_once(slf, reactor, &mut buffers);
+        this.lock().counters.callbacks_run += buffers.callbacks_run;
+        result
     }
 
     /// Marks the loop closed and releases every pending callback, timer and fd watch.

@@ -40,7 +40,9 @@ unsafe fn schedule_from_vectorcall(
 ) -> PyResult<Py<Handle>> {
     // SAFETY (whole block): pointers come from CPython's vectorcall protocol, see above.
     unsafe {
-        let slf = Bound::from_borrowed_ptr(py, slf).cast_into::<LoopCore>()?;
+        // The method descriptor has already checked that `slf` is a LoopCore (or a subclass):
+        // CPython's method_descriptor calls verify the type of `self`.
+        let slf = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopCore>();
         let positional = std::slice::from_raw_parts(args, nargs as usize);
         let (mut callback, rest) = match positional.split_first() {
             Some((&callback, rest)) => (Some(Bound::from_borrowed_ptr(py, callback)), rest),
