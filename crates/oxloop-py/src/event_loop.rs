@@ -470,7 +470,7 @@ impl LoopCore {
     }
 
     /// The loop's clock.
-    fn now(&self) -> f64 {
+    pub(crate) fn now(&self) -> f64 {
         self.lock().clock.now()
     }
 
@@ -594,21 +594,6 @@ impl LoopCore {
     /// The loop's time: `time.monotonic()`.
     fn time(&self) -> f64 {
         self.now()
-    }
-
-    /// Schedules `callback(*args)` at `when` on the loop's clock; returns its `TimerHandle`.
-    #[pyo3(signature = (when, callback, *args, context=None))]
-    fn call_at(slf: &Bound<'_, Self>, when: Option<f64>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
-        let when = when.ok_or_else(|| PyTypeError::new_err("when cannot be None"))?;
-        Self::schedule_timer(slf, when, callback, args, context, "call_at")
-    }
-
-    /// Schedules `callback(*args)` after `delay` seconds; returns its `TimerHandle`.
-    #[pyo3(signature = (delay, callback, *args, context=None))]
-    fn call_later(slf: &Bound<'_, Self>, delay: Option<f64>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<TimerHandle>> {
-        let delay = delay.ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
-        let when = slf.get().now() + delay;
-        Self::schedule_timer(slf, when, callback, args, context, "call_at")
     }
 
     /// A new `asyncio.Future` attached to this loop.
@@ -850,8 +835,9 @@ impl LoopCore {
         Ok(handle)
     }
 
-    /// `call_at` after argument checks.
-    fn schedule_timer(slf: &Bound<'_, Self>, when: f64, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, method: &str) -> PyResult<Py<TimerHandle>> {
+    /// `call_at` after argument parsing (the entry points of `call_at` and `call_later` are
+    /// hand-written vectorcall functions in `fastcall`).
+    pub(crate) fn schedule_timer(slf: &Bound<'_, Self>, when: f64, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, method: &str) -> PyResult<Py<TimerHandle>> {
         let py = slf.py();
         let this = slf.get();
         this.check_closed()?;

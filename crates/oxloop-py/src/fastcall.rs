@@ -1,10 +1,11 @@
-//! Hand-written vectorcall entry points for `call_soon` and `call_soon_threadsafe`.
+//! Hand-written vectorcall entry points for `call_soon`, `call_soon_threadsafe`, `call_later`
+//! and `call_at`.
 //!
-//! These two are called for every callback asyncio schedules (by every task step and future
-//! completion, from C), so their argument parsing matters: PyO3's generic parser for
+//! These are called for every callback and timer asyncio schedules (by every task step and
+//! future completion, from C), so their argument parsing matters: PyO3's generic parser for
 //! `(callback, *args, context=None)` costs more than the rest of the call. These functions
-//! read the vectorcall arguments directly and then share the PyO3 implementation
-//! (`LoopCore::schedule_soon`).
+//! read the vectorcall arguments directly and then call the loop's implementation
+//! (`LoopCore::schedule_soon` / `LoopCore::schedule_timer`).
 //!
 //! Invariants: CPython calls them with the GIL held (they are `METH_FASTCALL | METH_KEYWORDS`
 //! methods installed on `LoopCore` at module initialisation, with a method definition that
@@ -21,33 +22,74 @@ use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple, PyType};
 
 use crate::event_loop::LoopCore;
-use crate::handles::Handle;
 
-/// Parses `(callback, *args, context=None)` and schedules the callback.
+/// Which scheduling method an entry point implements.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Method {
+    CallSoon,
+    CallSoonThreadsafe,
+    CallLater,
+    CallAt,
+}
+
+impl Method {
+    /// The method's name, for error messages.
+    const fn name(self) -> &'static str {
+        match self {
+            Method::CallSoon => "call_soon",
+            Method::CallSoonThreadsafe => "call_soon_threadsafe",
+            Method::CallLater => "call_later",
+            Method::CallAt => "call_at",
+        }
+    }
+
+    /// The name of the time argument that precedes `callback`, if any.
+    const fn time_parameter(self) -> Option<&'static str> {
+        match self {
+            Method::CallSoon | Method::CallSoonThreadsafe => None,
+            Method::CallLater => Some("delay"),
+            Method::CallAt => Some("when"),
+        }
+    }
+
+    /// The method for the `u8` const parameter of [`schedule_entry`].
+    const fn from_code(code: u8) -> Method {
+        match code {
+            0 => Method::CallSoon,
+            1 => Method::CallSoonThreadsafe,
+            2 => Method::CallLater,
+            _ => Method::CallAt,
+        }
+    }
+}
+
+/// Parses `([time,] callback, *args, context=None)` and schedules the callback.
 ///
 /// # Safety
 /// `args` points to `nargs` positional arguments followed by one value per name in
 /// `kwnames` (a tuple, or NULL), all borrowed for the duration of the call, as vectorcall
-/// guarantees; the GIL is held.
+/// guarantees; the GIL is held; `slf` is a `LoopCore` (the method descriptor checked it).
 unsafe fn schedule_from_vectorcall(
     py: Python<'_>,
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
-    method: &str,
-    threadsafe: bool,
-) -> PyResult<Py<Handle>> {
+    method: Method,
+) -> PyResult<Py<PyAny>> {
+    let name = method.name();
     // SAFETY (whole block): pointers come from CPython's vectorcall protocol, see above.
     unsafe {
         // The method descriptor has already checked that `slf` is a LoopCore (or a subclass):
         // CPython's method_descriptor calls verify the type of `self`.
         let slf = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopCore>();
-        let positional = std::slice::from_raw_parts(args, nargs as usize);
-        let (mut callback, rest) = match positional.split_first() {
-            Some((&callback, rest)) => (Some(Bound::from_borrowed_ptr(py, callback)), rest),
-            None => (None, positional),
+        let mut positional = std::slice::from_raw_parts(args, nargs as usize).iter();
+        let mut time = match method.time_parameter() {
+            Some(_) => positional.next().map(|&arg| Bound::from_borrowed_ptr(py, arg)),
+            None => None,
         };
+        let mut callback = positional.next().map(|&arg| Bound::from_borrowed_ptr(py, arg));
+        let rest = positional.as_slice();
         let rest = if rest.is_empty() {
             PyTuple::empty(py)
         } else {
@@ -58,30 +100,54 @@ unsafe fn schedule_from_vectorcall(
             let names = Bound::from_borrowed_ptr(py, kwnames).cast_into::<PyTuple>()?;
             let values = std::slice::from_raw_parts(args.add(nargs as usize), names.len());
             let context_name = pyo3::intern!(py, "context");
-            for (name, &value) in names.iter().zip(values) {
+            for (keyword, &value) in names.iter().zip(values) {
+                let value = Bound::from_borrowed_ptr(py, value);
                 // Keyword names are almost always the interned string itself.
-                let is = |expected: &str| name.cast::<PyString>().is_ok_and(|n| n.to_str().is_ok_and(|n| n == expected));
-                if name.is(context_name) || is("context") {
-                    context = Some(Bound::from_borrowed_ptr(py, value));
-                } else if is("callback") && callback.is_none() {
-                    callback = Some(Bound::from_borrowed_ptr(py, value));
+                let is = |expected: &str| keyword.cast::<PyString>().is_ok_and(|k| k.to_str().is_ok_and(|k| k == expected));
+                let slot = if keyword.is(context_name) || is("context") {
+                    &mut context
                 } else if is("callback") {
-                    return Err(PyTypeError::new_err(format!("{method}() got multiple values for argument 'callback'")));
+                    &mut callback
+                } else if method.time_parameter().is_some_and(|parameter| is(parameter)) {
+                    &mut time
                 } else {
-                    return Err(PyTypeError::new_err(format!("{method}() got an unexpected keyword argument '{name}'")));
+                    return Err(PyTypeError::new_err(format!("{name}() got an unexpected keyword argument '{keyword}'")));
+                };
+                if slot.replace(value).is_some() {
+                    return Err(PyTypeError::new_err(format!("{name}() got multiple values for argument '{keyword}'")));
                 }
             }
         }
-        let callback = callback.ok_or_else(|| {
-            PyTypeError::new_err(format!("{method}() missing 1 required positional argument: 'callback'"))
-        })?;
-        LoopCore::schedule_soon(&slf, callback, rest, context, threadsafe)
+        let missing = |parameter: &str| PyTypeError::new_err(format!("{name}() missing 1 required positional argument: '{parameter}'"));
+        let time = match method.time_parameter() {
+            Some(parameter) => Some(time.ok_or_else(|| missing(parameter))?),
+            None => None,
+        };
+        let callback = callback.ok_or_else(|| missing("callback"))?;
+        match (method, time) {
+            (Method::CallSoon | Method::CallSoonThreadsafe, _) => {
+                let threadsafe = method == Method::CallSoonThreadsafe;
+                LoopCore::schedule_soon(&slf, callback, rest, context, threadsafe).map(Py::into_any)
+            }
+            (Method::CallLater | Method::CallAt, Some(time)) => {
+                if time.is_none() {
+                    let message = if method == Method::CallAt { "when cannot be None" } else { "delay must not be None" };
+                    return Err(PyTypeError::new_err(message));
+                }
+                let mut when: f64 = time.extract()?;
+                if method == Method::CallLater {
+                    when += slf.get().now();
+                }
+                LoopCore::schedule_timer(&slf, when, callback, rest, context, "call_at").map(Py::into_any)
+            }
+            (Method::CallLater | Method::CallAt, None) => unreachable!("timer methods always have a time parameter"),
+        }
     }
 }
 
 /// Turns the outcome of an entry point into what CPython expects: a new reference, or NULL
 /// with an exception set.
-fn into_c_result(py: Python<'_>, outcome: std::thread::Result<PyResult<Py<Handle>>>) -> *mut ffi::PyObject {
+fn into_c_result(py: Python<'_>, outcome: std::thread::Result<PyResult<Py<PyAny>>>) -> *mut ffi::PyObject {
     match outcome {
         Ok(Ok(handle)) => handle.into_ptr(),
         Ok(Err(err)) => {
@@ -95,9 +161,8 @@ fn into_c_result(py: Python<'_>, outcome: std::thread::Result<PyResult<Py<Handle
     }
 }
 
-/// `loop.call_soon(callback, *args, context=None)` and, with `THREADSAFE`,
-/// `loop.call_soon_threadsafe(...)`.
-unsafe extern "C" fn schedule_entry<const THREADSAFE: bool>(
+/// The entry point of one scheduling method (`METHOD` is a [`Method`] code).
+unsafe extern "C" fn schedule_entry<const METHOD: u8>(
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
@@ -106,9 +171,8 @@ unsafe extern "C" fn schedule_entry<const THREADSAFE: bool>(
     // SAFETY: CPython calls methods with the GIL held; arguments as `schedule_from_vectorcall`
     // documents.
     let py = unsafe { Python::assume_attached() };
-    let method = if THREADSAFE { "call_soon_threadsafe" } else { "call_soon" };
     let outcome = catch_unwind(AssertUnwindSafe(|| unsafe {
-        schedule_from_vectorcall(py, slf, args, nargs, kwnames, method, THREADSAFE)
+        schedule_from_vectorcall(py, slf, args, nargs, kwnames, Method::from_code(METHOD))
     }));
     into_c_result(py, outcome)
 }
@@ -121,16 +185,26 @@ struct FastMethod {
     doc: &'static CStr,
 }
 
-const METHODS: [FastMethod; 2] = [
+const METHODS: [FastMethod; 4] = [
     FastMethod {
         name: c"call_soon",
-        function: schedule_entry::<false>,
+        function: schedule_entry::<0>,
         doc: c"call_soon($self, callback, *args, context=None)\n--\n\nSchedule callback(*args) for the next iteration; return its Handle.",
     },
     FastMethod {
         name: c"call_soon_threadsafe",
-        function: schedule_entry::<true>,
+        function: schedule_entry::<1>,
         doc: c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\nLike call_soon(), callable from any thread and from signal handlers: wakes the loop.",
+    },
+    FastMethod {
+        name: c"call_later",
+        function: schedule_entry::<2>,
+        doc: c"call_later($self, delay, callback, *args, context=None)\n--\n\nSchedule callback(*args) after delay seconds; return its TimerHandle.",
+    },
+    FastMethod {
+        name: c"call_at",
+        function: schedule_entry::<3>,
+        doc: c"call_at($self, when, callback, *args, context=None)\n--\n\nSchedule callback(*args) at when on the loop's clock; return its TimerHandle.",
     },
 ];
 
