@@ -51,6 +51,35 @@ def run_until(loop, predicate, timeout=5.0):
         safety.cancel()
 
 
+def run_until_stopped(loop, timeout=5.0):
+    """Run the loop until a callback stops it, or for ``timeout`` seconds at most."""
+    safety = loop.call_later(timeout, loop.stop)
+    try:
+        loop.run_forever()
+    finally:
+        safety.cancel()
+
+
+def watch_with_a_callback_object(fileobj, *add_methods):
+    """Watches ``fileobj`` with a new ``CallbackObject`` through each of ``add_methods``
+    (``loop.add_reader``...) and returns only a weak reference to it: the loop holds the rest."""
+    callback = CallbackObject()
+    for add in add_methods:
+        add(fileobj, callback)
+    return weakref.ref(callback)
+
+
+def as_file_object(sock, as_what):
+    """``sock`` as the kind of file object named by ``as_what``."""
+    return {"int": sock.fileno(), "socket": sock, "fileno object": FileLike(sock.fileno())}[as_what]
+
+
+def call_watch_method(loop, method, fileobj):
+    """``loop.<method>(fileobj)``, with a callback for the add_* methods."""
+    args = (fileobj, print) if method.startswith("add") else (fileobj,)
+    return getattr(loop, method)(*args)
+
+
 # --------------------------------------------------------------------------------------------
 # Readers
 # --------------------------------------------------------------------------------------------
@@ -59,7 +88,7 @@ def run_until(loop, predicate, timeout=5.0):
 @pytest.mark.parametrize("as_what", ["int", "socket", "fileno object"])
 def test_reader_is_called_with_its_arguments_when_data_arrives(loop, pair, as_what):
     a, b = pair
-    target = {"int": a.fileno(), "socket": a, "fileno object": FileLike(a.fileno())}[as_what]
+    target = as_file_object(a, as_what)
     received = []
 
     def on_readable(tag, extra):
@@ -94,9 +123,7 @@ def test_reader_is_level_triggered(loop, pair):
 
     loop.add_reader(a, on_readable)
     b.send(b"x")
-    safety = loop.call_later(5, loop.stop)
-    loop.run_forever()
-    safety.cancel()
+    run_until_stopped(loop)
     loop.remove_reader(a)
     assert len(calls) == 3
     assert a.recv(10) == b"x"
@@ -133,10 +160,7 @@ def test_reader_on_a_pipe(loop):
 
 def test_adding_a_reader_again_replaces_the_callback_and_releases_the_old_one(loop, pair):
     a, b = pair
-    old = CallbackObject()
-    old_ref = weakref.ref(old)
-    loop.add_reader(a, old)
-    del old
+    old_ref = watch_with_a_callback_object(a, loop.add_reader)
     calls = []
     loop.add_reader(a, lambda: calls.append(a.recv(10)))
     assert old_ref() is None
@@ -149,10 +173,7 @@ def test_adding_a_reader_again_replaces_the_callback_and_releases_the_old_one(lo
 
 def test_remove_reader_releases_the_callback(loop, pair):
     a, _ = pair
-    callback = CallbackObject()
-    ref = weakref.ref(callback)
-    loop.add_reader(a, callback)
-    del callback
+    ref = watch_with_a_callback_object(a, loop.add_reader)
     assert ref() is not None
     assert loop.remove_reader(a)
     assert ref() is None
@@ -194,9 +215,7 @@ def test_reader_exception_goes_to_the_handler_and_the_reader_stays(loop, pair):
 
     loop.add_reader(a, failing)
     b.send(b"x")
-    safety = loop.call_later(5, loop.stop)
-    loop.run_forever()
-    safety.cancel()
+    run_until_stopped(loop)
     assert len(contexts) == 2
     assert isinstance(contexts[0]["exception"], ZeroDivisionError)
     assert contexts[0]["message"].startswith("Exception in callback ")
@@ -211,7 +230,7 @@ def test_reader_exception_goes_to_the_handler_and_the_reader_stays(loop, pair):
 @pytest.mark.parametrize("as_what", ["int", "socket", "fileno object"])
 def test_writer_is_called_when_writable(loop, pair, as_what):
     a, _ = pair
-    target = {"int": a.fileno(), "socket": a, "fileno object": FileLike(a.fileno())}[as_what]
+    target = as_file_object(a, as_what)
     calls = []
 
     def on_writable(arg):
@@ -235,9 +254,7 @@ def test_writer_is_level_triggered(loop, pair):
             loop.stop()
 
     loop.add_writer(a, on_writable)
-    safety = loop.call_later(5, loop.stop)
-    loop.run_forever()
-    safety.cancel()
+    run_until_stopped(loop)
     assert len(calls) == 3
 
 
@@ -287,10 +304,7 @@ def test_reader_and_writer_on_the_same_fd_are_independent(loop, pair):
 
 def test_adding_a_writer_again_replaces_the_callback_and_releases_the_old_one(loop, pair):
     a, _ = pair
-    old = CallbackObject()
-    old_ref = weakref.ref(old)
-    loop.add_writer(a, old)
-    del old
+    old_ref = watch_with_a_callback_object(a, loop.add_writer)
     calls = []
     loop.add_writer(a, lambda: (calls.append("new"), loop.remove_writer(a)))
     assert old_ref() is None
@@ -324,9 +338,8 @@ def test_remove_rejects_invalid_file_objects(loop, method, obj):
 @pytest.mark.parametrize("method", ["add_reader", "add_writer", "remove_reader", "remove_writer"])
 @pytest.mark.parametrize("fd", [-1, FileLike(-1)], ids=["-1", "fileno()=-1"])
 def test_negative_file_descriptor_is_rejected(loop, method, fd):
-    args = (fd, print) if method.startswith("add") else (fd,)
     with pytest.raises(ValueError, match=r"^Invalid file descriptor: -1$"):
-        getattr(loop, method)(*args)
+        call_watch_method(loop, method, fd)
 
 
 def test_remove_of_a_never_watched_fd_returns_false(loop, pair):
@@ -353,12 +366,8 @@ def test_remove_on_a_closed_loop_returns_false(loop, pair):
 
 
 def test_close_stops_watching_and_releases_callbacks(loop, pair):
-    a, b = pair
-    callback = CallbackObject()
-    ref = weakref.ref(callback)
-    loop.add_reader(a, callback)
-    loop.add_writer(a, callback)
-    del callback
+    a, _ = pair
+    ref = watch_with_a_callback_object(a, loop.add_reader, loop.add_writer)
     loop.close()
     gc.collect()
     assert ref() is None
@@ -410,9 +419,8 @@ def test_add_of_a_regular_file_raises_permission_error_with_eperm(loop, method, 
 def test_closed_socket_object_is_an_invalid_descriptor(loop, method):
     sock = socket.socket()
     sock.close()
-    args = (sock, print) if method.startswith("add") else (sock,)
     with pytest.raises(ValueError, match=r"^Invalid file descriptor: -1$"):
-        getattr(loop, method)(*args)
+        call_watch_method(loop, method, sock)
 
 
 class FilenoRaises:
@@ -422,9 +430,8 @@ class FilenoRaises:
 
 @pytest.mark.parametrize("method", ["add_reader", "add_writer", "remove_reader", "remove_writer"])
 def test_other_errors_of_fileno_propagate(loop, method):
-    args = (FilenoRaises(), print) if method.startswith("add") else (FilenoRaises(),)
     with pytest.raises(LookupError, match="fileno"):
-        getattr(loop, method)(*args)
+        call_watch_method(loop, method, FilenoRaises())
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,9 +503,7 @@ def test_reader_replaced_by_an_earlier_callback_of_the_iteration_runs_the_new_ca
         loop.add_reader(a, new)
 
     loop.add_reader(a, old)
-    safety = loop.call_later(5, loop.stop)
-    loop.run_forever()
-    safety.cancel()
+    run_until_stopped(loop)
     assert calls == ["old", "new"]
 
 
@@ -518,9 +523,7 @@ def test_keyboard_interrupt_from_a_reader_propagates_and_the_reader_stays(loop, 
     loop.add_reader(a, on_readable)
     with pytest.raises(KeyboardInterrupt):
         loop.run_forever()
-    safety = loop.call_later(5, loop.stop)
-    loop.run_forever()
-    safety.cancel()
+    run_until_stopped(loop)
     assert len(calls) == 2
 
 
@@ -540,9 +543,7 @@ def test_many_ready_descriptors_all_get_their_callback(loop):
             a.setblocking(False)
             loop.add_reader(a, on_readable, a)
             b.send(b"x")
-        safety = loop.call_later(10, loop.stop)
-        loop.run_forever()
-        safety.cancel()
+        run_until_stopped(loop, timeout=10)
         assert called == {a.fileno() for a, _ in pairs}
     finally:
         for a, b in pairs:

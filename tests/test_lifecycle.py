@@ -27,6 +27,24 @@ async def answer(value=42):
     return value
 
 
+def runtime_errors_while_running(loop, *actions):
+    """Runs ``loop`` until a callback has called each of ``actions`` in turn and stopped it;
+    returns the messages of the RuntimeErrors the actions raised."""
+    errors = []
+
+    def call_actions():
+        for action in actions:
+            try:
+                action()
+            except RuntimeError as exc:
+                errors.append(str(exc))
+        loop.stop()
+
+    loop.call_soon(call_actions)
+    loop.run_forever()
+    return errors
+
+
 # --------------------------------------------------------------------------------------------
 # run_until_complete / run_forever
 # --------------------------------------------------------------------------------------------
@@ -78,33 +96,12 @@ def test_running_state_inside_and_outside(loop):
 
 
 def test_run_until_complete_while_running_raises(loop):
-    errors = []
-
-    def nested():
-        future = loop.create_future()
-        try:
-            loop.run_until_complete(future)
-        except RuntimeError as exc:
-            errors.append(str(exc))
-        loop.stop()
-
-    loop.call_soon(nested)
-    loop.run_forever()
+    errors = runtime_errors_while_running(loop, lambda: loop.run_until_complete(loop.create_future()))
     assert errors == ["This event loop is already running"]
 
 
 def test_run_forever_while_running_raises(loop):
-    errors = []
-
-    def nested():
-        try:
-            loop.run_forever()
-        except RuntimeError as exc:
-            errors.append(str(exc))
-        loop.stop()
-
-    loop.call_soon(nested)
-    loop.run_forever()
+    errors = runtime_errors_while_running(loop, loop.run_forever)
     assert errors == ["This event loop is already running"]
     assert not loop.is_running()
 
@@ -112,19 +109,10 @@ def test_run_forever_while_running_raises(loop):
 @pytest.mark.parametrize("inner_kind", sorted(LOOP_FACTORIES))
 def test_running_a_loop_while_another_runs_in_this_thread_raises(loop, loop_factory, inner_kind):
     inner = loop_factory(inner_kind)
-    errors = []
-
-    def nested():
-        for run in (inner.run_forever, lambda: inner.run_until_complete(inner.create_future())):
-            try:
-                run()
-            except RuntimeError as exc:
-                errors.append(str(exc))
-        loop.stop()
-
     try:
-        loop.call_soon(nested)
-        loop.run_forever()
+        errors = runtime_errors_while_running(
+            loop, inner.run_forever, lambda: inner.run_until_complete(inner.create_future())
+        )
     finally:
         inner.close()
     assert errors == ["Cannot run the event loop while another loop is running"] * 2
@@ -196,17 +184,7 @@ def test_stop_is_forgotten_after_run_forever_returns(loop):
 
 
 def test_close_while_running_raises_and_the_loop_keeps_working(loop):
-    errors = []
-
-    def try_close():
-        try:
-            loop.close()
-        except RuntimeError as exc:
-            errors.append(str(exc))
-        loop.stop()
-
-    loop.call_soon(try_close)
-    loop.run_forever()
+    errors = runtime_errors_while_running(loop, loop.close)
     assert errors == ["Cannot close a running event loop"]
     assert not loop.is_closed()
     assert loop.run_until_complete(answer(3)) == 3

@@ -13,6 +13,15 @@ import pytest
 var = contextvars.ContextVar("var", default="unset")
 
 
+async def sleep_recording_cancellation(cancelled):
+    """Sleeps an hour; if cancelled meanwhile, appends True to ``cancelled`` and re-raises."""
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        cancelled.append(True)
+        raise
+
+
 # --------------------------------------------------------------------------------------------
 # create_task / create_future / task factory
 # --------------------------------------------------------------------------------------------
@@ -204,16 +213,9 @@ def test_wait_with_timeout_returns_pending(loop):
 def test_wait_for_timeout_cancels_the_awaitable(loop):
     cancelled = []
 
-    async def slow():
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            cancelled.append(True)
-            raise
-
     async def main():
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(slow(), 0.01)
+            await asyncio.wait_for(sleep_recording_cancellation(cancelled), 0.01)
         return await asyncio.wait_for(asyncio.sleep(0, "in time"), 10)
 
     assert loop.run_until_complete(main()) == "in time"
@@ -246,20 +248,13 @@ def test_task_group_collects_results_and_errors(loop):
 
     cancelled = []
 
-    async def long():
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            cancelled.append(True)
-            raise
-
     async def main():
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(ok(i)) for i in range(5)]
         assert [t.result() for t in tasks] == list(range(5))
         with pytest.raises(ExceptionGroup) as info:
             async with asyncio.TaskGroup() as group:
-                group.create_task(long())
+                group.create_task(sleep_recording_cancellation(cancelled))
                 group.create_task(fail("one"))
                 group.create_task(fail("two"))
         return sorted(str(e) for e in info.value.exceptions)
@@ -308,22 +303,28 @@ def test_queue_producer_consumer(loop):
     assert loop.run_until_complete(main()) == list(range(50))
 
 
+async def most_workers_inside_at_once(primitive, workers, hold_seconds):
+    """Runs ``workers`` coroutines that each enter ``primitive`` (a Lock, a Semaphore...) and
+    sleep ``hold_seconds`` inside it; returns how many of them were inside at once at most."""
+    inside = 0
+    max_inside = 0
+
+    async def worker():
+        nonlocal inside, max_inside
+        async with primitive:
+            inside += 1
+            max_inside = max(max_inside, inside)
+            await asyncio.sleep(hold_seconds)
+            inside -= 1
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return max_inside
+
+
 def test_lock_serializes_critical_sections(loop):
     async def main():
         lock = asyncio.Lock()
-        inside = 0
-        max_inside = 0
-
-        async def worker():
-            nonlocal inside, max_inside
-            async with lock:
-                inside += 1
-                max_inside = max(max_inside, inside)
-                await asyncio.sleep(0)
-                inside -= 1
-
-        await asyncio.gather(*(worker() for _ in range(10)))
-        return max_inside, lock.locked()
+        return await most_workers_inside_at_once(lock, workers=10, hold_seconds=0), lock.locked()
 
     assert loop.run_until_complete(main()) == (1, False)
 
@@ -331,19 +332,7 @@ def test_lock_serializes_critical_sections(loop):
 def test_semaphore_bounds_concurrency(loop):
     async def main():
         semaphore = asyncio.Semaphore(3)
-        inside = 0
-        max_inside = 0
-
-        async def worker():
-            nonlocal inside, max_inside
-            async with semaphore:
-                inside += 1
-                max_inside = max(max_inside, inside)
-                await asyncio.sleep(0.001)
-                inside -= 1
-
-        await asyncio.gather(*(worker() for _ in range(12)))
-        return max_inside
+        return await most_workers_inside_at_once(semaphore, workers=12, hold_seconds=0.001)
 
     assert loop.run_until_complete(main()) == 3
 

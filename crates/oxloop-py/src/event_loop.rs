@@ -47,6 +47,16 @@ struct FdCallbacks {
     writer: Option<Py<Handle>>,
 }
 
+impl FdCallbacks {
+    /// The callback slot of one side.
+    fn slot(&mut self, side: Side) -> &mut Option<Py<Handle>> {
+        match side {
+            Side::Read => &mut self.reader,
+            Side::Write => &mut self.writer,
+        }
+    }
+}
+
 /// Which side of an fd a callback watches.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -76,26 +86,18 @@ impl LoopState {
     /// Sets or clears the callback on one side of `fd` and updates the epoll watch. Returns
     /// the callback it replaced (to be cancelled by the caller, outside the lock).
     fn set_fd_callback(&mut self, fd: RawFd, side: Side, handle: Option<Py<Handle>>) -> PyResult<Option<Py<Handle>>> {
-        let entry = self.fd_callbacks.entry(fd).or_default();
-        let slot = match side {
-            Side::Read => &mut entry.reader,
-            Side::Write => &mut entry.writer,
-        };
-        let previous = std::mem::replace(slot, handle);
-        let watch = Watch { readable: entry.reader.is_some(), writable: entry.writer.is_some(), trigger: Trigger::Level };
-        let empty = !watch.readable && !watch.writable;
         let Some(registrar) = self.registrar.as_mut() else {
             return Err(PyRuntimeError::new_err("Event loop is closed"));
         };
+        let entry = self.fd_callbacks.entry(fd).or_default();
+        let previous = std::mem::replace(entry.slot(side), handle);
+        let watch = Watch { readable: entry.reader.is_some(), writable: entry.writer.is_some(), trigger: Trigger::Level };
+        let empty = !watch.readable && !watch.writable;
         if let Err(err) = registrar.set_watch(fd, watch) {
-            // Undo the bookkeeping; the new handle is returned to the caller to be dropped.
+            // Undo the bookkeeping. The caller still holds the rejected handle, so dropping it
+            // here only decrements it.
             let entry = self.fd_callbacks.get_mut(&fd).expect("entry was just inserted");
-            let slot = match side {
-                Side::Read => &mut entry.reader,
-                Side::Write => &mut entry.writer,
-            };
-            // The caller still holds the rejected handle, so this drop only decrements it.
-            let _rejected = std::mem::replace(slot, previous);
+            let _rejected = std::mem::replace(entry.slot(side), previous);
             if entry.reader.is_none() && entry.writer.is_none() {
                 self.fd_callbacks.remove(&fd);
             }
