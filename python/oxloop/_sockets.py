@@ -16,6 +16,12 @@ except ImportError:  # pragma: no cover - Python built without ssl
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
 
 
+def _operation(sock, method):
+    """``sock.<method>`` looked up now (as asyncio does on each retry), or ``method`` itself
+    when it is a callable."""
+    return getattr(sock, method) if isinstance(method, str) else method
+
+
 def _check_socket(sock):
     """Reject what the loop cannot drive: SSL sockets and blocking sockets."""
     if ssl is not None and isinstance(sock, ssl.SSLSocket):
@@ -41,8 +47,7 @@ class SocketOperations:
             if future.done():
                 return
             try:
-                attempt = getattr(sock, method) if isinstance(method, str) else method
-                result = attempt(*args)
+                result = _operation(sock, method)(*args)
             except _WOULD_BLOCK:
                 return
             except (SystemExit, KeyboardInterrupt):
@@ -62,43 +67,31 @@ class SocketOperations:
             if not handle.cancelled():
                 remove(fd)
 
-    async def sock_recv(self, sock, n):
-        """Receive up to ``n`` bytes from ``sock``."""
+    async def _try_then_wait(self, sock, for_writing, method, *args):
+        """Call ``sock.<method>(*args)`` (or ``method(*args)``) now; if it would block, wait for
+        the fd and retry."""
         _check_socket(sock)
         try:
-            return sock.recv(n)
+            return _operation(sock, method)(*args)
         except _WOULD_BLOCK:
             pass
-        return await self._when_ready(sock, False, "recv", n)
+        return await self._when_ready(sock, for_writing, method, *args)
+
+    async def sock_recv(self, sock, n):
+        """Receive up to ``n`` bytes from ``sock``."""
+        return await self._try_then_wait(sock, False, "recv", n)
 
     async def sock_recv_into(self, sock, buf):
         """Receive into ``buf``; return the number of bytes received."""
-        _check_socket(sock)
-        try:
-            return sock.recv_into(buf)
-        except _WOULD_BLOCK:
-            pass
-        return await self._when_ready(sock, False, "recv_into", buf)
+        return await self._try_then_wait(sock, False, "recv_into", buf)
 
     async def sock_recvfrom(self, sock, bufsize):
         """Receive a datagram of up to ``bufsize`` bytes; return ``(data, address)``."""
-        _check_socket(sock)
-        try:
-            return sock.recvfrom(bufsize)
-        except _WOULD_BLOCK:
-            pass
-        return await self._when_ready(sock, False, "recvfrom", bufsize)
+        return await self._try_then_wait(sock, False, "recvfrom", bufsize)
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         """Receive a datagram into ``buf``; return ``(nbytes, address)``."""
-        _check_socket(sock)
-        if not nbytes:
-            nbytes = len(buf)
-        try:
-            return sock.recvfrom_into(buf, nbytes)
-        except _WOULD_BLOCK:
-            pass
-        return await self._when_ready(sock, False, "recvfrom_into", buf, nbytes)
+        return await self._try_then_wait(sock, False, "recvfrom_into", buf, nbytes or len(buf))
 
     async def sock_sendall(self, sock, data):
         """Send all of ``data``; return None once it is all handed to the kernel."""
@@ -123,12 +116,7 @@ class SocketOperations:
 
     async def sock_sendto(self, sock, data, address):
         """Send a datagram to ``address``; return the number of bytes sent."""
-        _check_socket(sock)
-        try:
-            return sock.sendto(data, address)
-        except _WOULD_BLOCK:
-            pass
-        return await self._when_ready(sock, True, "sendto", data, address)
+        return await self._try_then_wait(sock, True, "sendto", data, address)
 
     async def sock_connect(self, sock, address):
         """Connect ``sock`` to ``address``, resolving a host name first as asyncio does."""
@@ -153,15 +141,10 @@ class SocketOperations:
 
     async def sock_accept(self, sock):
         """Accept a connection; return ``(conn, address)`` with ``conn`` non-blocking."""
-        _check_socket(sock)
 
         def accept():
             conn, address = sock.accept()
             conn.setblocking(False)
             return conn, address
 
-        try:
-            return accept()
-        except _WOULD_BLOCK:
-            pass
-        return await self._when_ready(sock, False, accept)
+        return await self._try_then_wait(sock, False, accept)
