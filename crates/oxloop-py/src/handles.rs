@@ -100,7 +100,7 @@ fn format_callback_source<'py>(py: Python<'py>, func: &Py<PyAny>, args: &Py<PyTu
 }
 
 /// A callback scheduled on the loop: returned by `call_soon`, `add_reader` and friends.
-#[pyclass(module = "oxloop._core", subclass, weakref, frozen, freelist = 1024)]
+#[pyclass(module = "oxloop._core", subclass, weakref, frozen)]
 pub struct Handle {
     callback: Mutex<Option<Callback>>,
     /// The `contextvars.Context` the callback runs in; kept after cancellation, as asyncio does.
@@ -326,7 +326,7 @@ impl Handle {
 }
 
 /// A callback scheduled for a point in time: returned by `call_later` and `call_at`.
-#[pyclass(module = "oxloop._core", extends = Handle, frozen, freelist = 1024)]
+#[pyclass(module = "oxloop._core", extends = Handle, frozen)]
 pub struct TimerHandle {
     when: f64,
     /// Whether the timer is still in the loop's heap (asyncio's `_scheduled`).

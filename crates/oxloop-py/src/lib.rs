@@ -7,6 +7,7 @@
 
 use pyo3::prelude::*;
 
+mod alloc;
 mod dns;
 mod event_loop;
 mod fastcall;
@@ -20,6 +21,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fastcall::install(&m.py().get_type::<event_loop::LoopCore>())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    alloc::install(&m.py().get_type::<handles::Handle>(), &m.py().get_type::<handles::TimerHandle>());
     dns::register(m)?;
     Ok(())
 }
