@@ -119,14 +119,11 @@ impl LoopState {
 
     /// Moves the timers due now to the ready queue (asyncio: deadline before now plus the
     /// clock's resolution), then takes the whole queue as this iteration's batch.
-    fn take_batch(&mut self, py: Python<'_>, resolution: f64, buffers: &mut IterationBuffers) {
+    fn take_batch(&mut self, py: Python<'_>, resolution: f64, batch: &mut VecDeque<Py<Handle>>) {
         let end = self.clock.now() + resolution;
-        self.timers.pop_due(end, |t| t.bind(py).as_super().get().is_cancelled(), &mut buffers.due_timers);
-        for timer in buffers.due_timers.drain(..) {
-            timer.get().set_scheduled(false);
-            self.ready.push(timer.into_bound(py).into_super().unbind());
-        }
-        self.ready.take_batch(&mut buffers.batch);
+        let mut due = DueTimers { py, ready: &mut self.ready };
+        self.timers.pop_due(end, |t| t.bind(py).as_super().get().is_cancelled(), &mut due);
+        self.ready.take_batch(batch);
     }
 
     /// Queues the callbacks of one readiness event (asyncio's `_process_events`): a cancelled
@@ -191,6 +188,21 @@ fn drain(fd: RawFd) {
     }
 }
 
+/// Where due timers go: marked out of the heap and appended to the ready queue.
+struct DueTimers<'a, 'py> {
+    py: Python<'py>,
+    ready: &'a mut ReadyQueue<Py<Handle>>,
+}
+
+impl Extend<Py<TimerHandle>> for DueTimers<'_, '_> {
+    fn extend<I: IntoIterator<Item = Py<TimerHandle>>>(&mut self, timers: I) {
+        for timer in timers {
+            timer.get().set_scheduled(false);
+            self.ready.push(timer.into_bound(self.py).into_super().unbind());
+        }
+    }
+}
+
 /// Whether an iteration polls, and for how long (`None`: until something happens).
 enum Wait {
     Skip,
@@ -205,7 +217,6 @@ struct IterationBuffers {
     io_events: Vec<Readiness>,
     released_handles: Vec<Py<Handle>>,
     released_timers: Vec<Py<TimerHandle>>,
-    due_timers: Vec<Py<TimerHandle>>,
     /// Callbacks run since the counters were last updated (added at the next lock).
     callbacks_run: u64,
 }
@@ -393,7 +404,7 @@ impl LoopCore {
                 if state.poll_can_report() {
                     Wait::Poll(Some(0.0))
                 } else {
-                    state.take_batch(py, this.clock_resolution, buffers);
+                    state.take_batch(py, this.clock_resolution, &mut buffers.batch);
                     Wait::Skip
                 }
             } else {
@@ -418,7 +429,7 @@ impl LoopCore {
                 for event in buffers.io_events.drain(..) {
                     state.dispatch_io(py, event, &mut buffers.released_handles);
                 }
-                state.take_batch(py, this.clock_resolution, buffers);
+                state.take_batch(py, this.clock_resolution, &mut buffers.batch);
             }
             buffers.released_handles.clear(); // dropped outside the lock
             if let Err(err) = outcome {
@@ -827,10 +838,10 @@ impl LoopCore {
     pub(crate) fn schedule_soon(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, threadsafe: bool) -> PyResult<Py<Handle>> {
         let this = slf.get();
         this.check_closed()?;
-        let traceback = if threadsafe {
-            Self::debug_checks(slf, &callback, "call_soon_threadsafe", false)?
-        } else {
-            Self::debug_checks(slf, &callback, "call_soon", true)?
+        let traceback = match (this.debug_enabled(), threadsafe) {
+            (false, _) => None,
+            (true, true) => Self::debug_checks(slf, &callback, "call_soon_threadsafe", false)?,
+            (true, false) => Self::debug_checks(slf, &callback, "call_soon", true)?,
         };
         let handle = Self::new_handle(slf, callback, args, context, true, traceback)?;
         this.push_ready(handle.clone_ref(slf.py()), threadsafe)?;
