@@ -64,11 +64,6 @@ impl Clock {
         }
     }
 
-    /// Whether this clock is simulated.
-    pub fn is_virtual(&self) -> bool {
-        matches!(self, Clock::Virtual { .. })
-    }
-
     /// How long the loop may block in its poll when the earliest timer is due at `deadline`
     /// (`None`: no timer). A virtual clock never makes the loop sleep for a timer: it jumps to
     /// the deadline and returns a zero timeout; with no timer it lets the loop wait for I/O.

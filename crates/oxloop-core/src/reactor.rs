@@ -132,11 +132,6 @@ impl Reactor {
 }
 
 impl Registrar {
-    /// What is watched on `fd`, if anything.
-    pub fn watch_of(&self, fd: RawFd) -> Option<Watch> {
-        self.watches.get(&fd).copied()
-    }
-
     /// Sets the whole watch of `fd`: registers, modifies or (nothing to watch) unregisters it.
     pub fn set_watch(&mut self, fd: RawFd, watch: Watch) -> io::Result<()> {
         let previous = self.watches.get(&fd).copied();

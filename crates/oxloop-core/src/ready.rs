@@ -64,10 +64,6 @@ impl<T> ReadyQueue<T> {
         self.items.drain(..).collect()
     }
 
-    /// Iterates over the queued items, head first.
-    pub fn iter(&self) -> impl Iterator<Item = &T> {
-        self.items.iter()
-    }
 }
 
 #[cfg(test)]

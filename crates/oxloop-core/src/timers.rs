@@ -145,10 +145,6 @@ impl<T> TimerHeap<T> {
         std::mem::take(&mut self.heap).into_vec().into_iter().map(|e| e.item).collect()
     }
 
-    /// Iterates over the entries in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = &T> {
-        self.heap.iter().map(|e| &e.item)
-    }
 }
 
 #[cfg(test)]
