@@ -63,7 +63,6 @@ impl<T> ReadyQueue<T> {
     pub fn drain_all(&mut self) -> Vec<T> {
         self.items.drain(..).collect()
     }
-
 }
 
 #[cfg(test)]

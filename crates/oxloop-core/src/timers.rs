@@ -144,7 +144,6 @@ impl<T> TimerHeap<T> {
         self.cancelled = 0;
         std::mem::take(&mut self.heap).into_vec().into_iter().map(|e| e.item).collect()
     }
-
 }
 
 #[cfg(test)]
