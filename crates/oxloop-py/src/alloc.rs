@@ -12,6 +12,10 @@
 //! - A list only holds memory of exactly its type (`subtype` is checked on allocation; a
 //!   Python subclass, if any, uses the generic allocator), freed by `tp_dealloc`, so the object
 //!   is finalised and not tracked by the garbage collector.
+//! - Handles are never tracked by the garbage collector: they define no `__traverse__` (the
+//!   cycles they could be part of are broken by releasing the callback when the handle runs,
+//!   is cancelled or its loop closes), so a collection would visit them for nothing. Fresh
+//!   memory from the generic allocator is untracked at once; recycled memory never is.
 //! - Memory leaves a list either to become a new object (`PyObject_Init`, as CPython's own
 //!   free lists do) or, when the list is full, through `PyObject_GC_Del` (the types are GC
 //!   types, so that is the inverse of `PyType_GenericAlloc`).
@@ -48,7 +52,8 @@ impl FreeList {
     /// # Safety
     /// Called by CPython as `tp_alloc`, with the GIL held.
     unsafe fn alloc(&self, subtype: *mut ffi::PyTypeObject, nitems: ffi::Py_ssize_t) -> *mut ffi::PyObject {
-        if nitems == 0 && std::ptr::eq(subtype, self.owner.load(Ordering::Relaxed)) {
+        let exact_type = std::ptr::eq(subtype, self.owner.load(Ordering::Relaxed));
+        if nitems == 0 && exact_type {
             // SAFETY: the GIL is held (see the module invariants).
             let objects = unsafe { &mut *self.objects.get() };
             if let Some(object) = objects.pop() {
@@ -62,8 +67,16 @@ impl FreeList {
                 return object;
             }
         }
-        // SAFETY: the generic allocator, as the type would use without this list.
-        unsafe { ffi::PyType_GenericAlloc(subtype, nitems) }
+        // SAFETY: the generic allocator, as the type would use without this list. It starts
+        // tracking the new object; untracking it is sound because handles hold nothing the
+        // collector could visit (they have no tp_traverse of their own).
+        unsafe {
+            let object = ffi::PyType_GenericAlloc(subtype, nitems);
+            if !object.is_null() && exact_type {
+                ffi::PyObject_GC_UnTrack(object.cast());
+            }
+            object
+        }
     }
 
     /// `tp_free`: keeps the memory for reuse, or releases it when the list is full.
