@@ -19,6 +19,7 @@ from ._dns import ResolverOperations
 from ._pending import PendingOperations
 from ._signals import SignalOperations
 from ._sockets import SocketOperations
+from ._transports import StreamOperations
 
 logger = logging.getLogger("asyncio")
 
@@ -26,6 +27,7 @@ logger = logging.getLogger("asyncio")
 class Loop(
     _core.LoopCore,
     SocketOperations,
+    StreamOperations,
     SignalOperations,
     ResolverOperations,
     PendingOperations,
@@ -103,7 +105,8 @@ class Loop(
 
     def _log_slow_callback(self, handle, seconds):
         """Debug mode: report a callback that blocked the loop (naming its task, if any)."""
-        logger.warning("Executing %s took %.3f seconds", base_events._format_handle(handle), seconds)
+        what = handle if isinstance(handle, str) else base_events._format_handle(handle)
+        logger.warning("Executing %s took %.3f seconds", what, seconds)
 
 
 def _do_nothing():

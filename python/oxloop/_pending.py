@@ -4,11 +4,10 @@ asyncio's own ``BaseEventLoop`` code does the set-up of connections, servers, en
 pipes and subprocesses (argument checks, name resolution, connecting, binding) and then asks
 the loop for a transport through the hooks below. Until the native transports exist, each
 hook closes what it was handed (the loop owns it at that point, so nothing leaks) and raises
-``NotImplementedError`` naming the milestone: TCP/Unix transports and servers (issue #3), then
-TLS, UDP, pipes and subprocesses (issue #4). This module shrinks as they land.
+``NotImplementedError`` naming the milestone: TLS, UDP, pipes and subprocesses (issue #4).
+This module shrinks as they land.
 """
 
-_STREAMS = "TCP and Unix stream transports and servers arrive with oxloop's networking milestone (issue #3)"
 _TLS_UDP_PIPES_SUBPROCESSES = "arrive with oxloop's TLS/UDP/pipes/subprocess milestone (issue #4)"
 
 
@@ -22,18 +21,6 @@ def _not_yet(what, milestone, *owned):
 
 class PendingOperations:
     """Mixin of ``Loop``: the transport hooks of ``BaseEventLoop`` that are not written yet."""
-
-    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
-        raise _not_yet("TCP/Unix stream transport", _STREAMS, sock)
-
-    def _start_serving(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100, *args, **kwargs):
-        raise _not_yet("serving a listening socket", _STREAMS, server, sock)
-
-    async def create_unix_connection(self, *args, **kwargs):
-        raise _not_yet("create_unix_connection()", _STREAMS)
-
-    async def create_unix_server(self, *args, **kwargs):
-        raise _not_yet("create_unix_server()", _STREAMS)
 
     def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *args, **kwargs):
         raise _not_yet("TLS transport", f"TLS {_TLS_UDP_PIPES_SUBPROCESSES}", rawsock)

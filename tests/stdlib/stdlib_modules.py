@@ -132,6 +132,36 @@ MODULES: tuple[StdlibModule, ...] = (
     ),
     _plain("test_context", "asyncio.run"),
     _plain("test_threads", "IsolatedAsyncioTestCase (asyncio.Runner)"),
+    _plain("test_streams", "asyncio.new_event_loop()"),
+    StdlibModule(
+        name="test_server",
+        module="test.test_asyncio.test_server",
+        drop_classes=("SelectorStartServerTests", "ProactorStartServerTests"),
+        loop_classes=(LoopTestClass("StartServerTests", ("SelectorStartServerTests",), ("new_loop",)),),
+        note="SelectorStartServerTests with new_loop() returning the loop",
+    ),
+    StdlibModule(
+        name="test_sendfile",
+        module="test.test_asyncio.test_sendfile",
+        drop_classes=SELECTOR_LOOP_CLASSES,
+        loop_classes=(
+            LoopTestClass("EventLoopTests", ("SendfileTestsBase", "test_utils.TestCase")),
+        ),
+        note="SendfileTestsBase on the loop",
+    ),
+    StdlibModule(
+        name="test_buffered_proto",
+        module="test.test_asyncio.test_buffered_proto",
+        drop_classes=("BufferedProtocolSelectorTests", "BufferedProtocolProactorTests"),
+        loop_classes=(
+            LoopTestClass(
+                "BufferedProtocolTests",
+                ("BaseTestBufferedProtocol", "unittest.TestCase"),
+                ("new_loop",),
+            ),
+        ),
+        note="BaseTestBufferedProtocol on the loop",
+    ),
     # ---- not run by default (yet): select them with --modules -------------
     StdlibModule(
         name="test_events_subprocess",
@@ -146,39 +176,6 @@ MODULES: tuple[StdlibModule, ...] = (
             ),
         ),
         note="test_events' SubprocessTestsMixin on the loop",
-    ),
-    _plain("test_streams", "asyncio.new_event_loop()", default=False),
-    StdlibModule(
-        name="test_server",
-        module="test.test_asyncio.test_server",
-        default=False,
-        drop_classes=("SelectorStartServerTests", "ProactorStartServerTests"),
-        loop_classes=(LoopTestClass("StartServerTests", ("SelectorStartServerTests",), ("new_loop",)),),
-        note="SelectorStartServerTests with new_loop() returning the loop",
-    ),
-    StdlibModule(
-        name="test_sendfile",
-        module="test.test_asyncio.test_sendfile",
-        default=False,
-        drop_classes=SELECTOR_LOOP_CLASSES,
-        loop_classes=(
-            LoopTestClass("EventLoopTests", ("SendfileTestsBase", "test_utils.TestCase")),
-        ),
-        note="SendfileTestsBase on the loop",
-    ),
-    StdlibModule(
-        name="test_buffered_proto",
-        module="test.test_asyncio.test_buffered_proto",
-        default=False,
-        drop_classes=("BufferedProtocolSelectorTests", "BufferedProtocolProactorTests"),
-        loop_classes=(
-            LoopTestClass(
-                "BufferedProtocolTests",
-                ("BaseTestBufferedProtocol", "unittest.TestCase"),
-                ("new_loop",),
-            ),
-        ),
-        note="BaseTestBufferedProtocol on the loop",
     ),
     _plain("test_ssl", "asyncio.new_event_loop()", default=False),
     StdlibModule(

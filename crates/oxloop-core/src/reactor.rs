@@ -71,6 +71,9 @@ pub struct Readiness {
     pub readable: bool,
     /// A write (or connect completion) would not block.
     pub writable: bool,
+    /// The peer closed its side, or the descriptor has an error: a read that returns data now
+    /// will be followed by an end of file or an error, with no further readiness event.
+    pub read_closed: bool,
 }
 
 /// What one poll saw besides descriptor readiness.
@@ -125,6 +128,7 @@ impl Reactor {
                 fd: event.token().0 as RawFd,
                 readable: event.is_readable() || event.is_read_closed() || failed,
                 writable: event.is_writable() || event.is_write_closed() || failed,
+                read_closed: event.is_read_closed() || failed,
             });
         }
         Ok(outcome)
@@ -218,7 +222,7 @@ mod tests {
         for _ in 0..3 {
             let mut ready = Vec::new();
             reactor.poll(SHORT, &mut ready).unwrap();
-            assert_eq!(ready, vec![Readiness { fd, readable: true, writable: false }]);
+            assert_eq!(ready, vec![Readiness { fd, readable: true, writable: false, read_closed: false }]);
             registrar.rearm_if_level(fd);
         }
         let mut buf = [0u8; 16];
@@ -280,7 +284,7 @@ mod tests {
         registrar.set_watch(fd, level(true, true)).unwrap();
         let mut ready = Vec::new();
         reactor.poll(SHORT, &mut ready).unwrap();
-        assert_eq!(ready, vec![Readiness { fd, readable: false, writable: true }]);
+        assert_eq!(ready, vec![Readiness { fd, readable: false, writable: true, read_closed: false }]);
         assert_eq!(registrar.unwatch(fd), Some(level(true, true)));
         assert!(registrar.is_empty());
         ready.clear();

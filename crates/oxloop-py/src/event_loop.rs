@@ -36,6 +36,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::futures;
 use crate::handles::{handle_context, Callback, Handle, TimerHandle};
+use crate::transport::{StreamTransport, MAX_READ};
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: the longest single wait, in seconds.
 const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -64,15 +65,29 @@ enum Side {
     Write,
 }
 
+/// One entry of the ready queue.
+pub(crate) enum Runnable {
+    /// A callback (`call_soon`, a due timer, an `add_reader` watcher...).
+    Callback(Py<Handle>),
+    /// A read by a stream transport (its socket became readable, or a read is due).
+    StreamRead(Py<StreamTransport>),
+    /// A flush by a stream transport whose socket became writable.
+    StreamWrite(Py<StreamTransport>),
+}
+
 /// Everything the loop schedules. Guarded by `LoopCore::state`.
 struct LoopState {
-    ready: ReadyQueue<Py<Handle>>,
+    ready: ReadyQueue<Runnable>,
     timers: TimerHeap<Py<TimerHandle>>,
     /// Registers fds with the epoll instance; None once the loop is closed.
     registrar: Option<Registrar>,
     /// Wakes a waiting poll; None once the loop is closed.
     waker: Option<Arc<Waker>>,
     fd_callbacks: HashMap<RawFd, FdCallbacks>,
+    /// Stream transports, by descriptor (watched edge-triggered, both directions).
+    streams: HashMap<RawFd, Py<StreamTransport>>,
+    /// Transports written to during this iteration, flushed at its end.
+    flush_queue: Vec<Py<StreamTransport>>,
     clock: Clock,
     counters: Counters,
     /// The loop is (about to be) blocked in its poll: threadsafe calls must wake it.
@@ -101,7 +116,7 @@ impl LoopState {
             if entry.reader.is_none() && entry.writer.is_none() {
                 self.fd_callbacks.remove(&fd);
             }
-            return Err(fd_py_error(err));
+            return Err(os_error(err));
         }
         if empty {
             self.fd_callbacks.remove(&fd);
@@ -119,7 +134,7 @@ impl LoopState {
 
     /// Moves the timers due now to the ready queue (asyncio: deadline before now plus the
     /// clock's resolution), then takes the whole queue as this iteration's batch.
-    fn take_batch(&mut self, py: Python<'_>, resolution: f64, batch: &mut VecDeque<Py<Handle>>) {
+    fn take_batch(&mut self, py: Python<'_>, resolution: f64, batch: &mut VecDeque<Runnable>) {
         let end = self.clock.now() + resolution;
         let mut due = DueTimers { py, ready: &mut self.ready };
         self.timers.pop_due(end, |t| t.bind(py).as_super().get().is_cancelled(), &mut due);
@@ -133,6 +148,19 @@ impl LoopState {
             drain(event.fd);
             return;
         }
+        if let Some(stream) = self.streams.get(&event.fd) {
+            let transport = stream.get();
+            if event.read_closed {
+                transport.note_peer_closed();
+            }
+            if event.readable && transport.wants_readable_event() {
+                self.ready.push(Runnable::StreamRead(stream.clone_ref(py)));
+            }
+            if event.writable && transport.wants_writable_event() {
+                self.ready.push(Runnable::StreamWrite(stream.clone_ref(py)));
+            }
+            return;
+        }
         let Some(entry) = self.fd_callbacks.get(&event.fd) else { return };
         let mut remove = [false, false];
         for (side, ready, handle) in [(0, event.readable, &entry.reader), (1, event.writable, &entry.writer)] {
@@ -140,7 +168,7 @@ impl LoopState {
                 if handle.get().is_cancelled() {
                     remove[side] = true;
                 } else {
-                    self.ready.push(handle.clone_ref(py));
+                    self.ready.push(Runnable::Callback(handle.clone_ref(py)));
                 }
             }
         }
@@ -159,7 +187,7 @@ impl LoopState {
 
 /// An `OSError` as Python raises it for a failed system call: `OSError(errno, strerror)`,
 /// which Python turns into the matching subclass (`PermissionError`, ...).
-fn fd_py_error(err: std::io::Error) -> PyErr {
+pub(crate) fn os_error(err: std::io::Error) -> PyErr {
     match err.raw_os_error() {
         Some(code) => {
             // SAFETY: strerror returns a pointer to a NUL-terminated static or thread-local
@@ -191,14 +219,14 @@ fn drain(fd: RawFd) {
 /// Where due timers go: marked out of the heap and appended to the ready queue.
 struct DueTimers<'a, 'py> {
     py: Python<'py>,
-    ready: &'a mut ReadyQueue<Py<Handle>>,
+    ready: &'a mut ReadyQueue<Runnable>,
 }
 
 impl Extend<Py<TimerHandle>> for DueTimers<'_, '_> {
     fn extend<I: IntoIterator<Item = Py<TimerHandle>>>(&mut self, timers: I) {
         for timer in timers {
             timer.get().set_scheduled(false);
-            self.ready.push(timer.into_bound(self.py).into_super().unbind());
+            self.ready.push(Runnable::Callback(timer.into_bound(self.py).into_super().unbind()));
         }
     }
 }
@@ -213,7 +241,9 @@ enum Wait {
 /// allocates nothing. Python objects in them are dropped outside the state lock.
 #[derive(Default)]
 struct IterationBuffers {
-    batch: VecDeque<Py<Handle>>,
+    batch: VecDeque<Runnable>,
+    /// The transports to flush at the end of an iteration.
+    flushes: Vec<Py<StreamTransport>>,
     io_events: Vec<Readiness>,
     released_handles: Vec<Py<Handle>>,
     released_timers: Vec<Py<TimerHandle>>,
@@ -227,6 +257,9 @@ pub(crate) struct LoopShared {
     state: Mutex<LoopState>,
     debug: AtomicBool,
     loop_object: PyOnceLock<Py<PyWeakrefReference>>,
+    /// Where stream transports read before copying into `bytes` (allocated on first use;
+    /// only the loop's thread reads).
+    read_buffer: Mutex<Vec<u8>>,
 }
 
 impl LoopShared {
@@ -259,10 +292,59 @@ impl LoopShared {
         self.loop_object.get(py).and_then(|weak| weak.bind(py).upgrade())
     }
 
+    /// Runs `f` on the loop's read buffer ([`MAX_READ`] bytes).
+    pub(crate) fn with_read_buffer<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        let mut buffer = self.read_buffer.lock().expect("read buffer lock is never poisoned");
+        if buffer.is_empty() {
+            buffer.resize(MAX_READ, 0);
+        }
+        f(&mut buffer)
+    }
+
+    /// Registers a stream transport's descriptor: watched edge-triggered, both directions.
+    pub(crate) fn register_stream(&self, fd: RawFd, transport: Py<StreamTransport>) -> PyResult<()> {
+        let mut state = self.lock();
+        if state.fd_callbacks.contains_key(&fd) || state.streams.contains_key(&fd) {
+            drop(state);
+            drop(transport);
+            return Err(PyRuntimeError::new_err(format!("File descriptor {fd} is already watched by the loop")));
+        }
+        let registrar = state.registrar.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
+        registrar.set_watch(fd, Watch { readable: true, writable: true, trigger: Trigger::Edge }).map_err(os_error)?;
+        state.streams.insert(fd, transport);
+        Ok(())
+    }
+
+    /// Stops watching a stream transport's descriptor; returns the loop's reference to the
+    /// transport (to be dropped by the caller, outside the lock).
+    pub(crate) fn unregister_stream(&self, fd: RawFd) -> Option<Py<StreamTransport>> {
+        let mut state = self.lock();
+        let transport = state.streams.remove(&fd)?;
+        if let Some(registrar) = state.registrar.as_mut() {
+            registrar.unwatch(fd);
+        }
+        Some(transport)
+    }
+
+    /// Queues a read of a stream transport for the next iteration.
+    pub(crate) fn schedule_stream_read(&self, transport: Py<StreamTransport>) {
+        self.lock().ready.push(Runnable::StreamRead(transport));
+    }
+
+    /// Queues a stream transport for the end-of-iteration flush.
+    pub(crate) fn queue_flush(&self, transport: Py<StreamTransport>) {
+        self.lock().flush_queue.push(transport);
+    }
+
+    /// The stream transport using `fd`, if any.
+    fn stream_on(&self, py: Python<'_>, fd: RawFd) -> Option<Py<StreamTransport>> {
+        self.lock().streams.get(&fd).map(|t| t.clone_ref(py))
+    }
+
     /// Removes every pending callback, timer and fd watch, and drops their callbacks (the
     /// loop is closing or being freed). Nothing is dropped under the lock.
     fn release_everything(&self, py: Python<'_>) {
-        let (ready, timers, watchers) = {
+        let (ready, timers, watchers, streams, flushes) = {
             let mut state = self.lock();
             // Dropping the registrar and the waker closes their descriptors (the epoll
             // instance itself closes with the reactor, in `_close_core`).
@@ -271,10 +353,19 @@ impl LoopShared {
             }
             state.waker = None;
             let watchers: Vec<FdCallbacks> = state.fd_callbacks.drain().map(|(_, w)| w).collect();
-            (state.ready.drain_all(), state.timers.drain_all(), watchers)
+            let streams: Vec<Py<StreamTransport>> = state.streams.drain().map(|(_, t)| t).collect();
+            let flushes = std::mem::take(&mut state.flush_queue);
+            (state.ready.drain_all(), state.timers.drain_all(), watchers, streams, flushes)
         };
-        for handle in &ready {
-            handle.get().release_callback();
+        for item in &ready {
+            if let Runnable::Callback(handle) = item {
+                handle.get().release_callback();
+            }
+        }
+        // Transports are not closed (as with asyncio, an unclosed transport warns when it is
+        // freed), but they let go of their protocols so that nothing stays in a cycle.
+        for transport in &streams {
+            transport.get().abandon();
         }
         for timer in &timers {
             timer.get().set_scheduled(false);
@@ -285,7 +376,7 @@ impl LoopShared {
                 handle.get().release_callback();
             }
         }
-        drop((ready, timers, watchers));
+        drop((ready, timers, watchers, streams, flushes));
     }
 }
 
@@ -367,6 +458,48 @@ impl LoopCore {
         Py::new(py, Handle::new(slf.get().shared_with_handles(slf)?, Callback::new(callback, args), context, one_shot, traceback))
     }
 
+    /// The shared part, for a new stream transport of the loop `slf`.
+    pub(crate) fn shared_for_transport(slf: &Bound<'_, Self>) -> PyResult<Arc<LoopShared>> {
+        slf.get().check_closed()?;
+        slf.get().shared_with_handles(slf)
+    }
+
+    /// asyncio's `_ensure_fd_no_transport`: the fd must not belong to a live transport.
+    fn ensure_fd_no_transport(slf: &Bound<'_, Self>, fileobj: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<()> {
+        let py = slf.py();
+        if let Some(transport) = slf.get().shared.stream_on(py, fd) {
+            if let Some(owner) = transport.get().live_transport(py) {
+                return Err(PyRuntimeError::new_err(format!(
+                    "File descriptor {} is used by transport {}",
+                    fileobj.repr()?,
+                    owner.bind(py).repr()?
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what was written to stream transports during the iteration.
+    fn flush_transports(slf: &Bound<'_, Self>, buffers: &mut IterationBuffers) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let mut state = slf.get().lock();
+            if state.flush_queue.is_empty() {
+                return Ok(());
+            }
+            std::mem::swap(&mut state.flush_queue, &mut buffers.flushes);
+        }
+        let mut pending = buffers.flushes.drain(..);
+        while let Some(transport) = pending.next() {
+            if let Err(err) = StreamTransport::flush_queued(transport.bind(py)) {
+                let rest: Vec<_> = pending.collect();
+                slf.get().lock().flush_queue.extend(rest);
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
     /// The shared part, for a new handle; records the loop object on first use.
     fn shared_with_handles(&self, slf: &Bound<'_, Self>) -> PyResult<Arc<LoopShared>> {
         self.shared.loop_object.get_or_try_init(slf.py(), || PyWeakrefReference::new(slf).map(Bound::unbind))?;
@@ -377,7 +510,7 @@ impl LoopCore {
     #[inline]
     fn push_ready(&self, handle: Py<Handle>, threadsafe: bool) -> PyResult<()> {
         let mut state = self.lock();
-        state.ready.push(handle);
+        state.ready.push(Runnable::Callback(handle));
         if threadsafe && state.waiting {
             if let Some(waker) = &state.waker {
                 // A non-blocking write to an eventfd: no Python, safe under the lock.
@@ -392,6 +525,7 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         let is_cancelled = |t: &Py<TimerHandle>| t.bind(py).as_super().get().is_cancelled();
+        Self::flush_transports(slf, buffers)?;
         let wait = {
             let mut state = this.lock();
             state.counters.iterations += 1;
@@ -445,18 +579,48 @@ impl LoopCore {
         }
 
         let debug = this.debug_enabled();
-        while let Some(handle) = buffers.batch.pop_front() {
-            let handle = handle.into_bound(py);
-            if handle.get().is_cancelled() {
-                continue;
-            }
+        while let Some(item) = buffers.batch.pop_front() {
+            let result = match item {
+                Runnable::Callback(handle) => {
+                    let handle = handle.into_bound(py);
+                    if handle.get().is_cancelled() {
+                        continue;
+                    }
+                    if debug {
+                        Self::run_handle_debug(slf, &handle)
+                    } else {
+                        Handle::run(&handle, true)
+                    }
+                }
+                Runnable::StreamRead(transport) => Self::run_stream_event(slf, transport.bind(py), debug, StreamTransport::on_readable, "_read_ready"),
+                Runnable::StreamWrite(transport) => Self::run_stream_event(slf, transport.bind(py), debug, StreamTransport::on_writable, "_write_ready"),
+            };
             buffers.callbacks_run += 1;
-            let result = if debug { Self::run_handle_debug(slf, &handle) } else { Handle::run(&handle, true) };
             if let Err(err) = result {
                 let mut state = this.lock();
                 state.counters.callbacks_run += std::mem::take(&mut buffers.callbacks_run);
                 state.ready.requeue_front(&mut buffers.batch);
                 return Err(err);
+            }
+        }
+        Self::flush_transports(slf, buffers)
+    }
+
+    /// Runs a transport's read or flush; in debug mode, reports it if it was slow (as
+    /// asyncio reports the transport's `_read_ready` handle).
+    fn run_stream_event(slf: &Bound<'_, Self>, transport: &Bound<'_, StreamTransport>, debug: bool, run: fn(&Bound<'_, StreamTransport>) -> PyResult<()>, name: &str) -> PyResult<()> {
+        if !debug {
+            return run(transport);
+        }
+        let started = slf.get().now();
+        run(transport)?;
+        let elapsed = slf.get().now() - started;
+        let py = slf.py();
+        let slow: f64 = slf.getattr(pyo3::intern!(py, "slow_callback_duration"))?.extract()?;
+        if elapsed >= slow {
+            if let Some(owner) = transport.get().live_transport(py) {
+                let what = format!("<Handle {}.{name}()>", owner.bind(py).get_type().name()?);
+                slf.call_method1("_log_slow_callback", (what, elapsed))?;
             }
         }
         Ok(())
@@ -493,6 +657,7 @@ impl LoopCore {
         let this = slf.get();
         this.check_closed()?;
         let fd = fileobj_to_fd(fileobj)?;
+        Self::ensure_fd_no_transport(slf, fileobj, fd)?;
         let handle = Self::new_handle(slf, callback, args, None, false, None)?;
         let previous = this.lock().set_fd_callback(fd, side, Some(handle.clone_ref(py)))?;
         if let Some(previous) = previous {
@@ -509,6 +674,7 @@ impl LoopCore {
             return Ok(false);
         }
         let fd = fileobj_to_fd(fileobj)?;
+        Self::ensure_fd_no_transport(slf, fileobj, fd)?;
         let previous = {
             let mut state = this.lock();
             let registered = state.fd_callbacks.get(&fd).is_some_and(|e| match side {
@@ -584,12 +750,15 @@ impl LoopCore {
             shared: Arc::new(LoopShared {
                 debug: AtomicBool::new(false),
                 loop_object: PyOnceLock::new(),
+                read_buffer: Mutex::new(Vec::new()),
                 state: Mutex::new(LoopState {
                 ready: ReadyQueue::new(),
                 timers: TimerHeap::new(),
                 registrar: Some(registrar),
                 waker: Some(waker),
                 fd_callbacks: HashMap::new(),
+                streams: HashMap::new(),
+                flush_queue: Vec::new(),
                 clock,
                 counters: Counters::default(),
                 waiting: false,
@@ -723,7 +892,7 @@ impl LoopCore {
     fn _set_wakeup_reader(&self, fd: RawFd) -> PyResult<()> {
         let mut state = self.lock();
         let registrar = state.registrar.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
-        registrar.set_watch(fd, Watch { readable: true, writable: false, trigger: Trigger::Edge }).map_err(fd_py_error)?;
+        registrar.set_watch(fd, Watch { readable: true, writable: false, trigger: Trigger::Edge }).map_err(os_error)?;
         state.wakeup_reader = Some(fd);
         Ok(())
     }

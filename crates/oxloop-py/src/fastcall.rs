@@ -147,7 +147,7 @@ unsafe fn schedule_from_vectorcall(
 
 /// Turns the outcome of an entry point into what CPython expects: a new reference, or NULL
 /// with an exception set.
-fn into_c_result(py: Python<'_>, outcome: std::thread::Result<PyResult<Py<PyAny>>>) -> *mut ffi::PyObject {
+pub(crate) fn into_c_result(py: Python<'_>, outcome: std::thread::Result<PyResult<Py<PyAny>>>) -> *mut ffi::PyObject {
     match outcome {
         Ok(Ok(handle)) => handle.into_ptr(),
         Ok(Err(err)) => {

@@ -55,7 +55,7 @@ pub(crate) fn handle_context(py: Python<'_>, context: Option<Bound<'_, PyAny>>) 
 }
 
 /// `contextvars.copy_context()`.
-fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
+pub(crate) fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     // SAFETY: called with the GIL held; PyContext_CopyCurrent returns a new reference or NULL
     // with an exception set, which `from_owned_ptr_or_err` turns into a PyErr.
     unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()).map(Bound::unbind) }

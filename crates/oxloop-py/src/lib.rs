@@ -13,6 +13,8 @@ mod event_loop;
 mod fastcall;
 mod futures;
 mod handles;
+mod transport;
+mod transport_methods;
 
 /// The extension module.
 #[pymodule]
@@ -22,6 +24,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     alloc::install(&m.py().get_type::<handles::Handle>(), &m.py().get_type::<handles::TimerHandle>());
+    m.add_class::<transport::StreamTransport>()?;
+    transport_methods::register(m)?;
     dns::register(m)?;
     Ok(())
 }

@@ -1,0 +1,1130 @@
+//! `StreamTransport`: the native half of oxloop's TCP and Unix stream transports (the
+//! Python half, `oxloop._transports.SocketTransport`, is the `asyncio.Transport` users see).
+//!
+//! Everything that happens per packet is here: reading into `bytes` (or into a
+//! `BufferedProtocol`'s buffer) and calling the protocol, buffering writes, sending the writes
+//! of one loop iteration together with one `sendmsg`, flow control. What happens once per
+//! connection (set-up, `connection_lost`, error reporting) is Python's.
+//!
+//! Invariants:
+//! - Only the loop's thread touches a transport, with the GIL held. The state lives behind a
+//!   mutex only because PyO3 requires frozen classes to be `Sync`; it is never held across a
+//!   call into Python or a drop of a Python object, so it is never contended or re-entered.
+//! - The Python socket object owns the descriptor; this object only borrows its number, from
+//!   registration until [`StreamTransport::detach`], which the Python half calls just before
+//!   closing the socket. The loop watches the descriptor edge-triggered for both directions
+//!   from registration to detach, so a read that did not drain the socket, or a resumed
+//!   transport, schedules its own next read.
+//! - `reading` and `write_pending` mirror the state for the loop's event dispatch, which
+//!   consults them without taking this transport's lock.
+//! - A non-empty write buffer is always either queued for the end-of-iteration flush
+//!   (`flush_queued`) or waiting for writability (`write_pending`): data is never stranded.
+//! - `connection_lost` is scheduled exactly once: every path that schedules it first checks
+//!   and increments `conn_lost` under the lock.
+
+use std::collections::VecDeque;
+use std::ffi::c_int;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::event_loop::{os_error, LoopCore, LoopShared};
+use crate::handles::{copy_current_context, is_fatal};
+
+/// The most one read asks for (asyncio's `max_size`).
+pub(crate) const MAX_READ: usize = 256 * 1024;
+/// Writes up to this size are copied into a shared chunk, so that many small writes make
+/// few `iovec`s; larger `bytes` are kept by reference.
+const COALESCE_LIMIT: usize = 4 * 1024;
+/// The largest shared chunk small writes are copied into.
+const CHUNK_CAPACITY: usize = 64 * 1024;
+/// `iovec`s per `sendmsg`.
+const MAX_IOVECS: usize = 64;
+/// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+/// asyncio's default high-water mark; the low-water mark is a quarter of it.
+const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+
+/// One piece of buffered outgoing data.
+enum Chunk {
+    /// A `bytes` object, kept by reference (it is immutable).
+    Shared(Py<PyBytes>),
+    /// A copy (of a mutable buffer, or of small writes coalesced together).
+    Owned(Vec<u8>),
+}
+
+impl Chunk {
+    fn as_slice<'a>(&'a self, py: Python<'a>) -> &'a [u8] {
+        match self {
+            Chunk::Shared(bytes) => bytes.as_bytes(py),
+            Chunk::Owned(data) => data,
+        }
+    }
+}
+
+/// Outgoing data not yet accepted by the kernel, in order.
+#[derive(Default)]
+struct WriteBuffer {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of the first chunk already sent.
+    sent_of_first: usize,
+    /// Bytes not yet sent, over all chunks.
+    len: usize,
+}
+
+impl WriteBuffer {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends a copy of `data`, into the last chunk when it is a small copy with room left.
+    fn push_copy(&mut self, data: &[u8]) {
+        self.len += data.len();
+        if data.len() <= COALESCE_LIMIT {
+            if let Some(Chunk::Owned(last)) = self.chunks.back_mut() {
+                if last.len() + data.len() <= CHUNK_CAPACITY {
+                    last.extend_from_slice(data);
+                    return;
+                }
+            }
+        }
+        self.chunks.push_back(Chunk::Owned(data.to_vec()));
+    }
+
+    /// Appends a `bytes` object: small ones are copied (coalesced), large ones kept.
+    fn push_bytes(&mut self, bytes: &Bound<'_, PyBytes>) {
+        let data = bytes.as_bytes();
+        if data.len() <= COALESCE_LIMIT {
+            self.push_copy(data);
+        } else {
+            self.len += data.len();
+            self.chunks.push_back(Chunk::Shared(bytes.clone().unbind()));
+        }
+    }
+
+    /// Fills `iov` with the unsent data, in order; returns how many entries it used.
+    fn fill_iovecs(&self, py: Python<'_>, iov: &mut [libc::iovec; MAX_IOVECS]) -> usize {
+        let mut used = 0;
+        for (index, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
+            let mut data = chunk.as_slice(py);
+            if index == 0 {
+                data = &data[self.sent_of_first..];
+            }
+            iov[used] = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+            used += 1;
+        }
+        used
+    }
+
+    /// Forgets the first `sent` bytes; the chunks fully sent go to `released` (to be dropped
+    /// outside the lock).
+    fn consume(&mut self, py: Python<'_>, mut sent: usize, released: &mut Vec<Chunk>) {
+        self.len -= sent;
+        while sent > 0 {
+            let first_len = self.chunks.front().expect("sent bytes were buffered").as_slice(py).len();
+            let left_in_first = first_len - self.sent_of_first;
+            if sent < left_in_first {
+                self.sent_of_first += sent;
+                return;
+            }
+            sent -= left_in_first;
+            self.sent_of_first = 0;
+            released.extend(self.chunks.pop_front());
+        }
+    }
+
+    /// Empties the buffer, returning the chunks (to be dropped outside the lock).
+    fn clear(&mut self) -> VecDeque<Chunk> {
+        self.len = 0;
+        self.sent_of_first = 0;
+        std::mem::take(&mut self.chunks)
+    }
+}
+
+/// The mutable state of a transport (see the module invariants).
+struct StreamState {
+    /// The protocol; None once the transport is detached.
+    protocol: Option<Py<PyAny>>,
+    /// Whether `protocol` is an `asyncio.BufferedProtocol`.
+    buffered: bool,
+    /// The Python `SocketTransport`; None once detached.
+    transport: Option<Py<PyAny>>,
+    buffer: WriteBuffer,
+    high_water: usize,
+    low_water: usize,
+    /// `pause_writing()` was called and `resume_writing()` not yet.
+    writing_paused: bool,
+    /// `close()`, `abort()` or a fatal error happened.
+    closing: bool,
+    /// `write_eof()` was called.
+    eof_requested: bool,
+    /// The peer's end of file was received: nothing more to read.
+    eof_received: bool,
+    /// `connection_made` was scheduled and reading started.
+    started: bool,
+    /// `pause_reading()` was called and `resume_reading()` not yet.
+    reading_paused: bool,
+    /// How many times the connection was lost, plus writes made afterwards (asyncio's
+    /// `_conn_lost`).
+    conn_lost: u32,
+    /// This transport is in the loop's end-of-iteration flush queue.
+    flush_queued: bool,
+    /// `loop.sendfile()`'s waiter for the buffer to drain.
+    empty_waiter: Option<Py<PyAny>>,
+    /// The descriptor is registered with the loop.
+    watched: bool,
+}
+
+impl StreamState {
+    /// Whether the loop should deliver readable events.
+    fn wants_read(&self) -> bool {
+        self.started && !self.reading_paused && !self.closing && !self.eof_received && self.watched
+    }
+}
+
+/// What one attempt to send the buffer achieved.
+enum FlushOutcome {
+    /// Everything was sent.
+    Emptied,
+    /// The kernel buffer is full: wait for writability.
+    WouldBlock,
+    /// Sending failed.
+    Failed(io::Error),
+}
+
+/// The native half of a stream transport.
+#[pyclass(module = "oxloop._core", frozen, weakref)]
+pub struct StreamTransport {
+    fd: RawFd,
+    shared: Arc<LoopShared>,
+    /// The `contextvars.Context` protocol callbacks run in (a copy of the one current when
+    /// the transport was made, as asyncio's reader handle has).
+    context: Py<PyAny>,
+    /// Mirrors [`StreamState::wants_read`] for event dispatch.
+    reading: AtomicBool,
+    /// A send would block: the loop delivers the next writable event.
+    write_pending: AtomicBool,
+    /// The poller reported the peer's end of file (or an error): reads continue past a short
+    /// read until they see it, since no further event will come.
+    peer_closed: AtomicBool,
+    state: Mutex<StreamState>,
+}
+
+impl StreamTransport {
+    /// Locks the state (see the module invariants).
+    #[inline]
+    fn lock(&self) -> MutexGuard<'_, StreamState> {
+        self.state.lock().expect("transport lock is never poisoned")
+    }
+
+    /// For event dispatch: whether a readable event should run a read.
+    #[inline]
+    pub(crate) fn wants_readable_event(&self) -> bool {
+        self.reading.load(Ordering::Relaxed)
+    }
+
+    /// For event dispatch: whether a writable event should run a flush.
+    #[inline]
+    pub(crate) fn wants_writable_event(&self) -> bool {
+        self.write_pending.load(Ordering::Relaxed)
+    }
+
+    /// For event dispatch: the peer closed its side (or the socket failed).
+    #[inline]
+    pub(crate) fn note_peer_closed(&self) {
+        self.peer_closed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a read that got `received` of `capacity` bytes may have left something to
+    /// read (more data, or an end of file or error with no event to announce it).
+    fn may_have_more(&self, received: usize, capacity: usize) -> bool {
+        received == capacity || self.peer_closed.load(Ordering::Relaxed)
+    }
+
+    /// Recomputes `reading` from the state.
+    fn sync_reading(&self, state: &StreamState) {
+        self.reading.store(state.wants_read(), Ordering::Relaxed);
+    }
+
+    /// The Python transport and protocol, for error reports.
+    fn transport_and_protocol(&self, py: Python<'_>) -> (Option<Py<PyAny>>, Option<Py<PyAny>>) {
+        let state = self.lock();
+        (state.transport.as_ref().map(|t| t.clone_ref(py)), state.protocol.as_ref().map(|p| p.clone_ref(py)))
+    }
+
+    /// Hands a failure to the Python half (`SocketTransport._fatal_error`), which reports it
+    /// as asyncio does and force-closes the transport.
+    fn fatal_error(slf: &Bound<'_, Self>, error: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        let (transport, _) = slf.get().transport_and_protocol(py);
+        match transport {
+            Some(transport) => transport.bind(py).call_method1(pyo3::intern!(py, "_fatal_error"), (error.value(py), message)).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// Calls `protocol.<method>(*args)` inside the transport's context.
+    fn call_protocol<'py>(&self, protocol: &Bound<'py, PyAny>, method: &Bound<'py, pyo3::types::PyString>, arg: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+        let py = protocol.py();
+        // SAFETY: the GIL is held; every pointer is a live object borrowed for the call; the
+        // context is entered and exited in pairs whatever the call returns.
+        unsafe {
+            if ffi::PyContext_Enter(self.context.as_ptr()) < 0 {
+                return Err(PyErr::fetch(py));
+            }
+            let args: [*mut ffi::PyObject; 2] = [protocol.as_ptr(), arg.map_or(std::ptr::null_mut(), |a| a.as_ptr())];
+            let nargs = if arg.is_some() { 2 } else { 1 };
+            let result = ffi::PyObject_VectorcallMethod(method.as_ptr(), args.as_ptr(), nargs | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET, std::ptr::null_mut());
+            let result = Bound::from_owned_ptr_or_err(py, result);
+            let exit_status: c_int = ffi::PyContext_Exit(self.context.as_ptr());
+            if exit_status < 0 && result.is_ok() {
+                return Err(PyErr::fetch(py));
+            }
+            result
+        }
+    }
+
+    /// Reports an exception raised by a protocol callback: fatal ones propagate, the rest go
+    /// to `_fatal_error` with `message`.
+    fn protocol_failed(slf: &Bound<'_, Self>, error: PyErr, message: &str) -> PyResult<()> {
+        if is_fatal(slf.py(), &error) {
+            return Err(error);
+        }
+        Self::fatal_error(slf, error, message)
+    }
+
+    /// Queues a read attempt for the next iteration (a resumed transport, or a read that may
+    /// not have drained the socket: with edge-triggered watching no new event would come).
+    fn schedule_read(slf: &Bound<'_, Self>) {
+        slf.get().shared.schedule_stream_read(slf.clone().unbind());
+    }
+
+    /// Runs one read: called by the loop for a readable event or a scheduled read.
+    pub(crate) fn on_readable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        if !this.reading.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let py = slf.py();
+        let (protocol, buffered) = {
+            let state = this.lock();
+            match &state.protocol {
+                Some(protocol) => (protocol.clone_ref(py).into_bound(py), state.buffered),
+                None => return Ok(()),
+            }
+        };
+        if buffered {
+            Self::read_into_protocol_buffer(slf, &protocol)
+        } else {
+            Self::read_bytes(slf, &protocol)
+        }
+    }
+
+    /// A read for a plain `Protocol`: `recv` into the loop's read buffer, then
+    /// `data_received(bytes)` with an exactly sized copy.
+    fn read_bytes(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let received = this.shared.with_read_buffer(|buffer| {
+            // SAFETY: `buffer` is a valid writable region of its length; `fd` is registered
+            // (open) while this transport reads.
+            let n = unsafe { libc::recv(this.fd, buffer.as_mut_ptr().cast(), buffer.len(), 0) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(PyBytes::new(py, &buffer[..n as usize]))
+            }
+        });
+        match received {
+            Err(err) => Self::read_failed(slf, err),
+            Ok(data) if data.as_bytes().is_empty() => Self::on_eof(slf, protocol),
+            Ok(data) => {
+                let more = this.may_have_more(data.as_bytes().len(), MAX_READ);
+                if let Err(error) = this.call_protocol(protocol, pyo3::intern!(py, "data_received"), Some(data.as_any())) {
+                    return Self::protocol_failed(slf, error, "Fatal error: protocol.data_received() call failed.");
+                }
+                if more {
+                    Self::schedule_read(slf);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A read for a `BufferedProtocol`: `get_buffer(-1)`, `recv` straight into it, then
+    /// `buffer_updated(n)`.
+    fn read_into_protocol_buffer(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let minus_one = (-1i32).into_pyobject(py)?.into_any();
+        let buffer = match this.call_protocol(protocol, pyo3::intern!(py, "get_buffer"), Some(&minus_one)) {
+            Ok(buffer) => buffer,
+            Err(error) => return Self::protocol_failed(slf, error, "Fatal error: protocol.get_buffer() call failed."),
+        };
+        let received = match recv_into(this.fd, &buffer) {
+            Ok(received) => received,
+            Err(ReceiveIntoError::Python(error)) => return Self::protocol_failed(slf, error, "Fatal error: protocol.get_buffer() call failed."),
+            Err(ReceiveIntoError::Os(err)) => return Self::read_failed(slf, err),
+        };
+        if received.bytes == 0 {
+            return Self::on_eof(slf, protocol);
+        }
+        let count = received.bytes.into_pyobject(py)?.into_any();
+        if let Err(error) = this.call_protocol(protocol, pyo3::intern!(py, "buffer_updated"), Some(&count)) {
+            return Self::protocol_failed(slf, error, "Fatal error: protocol.buffer_updated() call failed.");
+        }
+        if this.may_have_more(received.bytes, received.capacity) {
+            Self::schedule_read(slf);
+        }
+        Ok(())
+    }
+
+    /// A failed `recv`: would-block ends the read; an interruption retries next iteration;
+    /// anything else is fatal.
+    fn read_failed(slf: &Bound<'_, Self>, err: io::Error) -> PyResult<()> {
+        match err.kind() {
+            io::ErrorKind::WouldBlock => Ok(()),
+            io::ErrorKind::Interrupted => {
+                Self::schedule_read(slf);
+                Ok(())
+            }
+            _ => Self::fatal_error(slf, os_error(err), "Fatal read error on socket transport"),
+        }
+    }
+
+    /// The peer closed its end: `eof_received()`; close unless it returns true.
+    fn on_eof(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut state = this.lock();
+            state.eof_received = true;
+            this.sync_reading(&state);
+        }
+        if this.shared.debug_enabled() {
+            if let (Some(transport), _) = this.transport_and_protocol(py) {
+                debug_log(py, "%r received EOF", transport.bind(py))?;
+            }
+        }
+        let keep_open = match this.call_protocol(protocol, pyo3::intern!(py, "eof_received"), None) {
+            Ok(keep_open) => keep_open,
+            Err(error) => return Self::protocol_failed(slf, error, "Fatal error: protocol.eof_received() call failed."),
+        };
+        if !keep_open.is_truthy()? {
+            Self::close_transport(slf)?;
+        }
+        Ok(())
+    }
+
+    /// Sends as much of the buffer as the kernel takes now.
+    fn send_buffer(&self, py: Python<'_>) -> FlushOutcome {
+        let mut released = Vec::new();
+        let outcome = {
+            let mut state = self.lock();
+            let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOVECS];
+            loop {
+                if state.buffer.is_empty() {
+                    break FlushOutcome::Emptied;
+                }
+                let used = state.buffer.fill_iovecs(py, &mut iov);
+                match send_vectored(self.fd, &iov[..used]) {
+                    Ok(sent) => state.buffer.consume(py, sent, &mut released),
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break FlushOutcome::WouldBlock,
+                    Err(err) => break FlushOutcome::Failed(err),
+                }
+            }
+        };
+        drop(released);
+        outcome
+    }
+
+    /// Sends the buffer and deals with the outcome: wait for writability, report a failure,
+    /// resume a paused protocol, and when the buffer is empty, wake `sendfile`'s waiter and
+    /// finish a pending close or `write_eof`.
+    fn flush(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        match this.send_buffer(py) {
+            FlushOutcome::WouldBlock => {
+                this.write_pending.store(true, Ordering::Relaxed);
+                Self::maybe_resume_protocol(slf)
+            }
+            FlushOutcome::Failed(err) => {
+                this.write_pending.store(false, Ordering::Relaxed);
+                let error = os_error(err);
+                let waiter = this.lock().empty_waiter.as_ref().map(|w| w.clone_ref(py));
+                if let Some(waiter) = waiter {
+                    let waiter = waiter.bind(py);
+                    if !waiter.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
+                        waiter.call_method1(pyo3::intern!(py, "set_exception"), (error.value(py),))?;
+                    }
+                }
+                Self::fatal_error(slf, error, "Fatal write error on socket transport")
+            }
+            FlushOutcome::Emptied => {
+                this.write_pending.store(false, Ordering::Relaxed);
+                Self::maybe_resume_protocol(slf)?;
+                let (waiter, lose_connection, shut_down) = {
+                    let mut state = this.lock();
+                    let waiter = state.empty_waiter.as_ref().map(|w| w.clone_ref(py));
+                    let lose_connection = state.closing && state.conn_lost == 0;
+                    if lose_connection {
+                        state.conn_lost += 1;
+                    }
+                    (waiter, lose_connection, !state.closing && state.eof_requested)
+                };
+                if let Some(waiter) = waiter {
+                    set_result_unless_done(waiter.bind(py))?;
+                }
+                if lose_connection {
+                    Self::schedule_connection_lost(slf, None)?;
+                } else if shut_down {
+                    // SAFETY: `fd` is registered (open); shutting down the write side only.
+                    // An error here (the peer is gone) surfaces on the next read.
+                    unsafe { libc::shutdown(this.fd, libc::SHUT_WR) };
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Called by the loop for a writable event.
+    pub(crate) fn on_writable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if !slf.get().write_pending.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        Self::flush(slf)
+    }
+
+    /// Called by the loop at the end of an iteration for a transport that was written to.
+    pub(crate) fn flush_queued(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        this.lock().flush_queued = false;
+        if this.write_pending.load(Ordering::Relaxed) {
+            return Ok(()); // the writable event will flush
+        }
+        Self::flush(slf)
+    }
+
+    /// Schedules `SocketTransport._call_connection_lost(exc)` with `call_soon`, in the
+    /// transport's context.
+    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (transport, _) = this.transport_and_protocol(py);
+        let (Some(transport), Some(event_loop)) = (transport, this.shared.loop_object(py)) else {
+            return Ok(());
+        };
+        let callback = transport.bind(py).getattr(pyo3::intern!(py, "_call_connection_lost"))?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(pyo3::intern!(py, "context"), &this.context)?;
+        event_loop.call_method(pyo3::intern!(py, "call_soon"), (callback, exc), Some(&kwargs))?;
+        Ok(())
+    }
+
+    /// asyncio's `_maybe_pause_protocol`: `pause_writing()` once the buffer is above the
+    /// high-water mark.
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let protocol = {
+            let mut state = slf.get().lock();
+            if state.buffer.len <= state.high_water || state.writing_paused {
+                return Ok(());
+            }
+            state.writing_paused = true;
+            state.protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        match protocol {
+            Some(protocol) => Self::call_flow_control(slf, protocol.bind(py), "pause_writing"),
+            None => Ok(()),
+        }
+    }
+
+    /// asyncio's `_maybe_resume_protocol`: `resume_writing()` once a paused protocol's buffer
+    /// is down to the low-water mark.
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let protocol = {
+            let mut state = slf.get().lock();
+            if !state.writing_paused || state.buffer.len > state.low_water {
+                return Ok(());
+            }
+            state.writing_paused = false;
+            state.protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        match protocol {
+            Some(protocol) => Self::call_flow_control(slf, protocol.bind(py), "resume_writing"),
+            None => Ok(()),
+        }
+    }
+
+    /// Calls `pause_writing`/`resume_writing`; an exception goes to the exception handler
+    /// (`protocol.<method>() failed`), as asyncio's flow-control mixin does.
+    fn call_flow_control(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
+        let py = slf.py();
+        let Err(error) = protocol.call_method0(method) else { return Ok(()) };
+        if is_fatal(py, &error) {
+            return Err(error);
+        }
+        let Some(event_loop) = slf.get().shared.loop_object(py) else { return Ok(()) };
+        let (transport, _) = slf.get().transport_and_protocol(py);
+        let context = PyDict::new(py);
+        context.set_item("message", format!("protocol.{method}() failed"))?;
+        context.set_item("exception", error.value(py))?;
+        context.set_item("transport", transport)?;
+        context.set_item("protocol", protocol)?;
+        event_loop.call_method1("call_exception_handler", (context,))?;
+        Ok(())
+    }
+
+    /// Appends `data` (a bytes-like object) to the buffer, queues the flush, and sends at
+    /// once when the buffer would otherwise pause the protocol.
+    fn write_data(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        check_bytes_like(data)?;
+        {
+            let state = this.lock();
+            if state.eof_requested {
+                return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
+            }
+            if state.empty_waiter.is_some() {
+                return Err(PyRuntimeError::new_err("unable to write; sendfile is in progress"));
+            }
+        }
+        if buffer_len(data)? == 0 {
+            return Ok(());
+        }
+        let lost_writes = {
+            let mut state = this.lock();
+            let lost = state.conn_lost;
+            if lost > 0 {
+                state.conn_lost += 1;
+            }
+            lost
+        };
+        if lost_writes > 0 {
+            if lost_writes >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+                warn_log(py, "socket.send() raised exception.")?;
+            }
+            return Ok(());
+        }
+        let (queue_flush, send_now) = {
+            let mut state = this.lock();
+            let before = state.buffer.len;
+            if let Ok(bytes) = data.cast::<PyBytes>() {
+                state.buffer.push_bytes(bytes);
+            } else {
+                with_buffer(data, |slice| state.buffer.push_copy(slice))?;
+            }
+            debug_assert!(state.buffer.len > before);
+            let pending = this.write_pending.load(Ordering::Relaxed);
+            let queue_flush = !state.flush_queued && !pending;
+            if queue_flush {
+                state.flush_queued = true;
+            }
+            (queue_flush, !pending && state.buffer.len > state.high_water)
+        };
+        if queue_flush {
+            this.shared.queue_flush(slf.clone().unbind());
+        }
+        if send_now {
+            Self::flush(slf)?;
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    /// `close()`: stop reading; lose the connection once the buffer is sent.
+    fn close_transport(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        let lose_now = {
+            let mut state = this.lock();
+            if state.closing {
+                return Ok(());
+            }
+            state.closing = true;
+            this.sync_reading(&state);
+            let lose_now = state.buffer.is_empty();
+            if lose_now {
+                state.conn_lost += 1;
+                this.write_pending.store(false, Ordering::Relaxed);
+            }
+            lose_now
+        };
+        if lose_now {
+            Self::schedule_connection_lost(slf, None)?;
+        }
+        Ok(())
+    }
+
+    /// Unregisters the descriptor from the loop (if registered).
+    fn unwatch(&self) -> Option<Py<StreamTransport>> {
+        let was_watched = {
+            let mut state = self.lock();
+            std::mem::replace(&mut state.watched, false)
+        };
+        self.reading.store(false, Ordering::Relaxed);
+        self.write_pending.store(false, Ordering::Relaxed);
+        if was_watched {
+            self.shared.unregister_stream(self.fd)
+        } else {
+            None
+        }
+    }
+
+    /// Forgets the protocol, the Python transport and the buffer: the transport is done, or
+    /// its loop closed (breaks the reference cycles through the protocol).
+    pub(crate) fn abandon(&self) {
+        let dropped = {
+            let mut state = self.lock();
+            state.watched = false;
+            (state.protocol.take(), state.transport.take(), state.buffer.clear(), state.empty_waiter.take())
+        };
+        self.reading.store(false, Ordering::Relaxed);
+        self.write_pending.store(false, Ordering::Relaxed);
+        drop(dropped);
+    }
+
+    /// The Python transport while the transport is live (not closing).
+    pub(crate) fn live_transport(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        let state = self.lock();
+        if state.closing {
+            return None;
+        }
+        state.transport.as_ref().map(|t| t.clone_ref(py))
+    }
+}
+
+#[pymethods]
+impl StreamTransport {
+    /// Registers the connected socket `fd` with `loop` for `protocol`; `transport` is the
+    /// Python transport (passed to error reports). Reading starts with `_start_reading()`.
+    #[new]
+    fn py_new(event_loop: &Bound<'_, LoopCore>, fd: RawFd, protocol: Bound<'_, PyAny>, transport: Bound<'_, PyAny>) -> PyResult<Py<Self>> {
+        let py = event_loop.py();
+        let shared = LoopCore::shared_for_transport(event_loop)?;
+        let buffered = is_buffered_protocol(&protocol)?;
+        let this = Py::new(
+            py,
+            StreamTransport {
+                fd,
+                shared: Arc::clone(&shared),
+                context: copy_current_context(py)?,
+                reading: AtomicBool::new(false),
+                write_pending: AtomicBool::new(false),
+                peer_closed: AtomicBool::new(false),
+                state: Mutex::new(StreamState {
+                    protocol: Some(protocol.unbind()),
+                    buffered,
+                    transport: Some(transport.unbind()),
+                    buffer: WriteBuffer::default(),
+                    high_water: DEFAULT_HIGH_WATER,
+                    low_water: DEFAULT_HIGH_WATER / 4,
+                    writing_paused: false,
+                    closing: false,
+                    eof_requested: false,
+                    eof_received: false,
+                    started: false,
+                    reading_paused: false,
+                    conn_lost: 0,
+                    flush_queued: false,
+                    empty_waiter: None,
+                    watched: false,
+                }),
+            },
+        )?;
+        shared.register_stream(fd, this.clone_ref(py))?;
+        this.get().lock().watched = true;
+        Ok(this)
+    }
+
+    /// Starts reading (scheduled by the Python half after `connection_made`).
+    fn _start_reading(slf: &Bound<'_, Self>) {
+        let this = slf.get();
+        {
+            let mut state = this.lock();
+            state.started = true;
+            this.sync_reading(&state);
+        }
+        Self::schedule_read(slf);
+    }
+
+    /// `transport.write(data)`.
+    pub(crate) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        Self::write_data(slf, data)
+    }
+
+    /// `transport.writelines(list_of_data)`: the pieces are buffered in order and sent
+    /// together.
+    pub(crate) fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        for data in list_of_data.try_iter()? {
+            Self::write_data(slf, &data?)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the transport is closing or closed.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.lock().closing
+    }
+
+    /// Bytes written but not yet accepted by the kernel.
+    pub(crate) fn get_write_buffer_size(&self) -> usize {
+        self.lock().buffer.len
+    }
+
+    /// Whether the transport delivers incoming data (not paused, not closing).
+    pub(crate) fn is_reading(&self) -> bool {
+        let state = self.lock();
+        !state.reading_paused && !state.closing
+    }
+
+    /// Stops delivering data until `resume_reading()`; does nothing if not reading.
+    pub(crate) fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        let changed = {
+            let mut state = this.lock();
+            let changed = !state.reading_paused && !state.closing;
+            if changed {
+                state.reading_paused = true;
+                this.sync_reading(&state);
+            }
+            changed
+        };
+        if changed && this.shared.debug_enabled() {
+            Self::log_transport(slf, "%r pauses reading")?;
+        }
+        Ok(())
+    }
+
+    /// Delivers data again after `pause_reading()`; does nothing if not paused or closing.
+    pub(crate) fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        let changed = {
+            let mut state = this.lock();
+            let changed = state.reading_paused && !state.closing;
+            if changed {
+                state.reading_paused = false;
+                this.sync_reading(&state);
+            }
+            changed
+        };
+        if changed {
+            Self::schedule_read(slf);
+            if this.shared.debug_enabled() {
+                Self::log_transport(slf, "%r resumes reading")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `close()`.
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::close_transport(slf)
+    }
+
+    /// asyncio's `_force_close(exc)` (and `abort()` with None): drop the buffer and lose the
+    /// connection now, unless it is already lost.
+    #[pyo3(signature = (exc=None))]
+    fn force_close(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let this = slf.get();
+        let dropped = {
+            let mut state = this.lock();
+            if state.conn_lost > 0 {
+                return Ok(());
+            }
+            let dropped = state.buffer.clear();
+            this.write_pending.store(false, Ordering::Relaxed);
+            state.closing = true;
+            this.sync_reading(&state);
+            state.conn_lost += 1;
+            dropped
+        };
+        drop(dropped);
+        Self::schedule_connection_lost(slf, exc)
+    }
+
+    /// `write_eof()`: shut down the write side once the buffer is sent.
+    fn write_eof(&self) -> PyResult<()> {
+        let shut_down_now = {
+            let mut state = self.lock();
+            if state.closing || state.eof_requested {
+                return Ok(());
+            }
+            state.eof_requested = true;
+            state.buffer.is_empty()
+        };
+        // SAFETY: `fd` is registered (open) while the transport is not closing.
+        if shut_down_now && unsafe { libc::shutdown(self.fd, libc::SHUT_WR) } < 0 {
+            return Err(os_error(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Whether `write_eof()` was called.
+    #[getter]
+    fn eof_requested(&self) -> bool {
+        self.lock().eof_requested
+    }
+
+    /// Sets the protocol that receives the following events.
+    fn set_protocol(&self, protocol: Bound<'_, PyAny>) -> PyResult<()> {
+        let buffered = is_buffered_protocol(&protocol)?;
+        let old = {
+            let mut state = self.lock();
+            state.buffered = buffered;
+            state.protocol.replace(protocol.unbind())
+        };
+        drop(old);
+        Ok(())
+    }
+
+    /// The current protocol (None once the transport is done).
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.lock().protocol.as_ref().map(|p| p.clone_ref(py))
+    }
+
+    /// Sets validated flow-control limits and pauses the protocol if already above.
+    fn set_write_buffer_limits(slf: &Bound<'_, Self>, high: usize, low: usize) -> PyResult<()> {
+        {
+            let mut state = slf.get().lock();
+            state.high_water = high;
+            state.low_water = low;
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    /// Whether `pause_writing()` is in effect (asyncio's `_protocol_paused`).
+    #[getter]
+    fn writing_paused(&self) -> bool {
+        self.lock().writing_paused
+    }
+
+    /// Whether a send waits for the socket to become writable.
+    #[getter]
+    fn write_pending(&self) -> bool {
+        self.write_pending.load(Ordering::Relaxed)
+    }
+
+    /// asyncio's `_conn_lost`.
+    #[getter]
+    fn conn_lost(&self) -> u32 {
+        self.lock().conn_lost
+    }
+
+    /// Whether the loop watches the descriptor for reading now.
+    #[getter]
+    fn reading_watched(&self) -> bool {
+        self.reading.load(Ordering::Relaxed)
+    }
+
+    /// Sets (or clears, with None) `sendfile`'s waiter for the buffer to drain; it is resolved
+    /// at once if the buffer is already empty.
+    fn set_empty_waiter(&self, waiter: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let empty = {
+            let mut state = self.lock();
+            state.empty_waiter = waiter.as_ref().map(|w| w.clone().unbind());
+            state.buffer.is_empty()
+        };
+        if let (Some(waiter), true) = (waiter, empty) {
+            set_result_unless_done(&waiter)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `sendfile` has a waiter set.
+    #[getter]
+    fn has_empty_waiter(&self) -> bool {
+        self.lock().empty_waiter.is_some()
+    }
+
+    /// Stops watching the descriptor (`sendfile` drives it directly meanwhile).
+    fn suspend_watching(&self) {
+        let registered = self.unwatch();
+        drop(registered);
+    }
+
+    /// Watches the descriptor again after `suspend_watching()`.
+    fn resume_watching(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        if this.lock().watched {
+            return Ok(());
+        }
+        this.shared.register_stream(this.fd, slf.clone().unbind())?;
+        {
+            let mut state = this.lock();
+            state.watched = true;
+            this.sync_reading(&state);
+        }
+        Self::schedule_read(slf);
+        Ok(())
+    }
+
+    /// Stops watching and forgets the protocol and Python transport: called by the Python
+    /// half right before it closes the socket.
+    fn detach(&self) {
+        let registered = self.unwatch();
+        self.abandon();
+        drop(registered);
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.context)?;
+        if let Ok(state) = self.state.try_lock() {
+            for object in [&state.protocol, &state.transport, &state.empty_waiter].into_iter().flatten() {
+                visit.call(object)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        self.abandon();
+    }
+}
+
+impl StreamTransport {
+    /// Logs `message % (transport,)` at debug level (debug mode only).
+    fn log_transport(slf: &Bound<'_, Self>, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        match slf.get().transport_and_protocol(py) {
+            (Some(transport), _) => debug_log(py, message, transport.bind(py)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// asyncio's logger.
+fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    LOGGER.get_or_try_init(py, || Ok::<_, PyErr>(py.import("logging")?.call_method1("getLogger", ("asyncio",))?.unbind())).map(|l| l.bind(py))
+}
+
+/// `logger.debug(message, transport)`.
+fn debug_log(py: Python<'_>, message: &str, transport: &Bound<'_, PyAny>) -> PyResult<()> {
+    logger(py)?.call_method1("debug", (message, transport)).map(drop)
+}
+
+/// `logger.warning(message)`.
+fn warn_log(py: Python<'_>, message: &str) -> PyResult<()> {
+    logger(py)?.call_method1("warning", (message,)).map(drop)
+}
+
+/// `future.set_result(None)` unless the future is already done.
+fn set_result_unless_done(future: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = future.py();
+    if !future.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
+        future.call_method1(pyo3::intern!(py, "set_result"), (py.None(),))?;
+    }
+    Ok(())
+}
+
+/// `isinstance(protocol, asyncio.BufferedProtocol)`.
+fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
+    static BUFFERED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let buffered = BUFFERED.import(protocol.py(), "asyncio", "BufferedProtocol")?;
+    protocol.is_instance(buffered)
+}
+
+/// asyncio's check of `write()`'s argument.
+fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<()> {
+    if data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+        Ok(())
+    } else {
+        Err(PyTypeError::new_err(format!("data argument must be a bytes-like object, not {:?}", data.get_type().name()?.to_string())))
+    }
+}
+
+/// The length in bytes of a bytes-like object.
+fn buffer_len(data: &Bound<'_, PyAny>) -> PyResult<usize> {
+    if let Ok(bytes) = data.cast::<PyBytes>() {
+        return Ok(bytes.as_bytes().len());
+    }
+    with_buffer(data, |slice| slice.len())
+}
+
+/// Runs `f` on the contents of a contiguous bytes-like object.
+fn with_buffer<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+    let py = data.py();
+    let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
+    // SAFETY: the GIL is held; on success the view describes `len` readable bytes at `buf`
+    // until `PyBuffer_Release`, which is called before returning.
+    unsafe {
+        if ffi::PyObject_GetBuffer(data.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_SIMPLE) < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        let mut view = view.assume_init();
+        let slice = if view.len == 0 { &[][..] } else { std::slice::from_raw_parts(view.buf as *const u8, view.len as usize) };
+        let result = f(slice);
+        ffi::PyBuffer_Release(&mut view);
+        Ok(result)
+    }
+}
+
+/// What `recv_into` read.
+struct Received {
+    bytes: usize,
+    capacity: usize,
+}
+
+/// Why `recv_into` failed.
+enum ReceiveIntoError {
+    /// The buffer is unusable (not writable, empty).
+    Python(PyErr),
+    /// `recv` failed.
+    Os(io::Error),
+}
+
+/// `recv` straight into a writable buffer object.
+fn recv_into(fd: RawFd, buffer: &Bound<'_, PyAny>) -> Result<Received, ReceiveIntoError> {
+    let py = buffer.py();
+    let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
+    // SAFETY: the GIL is held; on success the view describes `len` writable bytes at `buf`
+    // until `PyBuffer_Release`, which is called on every path after it.
+    unsafe {
+        if ffi::PyObject_GetBuffer(buffer.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_WRITABLE) < 0 {
+            return Err(ReceiveIntoError::Python(PyErr::fetch(py)));
+        }
+        let mut view = view.assume_init();
+        let capacity = view.len as usize;
+        let result = if capacity == 0 {
+            Err(ReceiveIntoError::Python(PyRuntimeError::new_err("get_buffer() returned an empty buffer")))
+        } else {
+            let n = libc::recv(fd, view.buf, capacity, 0);
+            if n < 0 {
+                Err(ReceiveIntoError::Os(io::Error::last_os_error()))
+            } else {
+                Ok(Received { bytes: n as usize, capacity })
+            }
+        };
+        ffi::PyBuffer_Release(&mut view);
+        result
+    }
+}
+
+/// One `sendmsg` of the given pieces (`MSG_NOSIGNAL`: a closed peer gives `EPIPE`, never a
+/// `SIGPIPE`).
+fn send_vectored(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
+    // SAFETY: a zeroed msghdr is valid (no name, no control data); `iov` points to `len`
+    // valid iovecs describing live buffers for the duration of the call.
+    let sent = unsafe {
+        let mut message: libc::msghdr = std::mem::zeroed();
+        message.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        message.msg_iovlen = iov.len() as _;
+        libc::sendmsg(fd, &message, libc::MSG_NOSIGNAL)
+    };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
+    }
+}

@@ -1,0 +1,239 @@
+"""Stream transports (TCP and Unix sockets), servers and sendfile.
+
+``SocketTransport`` is the ``asyncio.Transport`` protocols see. Its per-packet work (reads,
+``data_received``, writes, flow control) is native, in ``_core.StreamTransport``, kept in the
+``_core`` slot; the per-packet methods (``write``, ``writelines``, ``is_closing``,
+``get_write_buffer_size``, ``is_reading``, ``pause_reading``, ``resume_reading``) are native
+method descriptors installed on the class, so a call reaches Rust without a Python frame.
+What happens once per connection is here: set-up, ``connection_lost``, error reports.
+
+``StreamOperations`` gives ``Loop`` the hooks asyncio's ``BaseEventLoop`` calls to make
+transports and to serve listening sockets. The rest of the once-per-connection machinery is
+asyncio's own code, reused as it is: ``create_connection``/``create_server`` (in
+``BaseEventLoop``), the accept loop and ``sendfile`` (``BaseSelectorEventLoop``) and the Unix
+socket set-up (``_UnixSelectorEventLoop``).
+"""
+
+import inspect
+import logging
+import socket
+import warnings
+from asyncio import base_events, constants, futures, selector_events, transports, trsock, unix_events
+
+from . import _core
+
+logger = logging.getLogger("asyncio")
+
+_selector_loop = selector_events.BaseSelectorEventLoop
+_unix_loop = unix_events._UnixSelectorEventLoop
+
+# Python 3.13 made servers track their transports: _attach/_detach take the transport.
+_SERVER_TRACKS_TRANSPORTS = "transport" in inspect.signature(base_events.Server._attach).parameters
+
+
+def _set_nodelay(sock):
+    """Disable Nagle's algorithm on a TCP socket, whatever its ``proto`` field says (asyncio
+    only does it when ``proto`` is ``IPPROTO_TCP``; a socket made with ``proto=0`` then
+    stalls small responses for the peer's delayed ACK)."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+class SocketTransport(transports._FlowControlMixin, transports.Transport):
+    """A TCP or Unix stream transport."""
+
+    __slots__ = ("_core", "_sock", "_sock_fd", "_server", "__weakref__")
+
+    # Probed by asyncio (start_tls, sendfile) and by frameworks.
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        transports.BaseTransport.__init__(self, extra)
+        self._loop = loop
+        self._sock = None
+        self._server = None
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._sock_fd = sock.fileno()
+        _set_nodelay(sock)
+        self._set_write_buffer_limits()
+        self._core = _core.StreamTransport(loop, self._sock_fd, protocol, self)
+        # From here on the transport owns the socket.
+        self._sock = sock
+        if server is not None:
+            self._server = server
+            if _SERVER_TRACKS_TRANSPORTS:
+                server._attach(self)
+            else:
+                server._attach()
+        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(self._core._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self):
+        info = [self.__class__.__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self.is_closing():
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        if self._sock is not None and not self._loop.is_closed():
+            info.append("read=polling" if self._core.reading_watched else "read=idle")
+            state = "polling" if self._core.write_pending else "idle"
+            info.append(f"write=<{state}, bufsize={self.get_write_buffer_size()}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn=warnings.warn):
+        if getattr(self, "_sock", None) is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._core.detach()
+            self._sock.close()
+
+    # Set in __init__ of asyncio's own transports; native state here.
+    @property
+    def _protocol(self):
+        return self._core.get_protocol()
+
+    @property
+    def _protocol_paused(self):
+        return self._core.writing_paused
+
+    @property
+    def _conn_lost(self):
+        return self._core.conn_lost
+
+    @property
+    def _closing(self):
+        return self.is_closing()
+
+    @property
+    def _eof(self):
+        return self._core.eof_requested
+
+    def set_protocol(self, protocol):
+        self._core.set_protocol(protocol)
+
+    def get_protocol(self):
+        return self._core.get_protocol()
+
+    def close(self):
+        """Close after sending what is buffered; ``connection_lost(None)`` follows."""
+        self._core.close()
+
+    def abort(self):
+        """Close now, dropping what is buffered; ``connection_lost(None)`` follows."""
+        self._core.force_close(None)
+
+    def write_eof(self):
+        """Shut down the write side once the buffer is sent."""
+        self._core.write_eof()
+
+    def can_write_eof(self):
+        return True
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        self._set_write_buffer_limits(high=high, low=low)
+        self._core.set_write_buffer_limits(self._high_water, self._low_water)
+
+    def _force_close(self, exc):
+        self._core.force_close(exc)
+
+    def _fatal_error(self, exc, message="Fatal error on transport"):
+        # OSErrors (a reset peer...) are the peer's doing: only logged in debug mode.
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+        self._force_close(exc)
+
+    def _call_connection_lost(self, exc):
+        protocol = self._core.get_protocol()
+        try:
+            if protocol is not None:
+                protocol.connection_lost(exc)
+        finally:
+            self._core.detach()
+            self._sock.close()
+            self._sock = None
+            server = self._server
+            if server is not None:
+                self._server = None
+                if _SERVER_TRACKS_TRANSPORTS:
+                    server._detach(self)
+                else:
+                    server._detach()
+
+    def _make_empty_waiter(self):
+        if self._core.has_empty_waiter:
+            raise RuntimeError("Empty waiter is already set")
+        waiter = self._loop.create_future()
+        self._core.set_empty_waiter(waiter)
+        return waiter
+
+    def _reset_empty_waiter(self):
+        self._core.set_empty_waiter(None)
+
+
+_core.install_transport_methods(SocketTransport)
+
+
+class StreamOperations:
+    """Mixin of ``Loop``: stream transports, serving, Unix sockets, sendfile."""
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        try:
+            return SocketTransport(self, sock, protocol, waiter, extra, server)
+        except BaseException:
+            sock.close()
+            raise
+
+    # asyncio's accept loop (once per connection: accept, then a task that makes the
+    # transport) and Unix socket set-up, as the selector loops have them.
+    _start_serving = _selector_loop._start_serving
+    _accept_connection = _selector_loop._accept_connection
+    _accept_connection2 = _selector_loop._accept_connection2
+    create_unix_connection = _unix_loop.create_unix_connection
+    create_unix_server = _unix_loop.create_unix_server
+
+    # sendfile: the kernel's sendfile driven by asyncio's own loop code.
+    _sock_sendfile_native = _unix_loop._sock_sendfile_native
+    _sock_sendfile_native_impl = _unix_loop._sock_sendfile_native_impl
+    _sock_sendfile_update_filepos = _unix_loop._sock_sendfile_update_filepos
+    _sock_add_cancellation_callback = _unix_loop._sock_add_cancellation_callback
+
+    async def _sendfile_native(self, transp, file, offset, count):
+        """``loop.sendfile()`` on a ``SocketTransport``: drain its buffer, then hand its socket
+        to ``sock_sendfile`` (the transport stops watching it meanwhile)."""
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        await transp._make_empty_waiter()
+        transp._core.suspend_watching()
+        try:
+            return await self.sock_sendfile(transp._sock, file, offset, count, fallback=False)
+        finally:
+            transp._reset_empty_waiter()
+            if transp._sock is not None:
+                transp._core.resume_watching()
+            if resume_reading:
+                transp.resume_reading()
