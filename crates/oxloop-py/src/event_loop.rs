@@ -464,17 +464,17 @@ impl LoopCore {
         slf.get().shared_with_handles(slf)
     }
 
-    /// asyncio's `_ensure_fd_no_transport`: the fd must not belong to a live transport.
+    /// asyncio's `_ensure_fd_no_transport`: the fd must not belong to a transport. (asyncio
+    /// lets a closing transport's fd be watched; here the transport keeps its watch until it
+    /// has flushed and lost its connection, so the fd stays taken until then.)
     fn ensure_fd_no_transport(slf: &Bound<'_, Self>, fileobj: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<()> {
         let py = slf.py();
         if let Some(transport) = slf.get().shared.stream_on(py, fd) {
-            if let Some(owner) = transport.get().live_transport(py) {
-                return Err(PyRuntimeError::new_err(format!(
-                    "File descriptor {} is used by transport {}",
-                    fileobj.repr()?,
-                    owner.bind(py).repr()?
-                )));
-            }
+            let owner = match transport.get().python_transport(py) {
+                Some(owner) => owner.bind(py).repr()?.to_string(),
+                None => "<closed transport>".to_owned(),
+            };
+            return Err(PyRuntimeError::new_err(format!("File descriptor {} is used by transport {owner}", fileobj.repr()?)));
         }
         Ok(())
     }
@@ -618,7 +618,7 @@ impl LoopCore {
         let py = slf.py();
         let slow: f64 = slf.getattr(pyo3::intern!(py, "slow_callback_duration"))?.extract()?;
         if elapsed >= slow {
-            if let Some(owner) = transport.get().live_transport(py) {
+            if let Some(owner) = transport.get().python_transport(py) {
                 let what = format!("<Handle {}.{name}()>", owner.bind(py).get_type().name()?);
                 slf.call_method1("_log_slow_callback", (what, elapsed))?;
             }

@@ -694,13 +694,9 @@ impl StreamTransport {
         drop(dropped);
     }
 
-    /// The Python transport while the transport is live (not closing).
-    pub(crate) fn live_transport(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        let state = self.lock();
-        if state.closing {
-            return None;
-        }
-        state.transport.as_ref().map(|t| t.clone_ref(py))
+    /// The Python transport, until the transport is detached.
+    pub(crate) fn python_transport(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.lock().transport.as_ref().map(|t| t.clone_ref(py))
     }
 }
 
@@ -1040,7 +1036,7 @@ fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<()> {
     if data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
         Ok(())
     } else {
-        Err(PyTypeError::new_err(format!("data argument must be a bytes-like object, not {:?}", data.get_type().name()?.to_string())))
+        Err(PyTypeError::new_err(format!("data argument must be a bytes-like object, not {}", data.get_type().name()?.repr()?)))
     }
 }
 
