@@ -1,0 +1,938 @@
+"""Servers: create_server and create_unix_server, and the Server object they return.
+
+Covered: binding (host None or "" binds every address family, a list of hosts, port 0,
+family, reuse_address, reuse_port, backlog, sock=), serving (start_serving=False then
+start_serving() or serve_forever(), is_serving, sockets as TransportSocket, get_loop), closing
+(close, wait_closed, ``async with``, what closing does to listening sockets and to accepted
+connections), many concurrent clients, Unix servers (path, path-like, sock=, abstract names,
+stale socket files, a path taken by another file), and the errors asyncio raises, with its
+messages (address in use, argument errors).
+
+Runs on stock asyncio and on oxloop (see conftest.py); asyncio's behaviour is the expectation.
+"""
+
+import asyncio
+import errno
+import os
+import pathlib
+import shutil
+import socket
+import stat
+import struct
+import sys
+import tempfile
+import uuid
+
+import pytest
+
+CLEANUP_TIMEOUT = 5
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sock_dir():
+    """A short directory for Unix socket paths (pytest's tmp_path can exceed their 107 bytes)."""
+    path = tempfile.mkdtemp(prefix="oxl-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Conns:
+    """The server side of a test: a protocol factory that keeps every protocol it made."""
+
+    def __init__(self, loop, protocol=None):
+        self.loop = loop
+        self.protocol = protocol or Echo
+        self.protocols = []
+        self._arrivals = []
+
+    def __call__(self):
+        protocol = self.protocol(self.loop)
+        self.protocols.append(protocol)
+        waiters, self._arrivals = self._arrivals, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        return protocol
+
+    async def wait_count(self, n):
+        while len(self.protocols) < n:
+            waiter = self.loop.create_future()
+            self._arrivals.append(waiter)
+            await waiter
+        await asyncio.gather(*(p.made for p in self.protocols))
+
+    def abort_all(self):
+        for protocol in self.protocols:
+            if protocol.transport is not None and not protocol.lost.done():
+                protocol.transport.abort()
+
+    async def settle(self):
+        futures = [p.lost for p in self.protocols]
+        if futures:
+            await asyncio.wait(futures, timeout=CLEANUP_TIMEOUT)
+
+
+class Recorder(asyncio.Protocol):
+    def __init__(self, loop):
+        self.loop = loop
+        self.transport = None
+        self.data = bytearray()
+        self.made = loop.create_future()
+        self.lost = loop.create_future()
+        self._waiters = []
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.made.set_result(transport)
+
+    def data_received(self, data):
+        self.data += data
+        self._wake()
+
+    def connection_lost(self, exc):
+        if not self.lost.done():
+            self.lost.set_result(exc)
+        self._wake()
+
+    def _wake(self):
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_data(self, size):
+        while len(self.data) < size:
+            if self.lost.done():
+                raise AssertionError(f"connection lost after {len(self.data)} of {size} bytes")
+            waiter = self.loop.create_future()
+            self._waiters.append(waiter)
+            await waiter
+        return bytes(self.data)
+
+
+class Echo(Recorder):
+    def data_received(self, data):
+        super().data_received(data)
+        self.transport.write(data)
+
+
+async def client_round_trip(loop, address, message=b"ping", family=None):
+    """Connect a plain socket to ``address``, send ``message`` and return the echo."""
+    if family is None:
+        family = socket.AF_UNIX if isinstance(address, (str, bytes)) else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, address)
+        await loop.sock_sendall(sock, message)
+        received = bytearray()
+        while len(received) < len(message):
+            chunk = await loop.sock_recv(sock, 65536)
+            assert chunk, "end of stream before the echo"
+            received += chunk
+        return bytes(received)
+    finally:
+        sock.close()
+
+
+async def connect_client(loop, address):
+    """A Recorder client connection (create_connection) to ``address``."""
+    return await loop.create_connection(lambda: Recorder(loop), *address)
+
+
+async def close_server(server):
+    server.close()
+    await server.wait_closed()
+
+
+async def poll_rounds(loop, n=2):
+    """Let the loop poll for I/O ``n`` times: I/O that was ready before has been handled after."""
+    a, b = socket.socketpair()
+    try:
+        for _ in range(n):
+            ready = loop.create_future()
+            loop.add_reader(b.fileno(), lambda: ready.done() or ready.set_result(None))
+            a.send(b"x")
+            try:
+                await ready
+            finally:
+                loop.remove_reader(b.fileno())
+            b.recv(1)
+    finally:
+        a.close()
+        b.close()
+
+
+def refuses(address, family=socket.AF_INET):
+    """Whether a (blocking) connection attempt to ``address`` is refused right away."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.connect(address)
+    except ConnectionRefusedError:
+        return True
+    else:
+        return False
+    finally:
+        sock.close()
+
+
+def listen_backlog(sock):
+    """The backlog of a listening TCP socket (Linux TCP_INFO: tcpi_sacked of a listener)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return struct.unpack_from("I", info, 28)[0]
+
+
+def ipv6_loopback_available():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Binding
+# --------------------------------------------------------------------------------------------
+
+
+def test_create_server_on_port_0(loop):
+    conns = Conns(loop)
+
+    async def main():
+        server = await loop.create_server(conns, "127.0.0.1", 0)
+        try:
+            assert server.get_loop() is loop
+            assert server.is_serving()
+            sockets = server.sockets
+            assert isinstance(sockets, tuple) and len(sockets) == 1
+            assert isinstance(sockets[0], asyncio.trsock.TransportSocket)
+            host, port = sockets[0].getsockname()
+            assert host == "127.0.0.1" and port != 0
+            assert sockets[0].family == socket.AF_INET
+            assert sockets[0].type == socket.SOCK_STREAM
+            assert await client_round_trip(loop, (host, port)) == b"ping"
+            await conns.wait_count(1)
+            assert bytes(conns.protocols[0].data) == b"ping"
+        finally:
+            conns.abort_all()
+            await conns.settle()
+            await close_server(server)
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("host", [None, ""])
+def test_create_server_without_a_host_binds_every_address_family(loop, host):
+    expected = {
+        (family, address[0])
+        for family, _, _, _, address in socket.getaddrinfo(
+            None, 0, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+        )
+    }
+    conns = Conns(loop)
+
+    async def main():
+        server = await loop.create_server(conns, host, 0)
+        try:
+            sockets = server.sockets
+            assert {(s.family, s.getsockname()[0]) for s in sockets} == expected
+            for sock in sockets:
+                assert sock.getsockname()[1] != 0
+                if sock.family == socket.AF_INET6:
+                    # asyncio turns dual-stack off: one socket per family.
+                    assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+                if sock.family == socket.AF_INET:
+                    port = sock.getsockname()[1]
+                    assert await client_round_trip(loop, ("127.0.0.1", port)) == b"ping"
+        finally:
+            conns.abort_all()
+            await conns.settle()
+            await close_server(server)
+
+    loop.run_until_complete(main())
+
+
+def test_create_server_with_a_family(loop):
+    conns = Conns(loop)
+
+    async def main():
+        server = await loop.create_server(conns, None, 0, family=socket.AF_INET)
+        try:
+            assert [(s.family, s.getsockname()[0]) for s in server.sockets] == [(socket.AF_INET, "0.0.0.0")]
+        finally:
+            await close_server(server)
+
+    loop.run_until_complete(main())
+
+
+def test_create_server_on_ipv6_loopback(loop):
+    if not ipv6_loopback_available():
+        pytest.skip("no IPv6 loopback")
+    conns = Conns(loop)
+
+    async def main():
+        server = await loop.create_server(conns, "::1", 0)
+        try:
+            (sock,) = server.sockets
+            assert sock.family == socket.AF_INET6
+            address = sock.getsockname()
+            assert address[0] == "::1"
+            assert await client_round_trip(loop, address[:2], family=socket.AF_INET6) == b"ping"
+        finally:
+            conns.abort_all()
+            await conns.settle()
+            await close_server(server)
+
+    loop.run_until_complete(main())
+
+
+def test_create_server_with_a_list_of_hosts(loop):
+    conns = Conns(loop)
+
+    async def main():
+        server = await loop.create_server(conns, ["127.0.0.1", "127.0.0.2"], 0)
+        try:
+            addresses = sorted(s.getsockname() for s in server.sockets)
+            assert [host for host, _ in addresses] == ["127.0.0.1", "127.0.0.2"]
+            for address in addresses:
+                assert await client_round_trip(loop, address, b"via " + address[0].encode()) == (
+                    b"via " + address[0].encode()
+                )
+        finally:
+            conns.abort_all()
+            await conns.settle()
+            await close_server(server)
+
+    loop.run_until_complete(main())
+
+
+def test_create_server_binds_a_repeated_host_once(loop):
+    async def main():
+        server = await loop.create_server(asyncio.Protocol, ["127.0.0.1", "127.0.0.1"], 0)
+        try:
+            assert len(server.sockets) == 1
+        finally:
+            await close_server(server)
+
+    loop.run_until_complete(main())
+
+
+def test_create_server_sets_so_reuseaddr_by_default(loop):
+    async def main():
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        other = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0, reuse_address=False)
+        try:
+            assert server.sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) != 0
+            assert other.sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 0
+            assert server.sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0
+        finally:
+            await close_server(server)
+            await close_server(other)
+
+    loop.run_until_complete(main())
+
+
+def test_create_server_reuse_port(loop):
+    conns = Conns(loop)
+
+    async def main():
+        first = await loop.create_server(conns, "127.0.0.1", 0, reuse_port=True)
+        try:
+            port = first.sockets[0].getsockname()[1]
+            assert first.sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) != 0
+            second = await loop.create_server(conns, "127.0.0.1", port, reuse_port=True)
+            try:
+                assert second.sockets[0].getsockname() == ("127.0.0.1", port)
+                assert await client_round_trip(loop, ("127.0.0.1", port)) == b"ping"
+            finally:
+                await close_server(second)
+            with pytest.raises(OSError) as info:
+                await loop.create_server(conns, "127.0.0.1", port)
+            assert info.value.errno == errno.EADDRINUSE
+        finally:
+            conns.abort_all()
+            await conns.settle()
+            await close_server(first)
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("backlog", [None, 37])
+def test_create_server_backlog(loop, backlog):
+    async def main():
+        kwargs = {} if backlog is None else {"backlog": backlog}
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0, **kwargs)
+        try:
+            assert listen_backlog(server.sockets[0]) == (100 if backlog is None else backlog)
+        finally:
+            await close_server(server)
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("listening", [False, True])
+def test_create_server_with_sock(loop, listening):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # blocking, proto 0
+    sock.bind(("127.0.0.1", 0))
+    if listening:
+        sock.listen(5)
+    address = sock.getsockname()
+    conns = Conns(loop)
+
+    async def main():
+        server = await loop.create_server(conns, sock=sock, backlog=23)
+        try:
+            assert sock.gettimeout() == 0
+            (served,) = server.sockets
+            assert served.fileno() == sock.fileno()
+            assert served.getsockname() == address
+            assert listen_backlog(sock) == 23  # listen() is called again with the backlog
+            assert await client_round_trip(loop, address) == b"ping"
+        finally:
+            conns.abort_all()
+            await conns.settle()
+            await close_server(server)
+        assert sock.fileno() == -1  # closing the server closed the socket
+        assert refuses(address)
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        sock.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Serving
+# --------------------------------------------------------------------------------------------
+
+
+def test_start_serving_false_then_start_serving(loop):
+    conns = Conns(loop)
+
+    async def main():
+        server = await loop.create_server(conns, "127.0.0.1", 0, start_serving=False)
+        try:
+            address = server.sockets[0].getsockname()
+            assert not server.is_serving()
+            assert refuses(address)  # bound, not listening yet
+            await server.start_serving()
+            assert server.is_serving()
+            await server.start_serving()  # a second call does nothing
+            assert server.is_serving()
+            assert await client_round_trip(loop, address) == b"ping"
+            assert len(conns.protocols) == 1
+        finally:
+            conns.abort_all()
+            await conns.settle()
+            await close_server(server)
+
+    loop.run_until_complete(main())
+
+
+def test_serve_forever_serves_until_cancelled(loop):
+    conns = Conns(loop)
+
+    async def main():
+        server = await loop.create_server(conns, "127.0.0.1", 0, start_serving=False)
+        address = server.sockets[0].getsockname()
+        task = asyncio.ensure_future(server.serve_forever())
+        try:
+            for _ in range(10):  # let the task start: serve_forever() starts serving at once
+                if server.is_serving():
+                    break
+                await asyncio.sleep(0)
+            assert server.is_serving()
+            assert await client_round_trip(loop, address) == b"ping"
+            assert server.is_serving()
+            assert not task.done()
+            with pytest.raises(RuntimeError) as info:
+                await server.serve_forever()
+            assert str(info.value) == f"server {server!r} is already being awaited on serve_forever()"
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # Cancelling serve_forever() closes the server.
+            assert not server.is_serving()
+            assert server.sockets == ()
+            assert refuses(address)
+            with pytest.raises(RuntimeError) as info:
+                await server.serve_forever()
+            assert str(info.value) == f"server {server!r} is closed"
+        finally:
+            conns.abort_all()
+            await conns.settle()
+            await close_server(server)
+
+    loop.run_until_complete(main())
+
+
+def test_serve_forever_ends_when_the_server_is_closed(loop):
+    async def main():
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        task = asyncio.ensure_future(server.serve_forever())
+        await poll_rounds(loop)
+        assert not task.done()
+        server.close()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
+def test_server_sockets_are_transport_sockets_until_closed(loop):
+    async def main():
+        server = await loop.create_server(asyncio.Protocol, ["127.0.0.1", "127.0.0.2"], 0)
+        first = server.sockets
+        assert len(first) == 2
+        assert all(isinstance(s, asyncio.trsock.TransportSocket) for s in first)
+        assert {s.fileno() for s in server.sockets} == {s.fileno() for s in first}
+        server.close()
+        assert server.sockets == ()
+        assert not server.is_serving()
+        server.close()  # a second close does nothing
+        await server.wait_closed()
+        assert server.get_loop() is loop
+
+    loop.run_until_complete(main())
+
+
+def test_accepted_transports_see_the_client_address(loop):
+    conns = Conns(loop)
+
+    async def main():
+        server = await loop.create_server(conns, "127.0.0.1", 0)
+        address = server.sockets[0].getsockname()
+        transport, client = await connect_client(loop, address)
+        try:
+            await conns.wait_count(1)
+            accepted = conns.protocols[0].transport
+            assert isinstance(accepted, asyncio.Transport)
+            assert accepted.get_extra_info("peername") == transport.get_extra_info("sockname")
+            assert accepted.get_extra_info("sockname") == address
+            assert isinstance(accepted.get_extra_info("socket"), asyncio.trsock.TransportSocket)
+        finally:
+            transport.close()
+            await client.lost
+            conns.abort_all()
+            await conns.settle()
+            await close_server(server)
+
+    loop.run_until_complete(main())
+
+
+def test_each_connection_gets_a_new_protocol(loop):
+    conns = Conns(loop)
+
+    async def main():
+        server = await loop.create_server(conns, "127.0.0.1", 0)
+        address = server.sockets[0].getsockname()
+        try:
+            for i in range(5):
+                message = f"client {i}".encode()
+                assert await client_round_trip(loop, address, message) == message
+            await conns.wait_count(5)
+            assert len({id(p) for p in conns.protocols}) == 5
+            assert [bytes(p.data) for p in conns.protocols] == [f"client {i}".encode() for i in range(5)]
+        finally:
+            conns.abort_all()
+            await conns.settle()
+            await close_server(server)
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("unix", [False, True], ids=["tcp", "unix"])
+def test_many_concurrent_clients_are_all_served(loop, unix, sock_dir):
+    n = 200
+    conns = Conns(loop)
+
+    async def one_client(i, address):
+        message = f"client {i:03d} ".encode() * 10
+        if unix:
+            transport, client = await loop.create_unix_connection(lambda: Recorder(loop), address)
+        else:
+            transport, client = await connect_client(loop, address)
+        try:
+            transport.write(message)
+            return await client.wait_data(len(message)) == message
+        finally:
+            transport.close()
+            await client.lost
+
+    async def main():
+        if unix:
+            server = await loop.create_unix_server(conns, os.path.join(sock_dir, "many.sock"), backlog=n)
+        else:
+            server = await loop.create_server(conns, "127.0.0.1", 0, backlog=n)
+        address = server.sockets[0].getsockname()
+        try:
+            results = await asyncio.gather(*(one_client(i, address) for i in range(n)))
+            assert results == [True] * n
+            assert len(conns.protocols) == n
+            await asyncio.gather(*(p.lost for p in conns.protocols))
+        finally:
+            conns.abort_all()
+            await conns.settle()
+            await close_server(server)
+
+    loop.run_until_complete(main())
+
+
+# --------------------------------------------------------------------------------------------
+# Closing
+# --------------------------------------------------------------------------------------------
+
+
+def test_close_stops_accepting_but_keeps_accepted_connections(loop):
+    conns = Conns(loop)
+
+    async def main():
+        server = await loop.create_server(conns, "127.0.0.1", 0)
+        address = server.sockets[0].getsockname()
+        transport, client = await connect_client(loop, address)
+        try:
+            await conns.wait_count(1)
+            server.close()
+            assert not server.is_serving()
+            assert refuses(address)
+            # The accepted connection still works.
+            transport.write(b"after close")
+            assert await client.wait_data(11) == b"after close"
+            assert not conns.protocols[0].lost.done()
+        finally:
+            transport.close()
+            await client.lost
+            conns.abort_all()
+            await conns.settle()
+            await close_server(server)
+
+    loop.run_until_complete(main())
+
+
+def test_wait_closed_waits_for_close_and_for_the_connections(loop):
+    conns = Conns(loop)
+
+    async def main():
+        server = await loop.create_server(conns, "127.0.0.1", 0)
+        address = server.sockets[0].getsockname()
+        transport, client = await connect_client(loop, address)
+        waiter = asyncio.ensure_future(server.wait_closed())
+        try:
+            await conns.wait_count(1)
+            await poll_rounds(loop)
+            assert not waiter.done()
+            server.close()
+            await poll_rounds(loop)
+            assert not waiter.done()  # a connection is still open
+            transport.close()
+            await client.lost
+            await conns.protocols[0].lost
+            await waiter
+        finally:
+            waiter.cancel()
+            transport.close()
+            await client.lost
+            conns.abort_all()
+            await conns.settle()
+            await close_server(server)
+
+    loop.run_until_complete(main())
+
+
+def test_wait_closed_without_connections(loop):
+    async def main():
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        waiter = asyncio.ensure_future(server.wait_closed())
+        await poll_rounds(loop)
+        assert not waiter.done()
+        server.close()
+        await waiter
+        await server.wait_closed()  # at once, once closed
+
+    loop.run_until_complete(main())
+
+
+def test_wait_closed_after_close_returns_at_once(loop):
+    # Python 3.11: wait_closed() called after close() returns at once, even while accepted
+    # connections are open (3.12.1 changed this to wait for them).
+    conns = Conns(loop)
+
+    async def main():
+        server = await loop.create_server(conns, "127.0.0.1", 0)
+        transport, client = await connect_client(loop, server.sockets[0].getsockname())
+        try:
+            await conns.wait_count(1)
+            server.close()
+            if sys.version_info < (3, 12):
+                await asyncio.wait_for(server.wait_closed(), CLEANUP_TIMEOUT)
+                assert not conns.protocols[0].lost.done()
+        finally:
+            transport.close()
+            await client.lost
+            conns.abort_all()
+            await conns.settle()
+            await close_server(server)
+
+    loop.run_until_complete(main())
+
+
+def test_async_with_server_closes_it(loop):
+    async def main():
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        address = server.sockets[0].getsockname()
+        async with server as entered:
+            assert entered is server
+            assert server.is_serving()
+        assert not server.is_serving()
+        assert server.sockets == ()
+        assert refuses(address)
+
+    loop.run_until_complete(main())
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+def test_address_in_use(loop):
+    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    address = taken.getsockname()
+    try:
+        with pytest.raises(OSError) as info:
+            loop.run_until_complete(loop.create_server(asyncio.Protocol, *address))
+        assert type(info.value) is OSError
+        assert info.value.errno == errno.EADDRINUSE
+        assert str(info.value) == (
+            f"[Errno {errno.EADDRINUSE}] error while attempting to bind on address {address!r}: "
+            "address already in use"
+        )
+    finally:
+        taken.close()
+
+
+def test_address_in_use_for_one_host_of_a_list_closes_the_others(loop):
+    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    taken.bind(("127.0.0.2", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(OSError) as info:
+            loop.run_until_complete(loop.create_server(asyncio.Protocol, ["127.0.0.1", "127.0.0.2"], port))
+        assert info.value.errno == errno.EADDRINUSE
+        # The socket already bound to 127.0.0.1 (when asyncio bound it first) was closed: the
+        # leak check fails the test otherwise.
+    finally:
+        taken.close()
+
+
+def test_create_server_argument_errors(loop):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    dgram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        here = {"host": "127.0.0.1", "port": 0}
+        cases = [
+            ({**here, "ssl": True}, TypeError, "ssl argument must be an SSLContext or None"),
+            ({**here, "sock": sock}, ValueError, "host/port and sock can not be specified at the same time"),
+            ({}, ValueError, "Neither host/port nor sock were specified"),
+            ({"sock": dgram}, ValueError, f"A Stream Socket was expected, got {dgram!r}"),
+            ({**here, "ssl_handshake_timeout": 1}, ValueError, "ssl_handshake_timeout is only meaningful with ssl"),
+            ({**here, "ssl_shutdown_timeout": 1}, ValueError, "ssl_shutdown_timeout is only meaningful with ssl"),
+        ]
+        for kwargs, exc_type, message in cases:
+            with pytest.raises(exc_type) as info:
+                loop.run_until_complete(loop.create_server(asyncio.Protocol, **kwargs))
+            assert str(info.value) == message, kwargs
+        assert sock.fileno() >= 0 and dgram.fileno() >= 0  # not closed by the failed calls
+    finally:
+        sock.close()
+        dgram.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Unix servers
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path_type", [str, pathlib.Path])
+def test_create_unix_server_on_a_path(loop, sock_dir, path_type):
+    path = os.path.join(sock_dir, "server.sock")
+    conns = Conns(loop)
+
+    async def main():
+        server = await loop.create_unix_server(conns, path_type(path))
+        try:
+            assert server.is_serving()
+            (sock,) = server.sockets
+            assert isinstance(sock, asyncio.trsock.TransportSocket)
+            assert sock.family == socket.AF_UNIX
+            assert sock.getsockname() == path
+            assert stat.S_ISSOCK(os.stat(path).st_mode)
+            assert await client_round_trip(loop, path) == b"ping"
+            transport, client = await loop.create_unix_connection(lambda: Recorder(loop), path)
+            transport.write(b"proto")
+            assert await client.wait_data(5) == b"proto"
+            transport.close()
+            await client.lost
+        finally:
+            conns.abort_all()
+            await conns.settle()
+            await close_server(server)
+        # Python 3.11 leaves the socket file behind (3.13 removes it on close).
+        assert os.path.exists(path) == (sys.version_info < (3, 13))
+
+    loop.run_until_complete(main())
+
+
+def test_create_unix_server_with_sock(loop, sock_dir):
+    path = os.path.join(sock_dir, "sock.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    conns = Conns(loop)
+
+    async def main():
+        server = await loop.create_unix_server(conns, sock=sock, backlog=7)
+        try:
+            assert sock.gettimeout() == 0
+            assert server.sockets[0].fileno() == sock.fileno()
+            assert await client_round_trip(loop, path) == b"ping"
+        finally:
+            conns.abort_all()
+            await conns.settle()
+            await close_server(server)
+        assert sock.fileno() == -1
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        sock.close()
+
+
+def test_create_unix_server_start_serving_false(loop, sock_dir):
+    path = os.path.join(sock_dir, "later.sock")
+    conns = Conns(loop)
+
+    async def main():
+        server = await loop.create_unix_server(conns, path, start_serving=False)
+        try:
+            assert not server.is_serving()
+            assert refuses(path, socket.AF_UNIX)
+            await server.start_serving()
+            assert await client_round_trip(loop, path) == b"ping"
+        finally:
+            conns.abort_all()
+            await conns.settle()
+            await close_server(server)
+
+    loop.run_until_complete(main())
+
+
+def test_create_unix_server_on_an_abstract_name(loop):
+    name = f"\0oxloop-test-{uuid.uuid4().hex}"
+    conns = Conns(loop)
+
+    async def main():
+        server = await loop.create_unix_server(conns, name)
+        try:
+            assert server.sockets[0].getsockname() == name.encode()
+            assert await client_round_trip(loop, name) == b"ping"
+        finally:
+            conns.abort_all()
+            await conns.settle()
+            await close_server(server)
+
+    loop.run_until_complete(main())
+
+
+def test_create_unix_server_removes_a_stale_socket_file(loop, sock_dir):
+    path = os.path.join(sock_dir, "stale.sock")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(path)
+    stale.close()  # the file stays
+    assert stat.S_ISSOCK(os.stat(path).st_mode)
+    conns = Conns(loop)
+
+    async def main():
+        server = await loop.create_unix_server(conns, path)
+        try:
+            assert await client_round_trip(loop, path) == b"ping"
+        finally:
+            conns.abort_all()
+            await conns.settle()
+            await close_server(server)
+
+    loop.run_until_complete(main())
+
+
+def test_create_unix_server_replaces_a_live_server_socket_file(loop, sock_dir):
+    # asyncio removes any socket file at the path, even one a server still listens on.
+    path = os.path.join(sock_dir, "live.sock")
+    conns = Conns(loop)
+
+    async def main():
+        first = await loop.create_unix_server(asyncio.Protocol, path)
+        second = await loop.create_unix_server(conns, path)
+        try:
+            assert await client_round_trip(loop, path) == b"ping"
+            assert len(conns.protocols) == 1
+        finally:
+            conns.abort_all()
+            await conns.settle()
+            await close_server(second)
+            await close_server(first)
+
+    loop.run_until_complete(main())
+
+
+def test_create_unix_server_on_a_path_taken_by_another_file(loop, sock_dir):
+    path = os.path.join(sock_dir, "regular")
+    with open(path, "w") as f:
+        f.write("not a socket")
+    with pytest.raises(OSError) as info:
+        loop.run_until_complete(loop.create_unix_server(asyncio.Protocol, path))
+    assert type(info.value) is OSError
+    assert info.value.errno == errno.EADDRINUSE
+    assert str(info.value) == f"[Errno {errno.EADDRINUSE}] Address {path!r} is already in use"
+    with open(path) as f:
+        assert f.read() == "not a socket"  # left alone
+
+
+def test_create_unix_server_in_a_missing_directory(loop, sock_dir):
+    path = os.path.join(sock_dir, "missing", "server.sock")
+    with pytest.raises(FileNotFoundError):
+        loop.run_until_complete(loop.create_unix_server(asyncio.Protocol, path))
+
+
+def test_create_unix_server_argument_errors(loop, sock_dir):
+    path = os.path.join(sock_dir, "args.sock")
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    inet = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        cases = [
+            ({"path": path, "ssl": True}, TypeError, "ssl argument must be an SSLContext or None"),
+            ({"path": path, "sock": unix}, ValueError, "path and sock can not be specified at the same time"),
+            ({}, ValueError, "path was not specified, and no sock specified"),
+            ({"sock": inet}, ValueError, f"A UNIX Domain Stream Socket was expected, got {inet!r}"),
+            (
+                {"path": path, "ssl_handshake_timeout": 1},
+                ValueError,
+                "ssl_handshake_timeout is only meaningful with ssl",
+            ),
+        ]
+        for kwargs, exc_type, message in cases:
+            with pytest.raises(exc_type) as info:
+                loop.run_until_complete(loop.create_unix_server(asyncio.Protocol, **kwargs))
+            assert str(info.value) == message, kwargs
+        assert not os.path.exists(path)
+    finally:
+        unix.close()
+        inet.close()

@@ -1,0 +1,1734 @@
+"""Stream transports at the protocol level, over TCP and Unix sockets: create_connection,
+create_unix_connection and connect_accepted_socket with their transports.
+
+Covered: round trips through create_server; data_received (always bytes); BufferedProtocol
+(get_buffer/buffer_updated, small buffers, an empty buffer is a fatal error); eof_received and
+half-close (write_eof, can_write_eof, eof_received's return value); write and writelines with
+bytes-like objects (copied at write time), large and many ordered writes; write flow control
+(buffer limits and their errors, get_write_buffer_size, pause_writing/resume_writing); read
+flow control (pause_reading/resume_reading/is_reading); close (flushes), abort (does not),
+is_closing, writes after close/write_eof, connection_lost exactly once (overlapping close,
+abort and peer reset), a peer reset; get_extra_info; set_protocol/get_protocol; TCP_NODELAY;
+create_connection's resolution and errors (refused, several addresses, happy eyeballs,
+local_addr, sock=, argument errors); connect_accepted_socket; Unix connections by path,
+socket and abstract name.
+
+Most tests drive the transport under test against a plain socket peer (accepted with
+``sock_accept``), so that the peer's reads, EOFs and resets are under the test's control.
+
+Runs on stock asyncio and on oxloop (see conftest.py); asyncio's behaviour is the expectation.
+One documented difference: oxloop sets TCP_NODELAY on every TCP stream transport, asyncio only
+on sockets whose ``proto`` is IPPROTO_TCP (see test_tcp_nodelay_on_an_adopted_proto_0_socket).
+"""
+
+import asyncio
+import contextlib
+import errno
+import gc
+import hashlib
+import os
+import pathlib
+import shutil
+import socket
+import struct
+import sys
+import tempfile
+import uuid
+
+import pytest
+
+KINDS = ["tcp", "unix"]
+MiB = 1024 * 1024
+CLEANUP_TIMEOUT = 5
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sock_dir():
+    """A short directory for Unix socket paths (pytest's tmp_path can exceed their 107 bytes)."""
+    path = tempfile.mkdtemp(prefix="oxl-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Recorder(asyncio.Protocol):
+    """A protocol that records every call the transport makes."""
+
+    def __init__(self, loop, eof_result=None):
+        self.loop = loop
+        self.eof_result = eof_result
+        self.transport = None
+        self.events = []
+        self.data = bytearray()
+        self.data_types = set()
+        self.lost_calls = []
+        self.pause_calls = 0
+        self.resume_calls = 0
+        self.size_at_pause = None
+        self.size_at_resume = None
+        self.made = loop.create_future()
+        self.eof = loop.create_future()
+        self.lost = loop.create_future()
+        self.resumed = loop.create_future()
+        self._waiters = []
+
+    def connection_made(self, transport):
+        self.events.append("made")
+        self.is_transport = isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.made.set_result(transport)
+
+    def data_received(self, data):
+        self.events.append("data")
+        self.data_types.add(type(data))
+        self.data += data
+        self._wake()
+
+    def eof_received(self):
+        self.events.append("eof")
+        self.eof.set_result(None)
+        return self.eof_result
+
+    def connection_lost(self, exc):
+        self.events.append("lost")
+        self.lost_calls.append(exc)
+        if not self.lost.done():
+            self.lost.set_result(exc)
+        self._wake()
+
+    def pause_writing(self):
+        self.events.append("pause")
+        self.pause_calls += 1
+        self.size_at_pause = self.transport.get_write_buffer_size()
+
+    def resume_writing(self):
+        self.events.append("resume")
+        self.resume_calls += 1
+        self.size_at_resume = self.transport.get_write_buffer_size()
+        if not self.resumed.done():
+            self.resumed.set_result(None)
+
+    def _wake(self):
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_data(self, size):
+        """Wait until ``size`` bytes were received; fails if the connection is lost first."""
+        while len(self.data) < size:
+            if self.lost.done():
+                raise AssertionError(f"connection lost after {len(self.data)} of {size} bytes")
+            waiter = self.loop.create_future()
+            self._waiters.append(waiter)
+            await waiter
+        return bytes(self.data)
+
+
+class BufferedRecorder(asyncio.BufferedProtocol):
+    """A BufferedProtocol receiving into a buffer of ``size`` bytes."""
+
+    def __init__(self, loop, size):
+        self.loop = loop
+        self.buffer = bytearray(size)
+        self.data = bytearray()
+        self.events = []
+        self.get_buffer_calls = 0
+        self.sizehints = set()
+        self.made = loop.create_future()
+        self.eof = loop.create_future()
+        self.lost = loop.create_future()
+        self._waiter = None
+
+    def connection_made(self, transport):
+        self.events.append("made")
+        self.transport = transport
+        self.made.set_result(transport)
+
+    def get_buffer(self, sizehint):
+        self.get_buffer_calls += 1
+        self.sizehints.add(type(sizehint))
+        return memoryview(self.buffer)
+
+    def buffer_updated(self, nbytes):
+        assert 0 < nbytes <= len(self.buffer)
+        self.events.append("buffer_updated")
+        self.data += self.buffer[:nbytes]
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def eof_received(self):
+        self.events.append("eof")
+        self.eof.set_result(None)
+
+    def connection_lost(self, exc):
+        self.events.append("lost")
+        self.lost.set_result(exc)
+
+    async def wait_data(self, size):
+        while len(self.data) < size:
+            assert not self.lost.done(), "connection lost"
+            self._waiter = self.loop.create_future()
+            await self._waiter
+
+
+async def recv_exactly(loop, sock, size):
+    out = bytearray()
+    while len(out) < size:
+        chunk = await loop.sock_recv(sock, min(size - len(out), 256 * 1024))
+        if not chunk:
+            raise AssertionError(f"end of stream after {len(out)} of {size} bytes")
+        out += chunk
+    return bytes(out)
+
+
+async def recv_to_eof(loop, sock):
+    out = bytearray()
+    while True:
+        chunk = await loop.sock_recv(sock, 256 * 1024)
+        if not chunk:
+            return bytes(out)
+        out += chunk
+
+
+async def recv_end(loop, sock):
+    """Read until the end of the stream; "reset" if it ends with a reset (a socket closed with
+    unread data resets the connection)."""
+    try:
+        return await recv_to_eof(loop, sock)
+    except ConnectionResetError:
+        return "reset"
+
+
+async def wait_readable(loop, sock):
+    """Wait until ``sock`` is readable (through the loop's poller)."""
+    ready = loop.create_future()
+    loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+async def poll_rounds(loop, n=2):
+    """Let the loop poll for I/O ``n`` times: I/O that was ready before has been handled after."""
+    a, b = socket.socketpair()
+    try:
+        for _ in range(n):
+            a.send(b"x")
+            await wait_readable(loop, b)
+            b.recv(1)
+    finally:
+        a.close()
+        b.close()
+
+
+def reset_on_close(sock):
+    """Make ``close()`` of a TCP socket send RST (SO_LINGER with a zero timeout)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def make_listener(kind, sock_dir, rcvbuf=None):
+    """A listening, non-blocking TCP (127.0.0.1) or Unix socket."""
+    if kind == "tcp":
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        address = ("127.0.0.1", 0)
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        address = os.path.join(sock_dir, f"{uuid.uuid4().hex[:8]}.sock")
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # inherited by accepted sockets
+    sock.bind(address)
+    sock.listen(16)
+    sock.setblocking(False)
+    return sock
+
+
+async def connect(loop, kind, factory, address, **kwargs):
+    if kind == "tcp":
+        return await loop.create_connection(factory, *address, **kwargs)
+    return await loop.create_unix_connection(factory, address, **kwargs)
+
+
+class Conn:
+    """A transport under test, its protocol and the plain socket at the other end."""
+
+    def __init__(self, transport, protocol, peer):
+        self.transport = transport
+        self.protocol = protocol  # awaited (``.lost``) at clean-up: keep it current
+        self.peer = peer
+
+
+async def _settle(*futures):
+    futures = [f for f in futures if f is not None]
+    if futures:
+        await asyncio.wait(futures, timeout=CLEANUP_TIMEOUT)
+
+
+@contextlib.asynccontextmanager
+async def accepting(loop, listener):
+    """A task accepting one connection on ``listener``; the accepted socket (if any) is
+    closed at exit, and the task cancelled if it is still waiting."""
+    task = asyncio.ensure_future(loop.sock_accept(listener))
+    try:
+        yield task
+    finally:
+        if not task.done():
+            task.cancel()
+        result = (await asyncio.gather(task, return_exceptions=True))[0]
+        if isinstance(result, tuple):
+            result[0].close()
+
+
+@contextlib.asynccontextmanager
+async def raw_peer(loop, kind, sock_dir, factory=None, rcvbuf=None):
+    """Connect a transport (create_connection or create_unix_connection) to a plain socket;
+    at exit, abort the transport, wait for connection_lost and close the sockets."""
+    listener = make_listener(kind, sock_dir, rcvbuf)
+    try:
+        async with accepting(loop, listener) as accept:
+            transport, protocol = await connect(
+                loop, kind, factory or (lambda: Recorder(loop)), listener.getsockname()
+            )
+            conn = Conn(transport, protocol, None)
+            try:
+                conn.peer, _ = await accept
+                yield conn
+            finally:
+                lost = conn.protocol.lost
+                # Not after connection_lost: asyncio's abort() then fails (AttributeError)
+                # when a close() had flushed the buffer first.
+                if not lost.done():
+                    transport.abort()
+                await _settle(lost)
+    finally:
+        listener.close()
+
+
+@contextlib.asynccontextmanager
+async def served(loop, kind, sock_dir, server_factory, client_factory=None):
+    """A server (create_server or create_unix_server) and one client connection to it.
+
+    Yields (client transport, client protocol, server protocol); everything is closed at exit.
+    """
+    accepted = loop.create_future()
+
+    def factory():
+        protocol = server_factory()
+        if not accepted.done():
+            accepted.set_result(protocol)
+        return protocol
+
+    if kind == "tcp":
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+    else:
+        server = await loop.create_unix_server(factory, os.path.join(sock_dir, "server.sock"))
+    transport = protocol = server_protocol = None
+    try:
+        address = server.sockets[0].getsockname()
+        transport, protocol = await connect(loop, kind, client_factory or (lambda: Recorder(loop)), address)
+        server_protocol = await accepted
+        await server_protocol.made
+        yield transport, protocol, server_protocol
+    finally:
+        if transport is not None and not protocol.lost.done():
+            transport.abort()
+        if server_protocol is not None and server_protocol.made.done() and not server_protocol.lost.done():
+            server_protocol.made.result().abort()
+        await _settle(getattr(protocol, "lost", None), getattr(server_protocol, "lost", None))
+        server.close()
+        await server.wait_closed()
+
+
+async def fill_write_buffer(transport, chunk=MiB, limit=256 * MiB):
+    """Write until the transport buffers data (the peer does not read); return what was written."""
+    written = bytearray()
+    while transport.get_write_buffer_size() == 0:
+        assert len(written) < limit, "the transport never buffered anything"
+        data = os.urandom(16) * (chunk // 16)
+        transport.write(data)
+        written += data
+    return bytes(written)
+
+
+class Echo(Recorder):
+    def data_received(self, data):
+        super().data_received(data)
+        self.transport.write(data)
+
+
+# --------------------------------------------------------------------------------------------
+# Connections and data
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_round_trip_through_a_server(loop, kind, sock_dir):
+    async def main():
+        async with served(loop, kind, sock_dir, lambda: Echo(loop)) as (transport, client, server):
+            transport.write(b"hello, ")
+            transport.write(b"world")
+            assert await client.wait_data(12) == b"hello, world"
+            assert bytes(server.data) == b"hello, world"
+            assert client.data_types == server.data_types == {bytes}
+            assert client.events[0] == server.events[0] == "made"
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_connection_made_has_run_when_create_connection_returns(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            protocol = conn.protocol
+            assert protocol.made.done()
+            assert protocol.made.result() is conn.transport
+            assert protocol.is_transport  # isinstance(transport, asyncio.Transport) in connection_made
+            assert protocol.events == ["made"]
+            assert conn.transport.get_protocol() is protocol
+            assert not conn.transport.is_closing()
+            assert conn.transport.is_reading()
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_server_side_transport_is_a_transport_instance(loop, kind, sock_dir):
+    async def main():
+        async with served(loop, kind, sock_dir, lambda: Recorder(loop)) as (_, client, server):
+            assert server.is_transport
+            assert client.is_transport
+            assert server.transport.get_protocol() is server
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_data_received_gets_bytes_in_order(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            chunks = [bytes([i]) * (i * 100 + 1) for i in range(50)]
+            for chunk in chunks:
+                conn.peer.send(chunk)
+            expected = b"".join(chunks)
+            assert await conn.protocol.wait_data(len(expected)) == expected
+            assert conn.protocol.data_types == {bytes}
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("size", [7, 64 * 1024])
+def test_buffered_protocol_receives_into_its_buffer(loop, kind, sock_dir, size):
+    data = os.urandom(20 * size if size < 1024 else 200 * 1024)
+
+    async def main():
+        async with raw_peer(loop, kind, sock_dir, lambda: BufferedRecorder(loop, size)) as conn:
+            protocol = conn.protocol
+            send = asyncio.ensure_future(loop.sock_sendall(conn.peer, data))
+            await protocol.wait_data(len(data))
+            await send
+            assert bytes(protocol.data) == data
+            assert protocol.get_buffer_calls >= len(data) // size  # each call reads at most `size`
+            assert protocol.sizehints == {int}
+            conn.peer.shutdown(socket.SHUT_WR)
+            await protocol.eof
+            assert await protocol.lost is None
+            assert protocol.events[0] == "made"
+            assert protocol.events[-2:] == ["eof", "lost"]
+            assert set(protocol.events[1:-2]) == {"buffer_updated"}
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_get_buffer_returning_an_empty_buffer_is_a_fatal_error(loop, kind, sock_dir):
+    errors = []
+    loop.set_exception_handler(lambda loop, context: errors.append(context))
+
+    async def main():
+        async with raw_peer(loop, kind, sock_dir, lambda: BufferedRecorder(loop, 0)) as conn:
+            conn.peer.send(b"data")
+            exc = await conn.protocol.lost
+            assert isinstance(exc, RuntimeError)
+            assert str(exc) == "get_buffer() returned an empty buffer"
+            assert conn.transport.is_closing()
+            assert await recv_end(loop, conn.peer) in (b"", "reset")
+
+    loop.run_until_complete(main())
+    assert len(errors) == 1
+    assert errors[0]["message"] == "Fatal error: protocol.get_buffer() call failed."
+    assert isinstance(errors[0]["exception"], RuntimeError)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_data_received_raising_is_a_fatal_error(loop, kind, sock_dir):
+    errors = []
+    loop.set_exception_handler(lambda loop, context: errors.append(context))
+
+    class Failing(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            raise ZeroDivisionError("boom")
+
+    async def main():
+        async with raw_peer(loop, kind, sock_dir, lambda: Failing(loop)) as conn:
+            conn.peer.send(b"data")
+            exc = await conn.protocol.lost
+            assert isinstance(exc, ZeroDivisionError)
+            assert conn.protocol.lost_calls == [exc]
+            assert await recv_to_eof(loop, conn.peer) == b""
+
+    loop.run_until_complete(main())
+    assert [e["message"] for e in errors] == ["Fatal error: protocol.data_received() call failed."]
+    assert isinstance(errors[0]["exception"], ZeroDivisionError)
+
+
+# --------------------------------------------------------------------------------------------
+# End of stream and half-close
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("eof_result", [None, False])
+def test_eof_received_returning_false_closes_the_transport(loop, kind, sock_dir, eof_result):
+    async def main():
+        factory = lambda: Recorder(loop, eof_result=eof_result)  # noqa: E731
+        async with raw_peer(loop, kind, sock_dir, factory) as conn:
+            conn.peer.sendall(b"last words")
+            conn.peer.shutdown(socket.SHUT_WR)
+            assert await conn.protocol.lost is None
+            assert conn.protocol.events == ["made", "data", "eof", "lost"]
+            assert bytes(conn.protocol.data) == b"last words"
+            assert conn.transport.is_closing()
+            assert await recv_to_eof(loop, conn.peer) == b""  # the transport closed its end
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_eof_received_returning_true_keeps_the_transport_open_for_writing(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir, lambda: Recorder(loop, eof_result=True)) as conn:
+            conn.peer.shutdown(socket.SHUT_WR)
+            await conn.protocol.eof
+            await poll_rounds(loop)
+            assert not conn.protocol.lost.done()
+            assert not conn.transport.is_closing()
+            conn.transport.write(b"still open")
+            assert await recv_exactly(loop, conn.peer, 10) == b"still open"
+            conn.transport.close()
+            assert await conn.protocol.lost is None
+            assert await recv_to_eof(loop, conn.peer) == b""
+            assert conn.protocol.events == ["made", "eof", "lost"]
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_write_eof_half_closes(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            transport = conn.transport
+            assert transport.can_write_eof() is True
+            transport.write(b"request")
+            transport.write_eof()
+            transport.write_eof()  # a second call does nothing
+            assert not transport.is_closing()
+            assert await recv_to_eof(loop, conn.peer) == b"request"
+            # The other direction still works.
+            await loop.sock_sendall(conn.peer, b"response")
+            assert await conn.protocol.wait_data(8) == b"response"
+            conn.peer.shutdown(socket.SHUT_WR)
+            assert await conn.protocol.lost is None
+            assert conn.protocol.events[-2:] == ["eof", "lost"]
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_write_eof_is_sent_after_the_buffered_data(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            data = await fill_write_buffer(conn.transport)
+            conn.transport.write_eof()
+            received = await recv_to_eof(loop, conn.peer)
+            assert len(received) == len(data)
+            assert received == data
+            assert conn.transport.get_write_buffer_size() == 0
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_write_after_write_eof_raises(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            conn.transport.write_eof()
+            with pytest.raises(RuntimeError, match=r"^Cannot call write\(\) after write_eof\(\)$"):
+                conn.transport.write(b"too late")
+            with pytest.raises(RuntimeError, match=r"^Cannot call write\(\) after write_eof\(\)$"):
+                conn.transport.writelines([b"too", b"late"])
+            assert await recv_to_eof(loop, conn.peer) == b""
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_half_close_round_trip_through_a_server(loop, kind, sock_dir):
+    class CountThenClose(Recorder):
+        """Counts the bytes until EOF, answers with the count, then closes."""
+
+        def eof_received(self):
+            super().eof_received()
+            self.transport.write(str(len(self.data)).encode())
+            self.transport.close()
+            return True
+
+    async def main():
+        async with served(loop, kind, sock_dir, lambda: CountThenClose(loop)) as (transport, client, server):
+            transport.writelines([b"x" * 1000, b"y" * 234])
+            transport.write_eof()
+            assert await client.lost is None
+            assert bytes(client.data) == b"1234"
+            assert client.events[-2:] == ["eof", "lost"]
+            assert await server.lost is None
+
+    loop.run_until_complete(main())
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("type_", [bytes, bytearray, memoryview])
+def test_write_accepts_bytes_like_objects(loop, kind, sock_dir, type_):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            conn.transport.write(type_(b"abc"))
+            conn.transport.writelines([type_(b"def"), type_(b"gh")])
+            conn.transport.writelines(iter([type_(b"ij")]))
+            assert await recv_exactly(loop, conn.peer, 10) == b"abcdefghij"
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_write_of_a_memoryview_slice(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            conn.transport.write(memoryview(b"0123456789")[2:5])
+            conn.transport.write(memoryview(bytearray(b"abcdef"))[::1][3:])
+            assert await recv_exactly(loop, conn.peer, 6) == b"234def"
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_write_rejects_str_and_empty_writes_do_nothing(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            with pytest.raises(TypeError, match="^data argument must be a bytes-like object, not 'str'$"):
+                conn.transport.write("text")
+            conn.transport.write(b"")
+            conn.transport.writelines([])
+            assert conn.transport.get_write_buffer_size() == 0
+            conn.transport.write(b"end")
+            assert await recv_exactly(loop, conn.peer, 3) == b"end"
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_small_write_is_sent_at_once(loop, loop_kind, kind, sock_dir):
+    # asyncio tries send() inside write(): with room in the socket buffer nothing is buffered.
+    # oxloop sends what one iteration wrote together, at the end of the iteration (a
+    # documented difference, docs/compatibility.md): until then the bytes count as buffered.
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            conn.transport.write(b"x" * 1000)
+            buffered_until_iteration_end = 1000 if loop_kind == "oxloop" else 0
+            assert conn.transport.get_write_buffer_size() == buffered_until_iteration_end
+            await asyncio.sleep(0)
+            assert conn.transport.get_write_buffer_size() == 0
+            assert await recv_exactly(loop, conn.peer, 1000) == b"x" * 1000
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_mutating_a_buffer_after_write_does_not_change_what_is_sent(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            head = await fill_write_buffer(conn.transport)  # what follows is buffered
+            first = bytearray(b"A" * 1000)
+            second = bytearray(b"B" * 1000)
+            third = bytearray(b"C" * 1000)
+            conn.transport.write(first)
+            conn.transport.write(memoryview(second))
+            conn.transport.writelines([third])
+            first[:] = b"a" * 1000
+            second[:] = b"b" * 1000
+            third[:] = b"c" * 1000
+            first.extend(b"more")  # resizing is allowed: the transport kept no export
+            conn.transport.close()
+            received = await recv_to_eof(loop, conn.peer)
+            assert len(received) == len(head) + 3000
+            assert received[len(head):] == b"A" * 1000 + b"B" * 1000 + b"C" * 1000
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_large_write_arrives_complete_and_in_order(loop, kind, sock_dir):
+    data = os.urandom(8 * MiB)
+
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            conn.transport.write(data)
+            received = await recv_exactly(loop, conn.peer, len(data))
+            assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
+            await poll_rounds(loop)
+            assert conn.transport.get_write_buffer_size() == 0
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_large_transfer_to_data_received(loop, kind, sock_dir):
+    data = os.urandom(8 * MiB)
+
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            send = asyncio.ensure_future(loop.sock_sendall(conn.peer, data))
+            received = await conn.protocol.wait_data(len(data))
+            await send
+            assert len(received) == len(data)
+            assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_large_echo_through_a_server_in_both_directions(loop, kind, sock_dir):
+    data = os.urandom(4 * MiB)
+
+    async def main():
+        async with served(loop, kind, sock_dir, lambda: Echo(loop)) as (transport, client, server):
+            for offset in range(0, len(data), 256 * 1024):
+                transport.write(data[offset : offset + 256 * 1024])
+            received = await client.wait_data(len(data))
+            assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
+            assert len(server.data) == len(data)
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_writes_made_in_one_callback_arrive_in_order(loop, kind, sock_dir):
+    pieces = []
+    for i in range(3000):
+        pieces.append(f"{i:05d},".encode())
+        if i % 500 == 0:
+            pieces.append(bytes([i % 251]) * (300 * 1024))  # some writes that fill the socket
+    expected = b"".join(pieces)
+
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            done = loop.create_future()
+
+            def write_all():
+                for i, piece in enumerate(pieces):
+                    if i % 3 == 0:
+                        conn.transport.write(piece)
+                    elif i % 3 == 1:
+                        conn.transport.write(bytearray(piece))
+                    else:
+                        conn.transport.writelines([memoryview(piece)])
+                done.set_result(None)
+
+            loop.call_soon(write_all)
+            received = await recv_exactly(loop, conn.peer, len(expected))
+            await done
+            assert received == expected
+
+    loop.run_until_complete(main())
+
+
+# --------------------------------------------------------------------------------------------
+# Write flow control
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_default_write_buffer_limits(loop, kind, sock_dir):
+    async def main():
+        async with served(loop, kind, sock_dir, lambda: Recorder(loop)) as (transport, _, server):
+            assert transport.get_write_buffer_limits() == (16 * 1024, 64 * 1024)
+            assert server.transport.get_write_buffer_limits() == (16 * 1024, 64 * 1024)
+            assert transport.get_write_buffer_size() == 0
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({}, (16384, 65536)),
+        ({"high": 100}, (25, 100)),
+        ({"low": 100}, (100, 400)),
+        ({"high": 100, "low": 100}, (100, 100)),
+        ({"high": 1000, "low": 10}, (10, 1000)),
+        ({"high": 0}, (0, 0)),
+        ({"high": 3}, (0, 3)),
+        ({"high": 0, "low": 0}, (0, 0)),
+    ],
+)
+def test_set_write_buffer_limits(loop, sock_dir, kwargs, expected):
+    async def main():
+        async with raw_peer(loop, "tcp", sock_dir) as conn:
+            conn.transport.set_write_buffer_limits(high=1, low=1)
+            conn.transport.set_write_buffer_limits(**kwargs)
+            assert conn.transport.get_write_buffer_limits() == expected
+            assert conn.protocol.pause_calls == 0  # nothing buffered
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"high": 10, "low": 20}, "high (10) must be >= low (20) must be >= 0"),
+        ({"low": -1}, "high (-4) must be >= low (-1) must be >= 0"),
+        ({"high": -1}, "high (-1) must be >= low (-1) must be >= 0"),
+        ({"high": 5, "low": -1}, "high (5) must be >= low (-1) must be >= 0"),
+    ],
+)
+def test_set_write_buffer_limits_errors(loop, sock_dir, kwargs, message):
+    async def main():
+        async with raw_peer(loop, "tcp", sock_dir) as conn:
+            with pytest.raises(ValueError) as info:
+                conn.transport.set_write_buffer_limits(**kwargs)
+            assert str(info.value) == message
+            assert conn.transport.get_write_buffer_limits() == (16384, 65536)  # unchanged
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pause_and_resume_writing_follow_the_peer(loop, kind, sock_dir):
+    data = os.urandom(16) * (16 * MiB // 16)
+
+    async def main():
+        async with raw_peer(loop, kind, sock_dir, rcvbuf=64 * 1024) as conn:
+            transport, protocol = conn.transport, conn.protocol
+            transport.write(data)
+            # Called inside write() as soon as the buffer is over the high-water mark.
+            assert protocol.pause_calls == 1
+            assert protocol.size_at_pause > 64 * 1024
+            size = transport.get_write_buffer_size()
+            assert 64 * 1024 < size <= len(data)
+            transport.write(b"tail")
+            assert transport.get_write_buffer_size() == size + 4
+            assert protocol.pause_calls == 1  # not called again while paused
+            assert protocol.resume_calls == 0
+            received = await recv_exactly(loop, conn.peer, len(data) + 4)
+            await protocol.resumed
+            assert protocol.resume_calls == 1
+            assert protocol.size_at_resume <= 16 * 1024
+            assert received == data + b"tail"
+            assert protocol.events == ["made", "pause", "resume"]
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_set_write_buffer_limits_pauses_at_once_when_over_the_new_mark(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir, rcvbuf=64 * 1024) as conn:
+            transport, protocol = conn.transport, conn.protocol
+            transport.set_write_buffer_limits(high=1024 * MiB)
+            data = await fill_write_buffer(transport)
+            assert protocol.pause_calls == 0
+            size = transport.get_write_buffer_size()
+            assert size > 0
+            transport.set_write_buffer_limits(high=size - 1, low=0)
+            assert protocol.pause_calls == 1
+            assert protocol.size_at_pause == size
+            received = await recv_exactly(loop, conn.peer, len(data))
+            assert received == data
+            await protocol.resumed
+            assert protocol.size_at_resume == 0
+            assert transport.get_write_buffer_size() == 0
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pause_writing_at_a_zero_high_mark(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir, rcvbuf=64 * 1024) as conn:
+            transport, protocol = conn.transport, conn.protocol
+            transport.set_write_buffer_limits(high=0)
+            transport.write(b"fits")  # sent at once: nothing buffered, no pause
+            assert protocol.pause_calls == 0
+            data = await fill_write_buffer(transport)
+            assert protocol.pause_calls == 1
+            await recv_exactly(loop, conn.peer, 4 + len(data))
+            await protocol.resumed
+            assert protocol.resume_calls == 1
+
+    loop.run_until_complete(main())
+
+
+# --------------------------------------------------------------------------------------------
+# Read flow control
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pause_reading_stops_delivery_until_resume_reading(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            transport, protocol = conn.transport, conn.protocol
+            assert transport.is_reading()
+            transport.pause_reading()
+            transport.pause_reading()  # idempotent
+            assert not transport.is_reading()
+            conn.peer.sendall(b"while paused")
+            await poll_rounds(loop, 3)
+            assert protocol.data == b""
+            transport.resume_reading()
+            transport.resume_reading()  # idempotent
+            assert transport.is_reading()
+            assert await protocol.wait_data(12) == b"while paused"
+            # Pausing again also holds back an end of stream.
+            transport.pause_reading()
+            conn.peer.sendall(b"more")
+            conn.peer.shutdown(socket.SHUT_WR)
+            await poll_rounds(loop, 3)
+            assert protocol.data == b"while paused"
+            assert not protocol.eof.done()
+            transport.resume_reading()
+            assert await protocol.lost is None
+            assert protocol.data == b"while pausedmore"
+            assert protocol.events[-2:] == ["eof", "lost"]
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pause_and_resume_reading_are_no_ops_after_close(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            transport = conn.transport
+            transport.pause_reading()
+            transport.close()
+            assert not transport.is_reading()
+            transport.resume_reading()
+            assert not transport.is_reading()
+            transport.pause_reading()
+            assert await conn.protocol.lost is None
+            transport.resume_reading()
+            transport.pause_reading()
+            assert not transport.is_reading()
+            assert conn.protocol.events == ["made", "lost"]
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_writing_works_while_reading_is_paused(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            conn.transport.pause_reading()
+            conn.transport.write(b"one way")
+            assert await recv_exactly(loop, conn.peer, 7) == b"one way"
+
+    loop.run_until_complete(main())
+
+
+# --------------------------------------------------------------------------------------------
+# close, abort, connection_lost
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_close_calls_connection_lost_later_and_once(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            transport, protocol = conn.transport, conn.protocol
+            assert not transport.is_closing()
+            transport.close()
+            assert transport.is_closing()
+            assert protocol.lost_calls == []  # never from inside close()
+            transport.close()
+            assert await protocol.lost is None
+            transport.close()
+            transport.abort()
+            await poll_rounds(loop)
+            assert protocol.lost_calls == [None]
+            assert protocol.events == ["made", "lost"]
+            assert transport.is_closing()
+            assert await recv_to_eof(loop, conn.peer) == b""
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_close_flushes_buffered_data_then_calls_connection_lost(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            transport, protocol = conn.transport, conn.protocol
+            data = await fill_write_buffer(transport)
+            transport.close()
+            assert transport.is_closing()
+            await poll_rounds(loop)
+            assert not protocol.lost.done()  # the peer has not read: still flushing
+            received = await recv_to_eof(loop, conn.peer)
+            assert len(received) == len(data)
+            assert received == data
+            assert await protocol.lost is None
+            await poll_rounds(loop)
+            assert protocol.lost_calls == [None]
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_abort_discards_buffered_data(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            transport, protocol = conn.transport, conn.protocol
+            data = await fill_write_buffer(transport)
+            transport.abort()
+            assert transport.is_closing()
+            assert protocol.lost_calls == []  # never from inside abort()
+            assert await protocol.lost is None
+            received = await recv_to_eof(loop, conn.peer)
+            assert len(received) < len(data)
+            assert received == data[: len(received)]
+            transport.abort()
+            transport.close()
+            await poll_rounds(loop)
+            assert protocol.lost_calls == [None]
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_abort_while_close_is_flushing(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            transport, protocol = conn.transport, conn.protocol
+            data = await fill_write_buffer(transport)
+            transport.close()
+            transport.abort()
+            assert await protocol.lost is None
+            received = await recv_to_eof(loop, conn.peer)
+            assert len(received) < len(data)
+            await poll_rounds(loop)
+            assert protocol.lost_calls == [None]
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_writes_after_close_are_dropped(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            transport = conn.transport
+            transport.write(b"before")
+            assert await recv_exactly(loop, conn.peer, 6) == b"before"
+            transport.close()
+            transport.write(b"after")  # no exception
+            transport.writelines([b"after", b"again"])
+            assert await conn.protocol.lost is None
+            for _ in range(10):  # asyncio logs a warning after 5 such writes; still no exception
+                transport.write(b"after lost")
+            assert await recv_to_eof(loop, conn.peer) == b""
+
+    loop.run_until_complete(main())
+
+
+async def reset_peer(loop, conn, kind):
+    """Close the peer so that the transport sees a reset: unread data (and, for TCP,
+    SO_LINGER 0) make the peer's close abortive."""
+    conn.transport.write(b"unread")
+    await wait_readable(loop, conn.peer)
+    if kind == "tcp":
+        reset_on_close(conn.peer)
+    conn.peer.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_peer_reset_reaches_connection_lost(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            await reset_peer(loop, conn, kind)
+            exc = await conn.protocol.lost
+            assert isinstance(exc, ConnectionResetError)
+            assert exc.errno == errno.ECONNRESET
+            assert conn.protocol.events == ["made", "lost"]  # no eof_received
+            assert conn.transport.is_closing()
+            conn.transport.write(b"after the reset")  # dropped, no exception
+            conn.transport.close()
+            conn.transport.abort()
+            await poll_rounds(loop)
+            assert conn.protocol.lost_calls == [exc]
+
+    loop.run_until_complete(main())
+    # An OSError on the socket is not reported to the exception handler (the leak check
+    # fails the test on unexpected calls).
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_connection_lost_once_when_close_abort_and_a_peer_reset_overlap(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            transport, protocol = conn.transport, conn.protocol
+            await fill_write_buffer(transport)
+            await wait_readable(loop, conn.peer)
+            transport.close()
+            if kind == "tcp":
+                reset_on_close(conn.peer)
+            conn.peer.close()  # unread data: a reset
+            transport.abort()
+            transport.close()
+            assert await protocol.lost is None  # abort() came first
+            await poll_rounds(loop, 3)
+            assert protocol.lost_calls == [None]
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_peer_reset_while_close_is_flushing(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            transport, protocol = conn.transport, conn.protocol
+            await fill_write_buffer(transport)
+            await wait_readable(loop, conn.peer)
+            transport.close()
+            if kind == "tcp":
+                reset_on_close(conn.peer)
+            conn.peer.close()
+            exc = await protocol.lost
+            # The failing send() gives the error: asyncio gets ECONNRESET over TCP and EPIPE
+            # over Unix sockets (reading stopped at close()).
+            assert isinstance(exc, (ConnectionResetError, BrokenPipeError))
+            transport.abort()
+            transport.close()
+            await poll_rounds(loop, 3)
+            assert protocol.lost_calls == [exc]
+
+    loop.run_until_complete(main())
+
+
+# --------------------------------------------------------------------------------------------
+# get_extra_info, set_protocol
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_get_extra_info(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            transport = conn.transport
+            sock = transport.get_extra_info("socket")
+            assert isinstance(sock, asyncio.trsock.TransportSocket)
+            assert sock.family == (socket.AF_INET if kind == "tcp" else socket.AF_UNIX)
+            assert sock.type == socket.SOCK_STREAM
+            assert sock.fileno() >= 0
+            assert transport.get_extra_info("sockname") == sock.getsockname()
+            assert transport.get_extra_info("sockname") == conn.peer.getpeername()
+            assert transport.get_extra_info("peername") == conn.peer.getsockname()
+            assert transport.get_extra_info("no such key") is None
+            assert transport.get_extra_info("no such key", "default") == "default"
+            assert transport.get_extra_info("peercert") is None  # not a TLS transport
+            if kind == "tcp":
+                assert transport.get_extra_info("peername")[0] == "127.0.0.1"
+            else:
+                assert transport.get_extra_info("sockname") == ""  # unbound client
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_get_extra_info_of_accepted_transports(loop, kind, sock_dir):
+    async def main():
+        async with served(loop, kind, sock_dir, lambda: Recorder(loop)) as (transport, _, server):
+            accepted = server.transport
+            assert isinstance(accepted.get_extra_info("socket"), asyncio.trsock.TransportSocket)
+            assert accepted.get_extra_info("peername") == transport.get_extra_info("sockname")
+            assert accepted.get_extra_info("sockname") == transport.get_extra_info("peername")
+            assert accepted.get_extra_info("nope", 42) == 42
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_extra_info_stays_after_close(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            peername = conn.transport.get_extra_info("peername")
+            conn.transport.close()
+            await conn.protocol.lost
+            assert conn.transport.get_extra_info("peername") == peername
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_set_protocol_switches_the_receiver(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            first = conn.protocol
+            conn.peer.sendall(b"one")
+            assert await first.wait_data(3) == b"one"
+            second = Recorder(loop)
+            conn.transport.set_protocol(second)
+            conn.protocol = second
+            assert conn.transport.get_protocol() is second
+            conn.peer.sendall(b"two")
+            assert await second.wait_data(3) == b"two"
+            conn.peer.shutdown(socket.SHUT_WR)
+            assert await second.lost is None
+            assert bytes(first.data) == b"one"
+            assert first.events == ["made", "data"]
+            assert second.events == ["data", "eof", "lost"]  # no connection_made
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_set_protocol_to_a_buffered_protocol_and_back(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            buffered = BufferedRecorder(loop, 5)
+            conn.transport.set_protocol(buffered)
+            conn.protocol = buffered
+            conn.peer.sendall(b"0123456789abc")
+            await buffered.wait_data(13)
+            assert bytes(buffered.data) == b"0123456789abc"
+            assert buffered.get_buffer_calls >= 3
+            plain = Recorder(loop)
+            conn.transport.set_protocol(plain)
+            conn.protocol = plain
+            conn.peer.sendall(b"plain")
+            assert await plain.wait_data(5) == b"plain"
+            assert bytes(buffered.data) == b"0123456789abc"
+
+    loop.run_until_complete(main())
+
+
+# --------------------------------------------------------------------------------------------
+# TCP_NODELAY
+# --------------------------------------------------------------------------------------------
+
+
+def nodelay(transport):
+    return transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_tcp_nodelay_is_set_on_connected_and_accepted_sockets(loop, sock_dir):
+    async def main():
+        async with served(loop, "tcp", sock_dir, lambda: Recorder(loop)) as (transport, _, server):
+            assert nodelay(transport)
+            assert nodelay(server.transport)
+
+    loop.run_until_complete(main())
+
+
+def test_tcp_nodelay_on_an_adopted_proto_0_socket(loop, loop_kind):
+    # Documented difference. asyncio's _set_nodelay only sets TCP_NODELAY when
+    # sock.proto == IPPROTO_TCP; socket.socket() makes sockets with proto 0, so a socket handed
+    # over with create_connection(sock=...) keeps Nagle's algorithm on asyncio. oxloop sets
+    # TCP_NODELAY on every TCP stream socket it makes a transport of.
+    asyncio_sets_it = False
+    expected = loop_kind == "oxloop" or asyncio_sets_it
+    listener = make_listener("tcp", None)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    assert sock.proto == 0
+
+    async def main():
+        async with accepting(loop, listener) as accept:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, listener.getsockname())
+            await accept
+            transport, protocol = await loop.create_connection(lambda: Recorder(loop), sock=sock)
+            try:
+                assert nodelay(transport) == expected
+            finally:
+                transport.close()
+                await protocol.lost
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        sock.close()
+        listener.close()
+
+
+# --------------------------------------------------------------------------------------------
+# create_connection
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def refusing_address():
+    """A TCP address that refuses connections (bound, not listening: the port stays taken)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    yield sock.getsockname()
+    sock.close()
+
+
+def test_create_connection_refused(loop, refusing_address):
+    with pytest.raises(ConnectionRefusedError) as info:
+        loop.run_until_complete(loop.create_connection(asyncio.Protocol, *refusing_address))
+    assert info.value.errno == errno.ECONNREFUSED
+    assert str(info.value) == f"[Errno {errno.ECONNREFUSED}] Connect call failed {refusing_address}"
+
+
+def test_create_connection_refused_is_an_oserror_in_happy_eyeballs_mode(loop, refusing_address):
+    coro = loop.create_connection(asyncio.Protocol, *refusing_address, happy_eyeballs_delay=0.1)
+    with pytest.raises(ConnectionRefusedError):
+        loop.run_until_complete(coro)
+
+
+def fake_resolver(loop, addresses):
+    """Make ``loop.getaddrinfo`` resolve every name to ``addresses`` (IPv4 literals) in order."""
+    calls = []
+
+    async def getaddrinfo(host, port, *, family=0, type=0, proto=0, flags=0):
+        calls.append((host, port))
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (a, port)) for a in addresses]
+
+    loop.getaddrinfo = getaddrinfo
+    return calls
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"interleave": 2}, {"happy_eyeballs_delay": 0.25}, {"happy_eyeballs_delay": 0.25, "interleave": 1}],
+    ids=["sequential", "interleave", "happy-eyeballs", "happy-eyeballs+interleave"],
+)
+def test_create_connection_tries_each_address(loop, options):
+    listener = make_listener("tcp", None)
+    port = listener.getsockname()[1]
+    # Nothing listens on 127.0.0.2:port (the listener is bound to 127.0.0.1 only).
+    calls = fake_resolver(loop, ["127.0.0.2", "127.0.0.1"])
+
+    async def main():
+        async with accepting(loop, listener) as accept:
+            transport, protocol = await loop.create_connection(
+                lambda: Recorder(loop), "several.invalid", port, **options
+            )
+            try:
+                peer, _ = await accept
+                assert transport.get_extra_info("peername") == ("127.0.0.1", port)
+                transport.write(b"hi")
+                assert await recv_exactly(loop, peer, 2) == b"hi"
+            finally:
+                transport.close()
+                await protocol.lost
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        listener.close()
+    assert calls == [("several.invalid", port)]
+
+
+@pytest.mark.parametrize("options", [{}, {"happy_eyeballs_delay": 0.25}], ids=["sequential", "happy-eyeballs"])
+def test_create_connection_every_address_refused(loop, refusing_address, options):
+    port = refusing_address[1]
+    fake_resolver(loop, ["127.0.0.2", "127.0.0.1"])
+    with pytest.raises(OSError) as info:
+        loop.run_until_complete(loop.create_connection(asyncio.Protocol, "several.invalid", port, **options))
+    assert type(info.value) is OSError
+    assert str(info.value) == (
+        f"Multiple exceptions: [Errno {errno.ECONNREFUSED}] Connect call failed ('127.0.0.2', {port}), "
+        f"[Errno {errno.ECONNREFUSED}] Connect call failed ('127.0.0.1', {port})"
+    )
+
+
+def test_create_connection_all_errors(loop, refusing_address):
+    def run():
+        loop.run_until_complete(loop.create_connection(asyncio.Protocol, *refusing_address, all_errors=True))
+
+    if sys.version_info >= (3, 12):
+        with pytest.raises(ExceptionGroup) as info:
+            run()
+        assert all(isinstance(e, ConnectionRefusedError) for e in info.value.exceptions)
+    else:
+        # all_errors arrived in Python 3.12: on 3.11 it is an unexpected keyword argument
+        # (raised by the call itself, before any coroutine runs).
+        with pytest.raises(TypeError, match="unexpected keyword argument 'all_errors'"):
+            run()
+
+
+def test_create_connection_empty_resolution(loop):
+    async def getaddrinfo(*args, **kwargs):
+        return []
+
+    loop.getaddrinfo = getaddrinfo
+    with pytest.raises(OSError, match=r"^getaddrinfo\(\) returned empty list$"):
+        loop.run_until_complete(loop.create_connection(asyncio.Protocol, "nothing.invalid", 80))
+
+
+def test_create_connection_resolution_error_propagates(loop):
+    async def getaddrinfo(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    loop.getaddrinfo = getaddrinfo
+    with pytest.raises(socket.gaierror):
+        loop.run_until_complete(loop.create_connection(asyncio.Protocol, "nothing.invalid", 80))
+
+
+def test_create_connection_local_addr(loop):
+    listener = make_listener("tcp", None)
+
+    async def main():
+        async with accepting(loop, listener) as accept:
+            transport, protocol = await loop.create_connection(
+                lambda: Recorder(loop), *listener.getsockname(), local_addr=("127.0.0.2", 0)
+            )
+            try:
+                _, address = await accept
+                assert transport.get_extra_info("sockname")[0] == "127.0.0.2"
+                assert address == transport.get_extra_info("sockname")
+            finally:
+                transport.close()
+                await protocol.lost
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        listener.close()
+
+
+def test_create_connection_local_addr_in_use(loop):
+    listener = make_listener("tcp", None)
+    address = listener.getsockname()
+    try:
+        with pytest.raises(OSError) as info:
+            loop.run_until_complete(loop.create_connection(asyncio.Protocol, *address, local_addr=address))
+        assert info.value.errno == errno.EADDRINUSE
+        assert str(info.value) == (
+            f"[Errno {errno.EADDRINUSE}] error while attempting to bind on address {address!r}: "
+            "address already in use"
+        )
+    finally:
+        listener.close()
+
+
+def test_create_connection_over_ipv6(loop):
+    try:
+        listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:
+        pytest.skip("no IPv6")
+    try:
+        listener.bind(("::1", 0))
+    except OSError:
+        listener.close()
+        pytest.skip("no IPv6 loopback")
+    listener.listen(1)
+    listener.setblocking(False)
+
+    async def main():
+        async with accepting(loop, listener) as accept:
+            transport, protocol = await loop.create_connection(
+                lambda: Recorder(loop), "::1", listener.getsockname()[1]
+            )
+            try:
+                peer, _ = await accept
+                assert transport.get_extra_info("socket").family == socket.AF_INET6
+                assert transport.get_extra_info("peername")[:2] == listener.getsockname()[:2]
+                assert nodelay(transport)
+                peer.sendall(b"v6")
+                assert await protocol.wait_data(2) == b"v6"
+            finally:
+                transport.close()
+                await protocol.lost
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_create_connection_with_sock_adopts_the_socket(loop, kind, sock_dir):
+    listener = make_listener(kind, sock_dir)
+    family = socket.AF_INET if kind == "tcp" else socket.AF_UNIX
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.connect(listener.getsockname())  # a blocking socket: the loop makes it non-blocking
+    fd = sock.fileno()
+
+    async def main():
+        peer, _ = await loop.sock_accept(listener)
+        try:
+            transport, protocol = await loop.create_connection(lambda: Recorder(loop), sock=sock)
+            assert sock.gettimeout() == 0
+            assert transport.get_extra_info("socket").fileno() == fd
+            assert transport.get_extra_info("peername") == sock.getpeername()
+            transport.write(b"adopted")
+            assert await recv_exactly(loop, peer, 7) == b"adopted"
+            transport.close()
+            assert await protocol.lost is None
+            assert sock.fileno() == -1  # closing the transport closed the socket object
+        finally:
+            peer.close()
+
+    try:
+        loop.run_until_complete(main())
+        # The fd is free again; whatever reuses it must not be closed by the loop later (or by
+        # the transport's finalizer).
+        a, b = socket.socketpair()
+        try:
+            sock.close()
+            loop.run_until_complete(asyncio.sleep(0))
+            gc.collect()
+            a.send(b"alive")
+            assert b.recv(10) == b"alive"
+            os.fstat(a.fileno())
+            os.fstat(b.fileno())
+        finally:
+            a.close()
+            b.close()
+    finally:
+        sock.close()
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"host": "127.0.0.1", "port": 1, "server_hostname": "a.example"}, "server_hostname is only meaningful with ssl"),
+        ({"host": "127.0.0.1", "port": 1, "ssl_handshake_timeout": 1}, "ssl_handshake_timeout is only meaningful with ssl"),
+        ({"host": "127.0.0.1", "port": 1, "ssl_shutdown_timeout": 1}, "ssl_shutdown_timeout is only meaningful with ssl"),
+        ({}, "host and port was not specified and no sock specified"),
+    ],
+)
+def test_create_connection_argument_errors(loop, kwargs, message):
+    with pytest.raises(ValueError) as info:
+        loop.run_until_complete(loop.create_connection(asyncio.Protocol, **kwargs))
+    assert str(info.value) == message
+
+
+def test_create_connection_with_host_and_sock(loop):
+    sock = socket.socket()
+    try:
+        with pytest.raises(ValueError) as info:
+            loop.run_until_complete(loop.create_connection(asyncio.Protocol, "127.0.0.1", 80, sock=sock))
+        assert str(info.value) == "host/port and sock can not be specified at the same time"
+        with pytest.raises(ValueError):
+            loop.run_until_complete(loop.create_connection(asyncio.Protocol, port=80, sock=sock))
+        assert sock.fileno() >= 0  # not closed
+    finally:
+        sock.close()
+
+
+def test_create_connection_with_a_datagram_sock(loop):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        with pytest.raises(ValueError) as info:
+            loop.run_until_complete(loop.create_connection(asyncio.Protocol, sock=sock))
+        assert str(info.value) == f"A Stream Socket was expected, got {sock!r}"
+    finally:
+        sock.close()
+
+
+def test_cancelled_create_connection_leaves_nothing_behind(loop):
+    listener = make_listener("tcp", None)
+    address = listener.getsockname()
+
+    async def main():
+        task = asyncio.ensure_future(loop.create_connection(asyncio.Protocol, *address))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        listener.close()
+
+
+# --------------------------------------------------------------------------------------------
+# connect_accepted_socket
+# --------------------------------------------------------------------------------------------
+
+
+def test_connect_accepted_socket_over_tcp(loop):
+    listener = make_listener("tcp", None)
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.connect(listener.getsockname())
+    client.setblocking(False)
+    conn, _ = listener.accept()  # a blocking socket: the loop makes it non-blocking
+
+    async def main():
+        transport, protocol = await loop.connect_accepted_socket(lambda: Recorder(loop), conn)
+        assert protocol.made.done() and protocol.is_transport
+        assert conn.gettimeout() == 0
+        assert transport.get_extra_info("socket").fileno() == conn.fileno()
+        assert transport.get_extra_info("peername") == client.getsockname()
+        await loop.sock_sendall(client, b"ping")
+        assert await protocol.wait_data(4) == b"ping"
+        transport.write(b"pong")
+        assert await recv_exactly(loop, client, 4) == b"pong"
+        transport.close()
+        assert await protocol.lost is None
+        assert conn.fileno() == -1
+        assert await recv_to_eof(loop, client) == b""
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        conn.close()
+        client.close()
+        listener.close()
+
+
+def test_connect_accepted_socket_with_a_unix_socketpair(loop, pair):
+    a, b = pair
+
+    async def main():
+        transport, protocol = await loop.connect_accepted_socket(lambda: Recorder(loop), a)
+        await loop.sock_sendall(b, b"pair")
+        assert await protocol.wait_data(4) == b"pair"
+        transport.write(b"back")
+        assert await recv_exactly(loop, b, 4) == b"back"
+        transport.close()
+        assert await protocol.lost is None
+
+    loop.run_until_complete(main())
+
+
+def test_connect_accepted_socket_rejects_datagram_sockets(loop):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        with pytest.raises(ValueError) as info:
+            loop.run_until_complete(loop.connect_accepted_socket(asyncio.Protocol, sock))
+        assert str(info.value) == f"A Stream Socket was expected, got {sock!r}"
+    finally:
+        sock.close()
+
+
+# --------------------------------------------------------------------------------------------
+# create_unix_connection
+# --------------------------------------------------------------------------------------------
+
+
+def test_create_unix_connection_by_path_object(loop, sock_dir):
+    listener = make_listener("unix", sock_dir)
+    path = listener.getsockname()
+
+    async def main():
+        async with accepting(loop, listener) as accept:
+            transport, protocol = await loop.create_unix_connection(lambda: Recorder(loop), pathlib.Path(path))
+            try:
+                peer, _ = await accept
+                assert transport.get_extra_info("peername") == path
+                assert transport.get_extra_info("socket").family == socket.AF_UNIX
+                peer.sendall(b"unix")
+                assert await protocol.wait_data(4) == b"unix"
+            finally:
+                transport.close()
+                await protocol.lost
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        listener.close()
+
+
+def test_create_unix_connection_with_sock(loop, sock_dir):
+    listener = make_listener("unix", sock_dir)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(listener.getsockname())
+
+    async def main():
+        peer, _ = await loop.sock_accept(listener)
+        try:
+            transport, protocol = await loop.create_unix_connection(lambda: Recorder(loop), sock=sock)
+            assert sock.gettimeout() == 0
+            assert transport.get_extra_info("socket").fileno() == sock.fileno()
+            transport.write(b"sock=")
+            assert await recv_exactly(loop, peer, 5) == b"sock="
+            transport.close()
+            assert await protocol.lost is None
+            assert sock.fileno() == -1
+        finally:
+            peer.close()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        sock.close()
+        listener.close()
+
+
+def test_create_unix_connection_to_an_abstract_name(loop):
+    name = f"\0oxloop-test-{uuid.uuid4().hex}"
+
+    async def main():
+        server_protocols = []
+
+        def factory():
+            server_protocols.append(Echo(loop))
+            return server_protocols[-1]
+
+        server = await loop.create_unix_server(factory, name)
+        try:
+            assert server.sockets[0].getsockname() == name.encode()
+            transport, protocol = await loop.create_unix_connection(lambda: Recorder(loop), name)
+            transport.write(b"abstract")
+            assert await protocol.wait_data(8) == b"abstract"
+            transport.close()
+            await protocol.lost
+            await server_protocols[0].lost
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
+def test_create_unix_connection_errors(loop, sock_dir):
+    missing = os.path.join(sock_dir, "missing.sock")
+    with pytest.raises(FileNotFoundError):
+        loop.run_until_complete(loop.create_unix_connection(asyncio.Protocol, missing))
+
+    not_listening = os.path.join(sock_dir, "bound.sock")
+    bound = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bound.bind(not_listening)
+    inet = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            loop.run_until_complete(loop.create_unix_connection(asyncio.Protocol, not_listening))
+        with pytest.raises(ValueError) as info:
+            loop.run_until_complete(loop.create_unix_connection(asyncio.Protocol, not_listening, sock=bound))
+        assert str(info.value) == "path and sock can not be specified at the same time"
+        with pytest.raises(ValueError) as info:
+            loop.run_until_complete(loop.create_unix_connection(asyncio.Protocol))
+        assert str(info.value) == "no path and sock were specified"
+        with pytest.raises(ValueError) as info:
+            loop.run_until_complete(loop.create_unix_connection(asyncio.Protocol, sock=inet))
+        assert str(info.value) == f"A UNIX Domain Stream Socket was expected, got {inet!r}"
+        with pytest.raises(ValueError) as info:
+            loop.run_until_complete(
+                loop.create_unix_connection(asyncio.Protocol, not_listening, server_hostname="example.com")
+            )
+        assert str(info.value) == "server_hostname is only meaningful with ssl"
+    finally:
+        bound.close()
+        inet.close()
