@@ -99,6 +99,16 @@ impl WriteBuffer {
         self.chunks.push_back(Chunk::Owned(data.to_vec()));
     }
 
+    /// Appends a copy made by the caller: small ones are coalesced, large ones kept.
+    fn push_owned(&mut self, data: Vec<u8>) {
+        if data.len() <= COALESCE_LIMIT {
+            self.push_copy(&data);
+        } else {
+            self.len += data.len();
+            self.chunks.push_back(Chunk::Owned(data));
+        }
+    }
+
     /// Appends a `bytes` object: small ones are copied (coalesced), large ones kept.
     fn push_bytes(&mut self, bytes: &Bound<'_, PyBytes>) {
         let data = bytes.as_bytes();
@@ -592,25 +602,44 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         check_bytes_like(data)?;
-        {
-            let state = this.lock();
+        // A mutable buffer is copied now (the caller may change it after `write()` returns),
+        // outside the lock; `bytes` are immutable and used in place.
+        let bytes = data.cast::<PyBytes>().ok();
+        let mut copy = match bytes {
+            Some(_) => None,
+            None => Some(with_buffer(data, <[u8]>::to_vec)?),
+        };
+        let len = bytes.map_or_else(|| copy.as_ref().map_or(0, Vec::len), |b| b.as_bytes().len());
+        let (lost_writes, queue_flush, send_now) = {
+            let mut state = this.lock();
             if state.eof_requested {
                 return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
             }
             if state.empty_waiter.is_some() {
                 return Err(PyRuntimeError::new_err("unable to write; sendfile is in progress"));
             }
-        }
-        if buffer_len(data)? == 0 {
-            return Ok(());
-        }
-        let lost_writes = {
-            let mut state = this.lock();
-            let lost = state.conn_lost;
-            if lost > 0 {
-                state.conn_lost += 1;
+            if len == 0 {
+                return Ok(());
             }
-            lost
+            if state.conn_lost > 0 {
+                // asyncio's rule: writes after the connection is lost are dropped (and
+                // counted; past a threshold, each one logs a warning).
+                let lost = state.conn_lost;
+                state.conn_lost += 1;
+                (lost, false, false)
+            } else {
+                match (bytes, copy.take()) {
+                    (Some(bytes), _) => state.buffer.push_bytes(bytes),
+                    (None, Some(copy)) => state.buffer.push_owned(copy),
+                    (None, None) => unreachable!("a copy is made of every non-bytes buffer"),
+                }
+                let pending = this.write_pending.load(Ordering::Relaxed);
+                let queue_flush = !state.flush_queued && !pending;
+                if queue_flush {
+                    state.flush_queued = true;
+                }
+                (0, queue_flush, !pending && state.buffer.len > state.high_water)
+            }
         };
         if lost_writes > 0 {
             if lost_writes >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
@@ -618,22 +647,6 @@ impl StreamTransport {
             }
             return Ok(());
         }
-        let (queue_flush, send_now) = {
-            let mut state = this.lock();
-            let before = state.buffer.len;
-            if let Ok(bytes) = data.cast::<PyBytes>() {
-                state.buffer.push_bytes(bytes);
-            } else {
-                with_buffer(data, |slice| state.buffer.push_copy(slice))?;
-            }
-            debug_assert!(state.buffer.len > before);
-            let pending = this.write_pending.load(Ordering::Relaxed);
-            let queue_flush = !state.flush_queued && !pending;
-            if queue_flush {
-                state.flush_queued = true;
-            }
-            (queue_flush, !pending && state.buffer.len > state.high_water)
-        };
         if queue_flush {
             this.shared.queue_flush(slf.clone().unbind());
         }
@@ -1038,14 +1051,6 @@ fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<()> {
     } else {
         Err(PyTypeError::new_err(format!("data argument must be a bytes-like object, not {}", data.get_type().name()?.repr()?)))
     }
-}
-
-/// The length in bytes of a bytes-like object.
-fn buffer_len(data: &Bound<'_, PyAny>) -> PyResult<usize> {
-    if let Ok(bytes) = data.cast::<PyBytes>() {
-        return Ok(bytes.as_bytes().len());
-    }
-    with_buffer(data, |slice| slice.len())
 }
 
 /// Runs `f` on the contents of a contiguous bytes-like object.
