@@ -42,6 +42,29 @@ def _set_nodelay(sock):
             pass
 
 
+def _sockname(sock):
+    try:
+        return sock.getsockname()
+    except OSError:
+        return None
+
+
+def _peername(sock):
+    try:
+        return sock.getpeername()
+    except OSError:
+        return None
+
+
+# The extra information every socket transport has: computed on first use (``peername``,
+# unless the accept loop gave it, when the transport is made).
+_SOCKET_EXTRA = {"socket": trsock.TransportSocket, "sockname": _sockname, "peername": _peername}
+
+# asyncio's default flow-control limits (shared int objects: no allocation per transport).
+_DEFAULT_HIGH_WATER = 64 * 1024
+_DEFAULT_LOW_WATER = _DEFAULT_HIGH_WATER // 4
+
+
 class SocketTransport(transports._FlowControlMixin, transports.Transport):
     """A TCP or Unix stream transport."""
 
@@ -56,19 +79,13 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         self._loop = loop
         self._sock = None
         self._server = None
-        self._extra["socket"] = trsock.TransportSocket(sock)
-        try:
-            self._extra["sockname"] = sock.getsockname()
-        except OSError:
-            self._extra["sockname"] = None
         if "peername" not in self._extra:
-            try:
-                self._extra["peername"] = sock.getpeername()
-            except OSError:
-                self._extra["peername"] = None
+            # Eager, as asyncio: the peer's address is gone once it disconnects.
+            self._extra["peername"] = _peername(sock)
         self._sock_fd = sock.fileno()
         _set_nodelay(sock)
-        self._set_write_buffer_limits()
+        self._high_water = _DEFAULT_HIGH_WATER
+        self._low_water = _DEFAULT_LOW_WATER
         self._core = _core.StreamTransport(loop, self._sock_fd, protocol, self)
         # From here on the transport owns the socket.
         self._sock = sock
@@ -123,6 +140,22 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
     def _eof(self):
         return self._core.eof_requested
 
+    def get_extra_info(self, name, default=None):
+        """Optional transport information: asyncio's keys ``socket``, ``sockname`` and
+        ``peername``, and whatever ``extra`` the transport was made with."""
+        extra = self._extra
+        if name not in extra and name in _SOCKET_EXTRA and self._sock is not None:
+            extra[name] = _SOCKET_EXTRA[name](self._sock)
+        return extra.get(name, default)
+
+    def _freeze_socket_extra(self):
+        """Record the socket's extra information before the socket is closed (asyncio
+        records ``socket`` and ``sockname`` when the transport is made; here they are
+        computed on first use, which saves memory per idle connection)."""
+        for name, compute in _SOCKET_EXTRA.items():
+            if name not in self._extra:
+                self._extra[name] = compute(self._sock)
+
     def set_protocol(self, protocol):
         self._core.set_protocol(protocol)
 
@@ -174,6 +207,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
                 protocol.connection_lost(exc)
         finally:
             self._core.detach()
+            self._freeze_socket_extra()
             self._sock.close()
             self._sock = None
             server = self._server

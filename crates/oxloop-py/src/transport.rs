@@ -41,8 +41,8 @@ use crate::handles::{copy_current_context, is_fatal};
 
 /// The most one read asks for (asyncio's `max_size`).
 pub(crate) const MAX_READ: usize = 256 * 1024;
-/// Writes up to this size are copied into a shared chunk, so that many small writes make
-/// few `iovec`s; larger `bytes` are kept by reference.
+/// Writes up to this size that follow other buffered data are copied into a shared chunk, so
+/// that many small writes make few `iovec`s; larger `bytes` are kept by reference.
 const COALESCE_LIMIT: usize = 4 * 1024;
 /// The largest shared chunk small writes are copied into.
 const CHUNK_CAPACITY: usize = 64 * 1024;
@@ -109,10 +109,11 @@ impl WriteBuffer {
         }
     }
 
-    /// Appends a `bytes` object: small ones are copied (coalesced), large ones kept.
+    /// Appends a `bytes` object: kept by reference when it is large or the buffer is empty
+    /// (the common case of one write per iteration: no copy), else copied (coalesced).
     fn push_bytes(&mut self, bytes: &Bound<'_, PyBytes>) {
         let data = bytes.as_bytes();
-        if data.len() <= COALESCE_LIMIT {
+        if data.len() <= COALESCE_LIMIT && !self.chunks.is_empty() {
             self.push_copy(data);
         } else {
             self.len += data.len();
