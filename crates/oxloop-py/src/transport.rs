@@ -41,6 +41,8 @@ use crate::handles::{copy_current_context, is_fatal};
 
 /// The most one read asks for (asyncio's `max_size`).
 pub(crate) const MAX_READ: usize = 256 * 1024;
+/// A read of at least this many bytes makes the next read go straight into a `bytes`.
+const LARGE_READ: usize = 64 * 1024;
 /// Writes up to this size that follow other buffered data are copied into a shared chunk, so
 /// that many small writes make few `iovec`s; larger `bytes` are kept by reference.
 const COALESCE_LIMIT: usize = 4 * 1024;
@@ -223,6 +225,8 @@ pub struct StreamTransport {
     reading: AtomicBool,
     /// A send would block: the loop delivers the next writable event.
     write_pending: AtomicBool,
+    /// The last read was large (see [`LARGE_READ`]).
+    large_reads: AtomicBool,
     /// The poller reported the peer's end of file (or an error): reads continue past a short
     /// read until they see it, since no further event will come.
     peer_closed: AtomicBool,
@@ -344,16 +348,26 @@ impl StreamTransport {
     fn read_bytes(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let received = this.shared.with_read_buffer(|buffer| {
-            // SAFETY: `buffer` is a valid writable region of its length; `fd` is registered
-            // (open) while this transport reads.
-            let n = unsafe { libc::recv(this.fd, buffer.as_mut_ptr().cast(), buffer.len(), 0) };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(PyBytes::new(py, &buffer[..n as usize]))
-            }
-        });
+        // After a large read, read straight into a full-size `bytes` and shrink it: one copy
+        // of the data instead of two. Small reads go through the loop's buffer, so that a
+        // 1 KiB message does not cost a 256 KiB allocation.
+        let received = if this.large_reads.load(Ordering::Relaxed) {
+            recv_into_new_bytes(py, this.fd)
+        } else {
+            this.shared.with_read_buffer(|buffer| {
+                // SAFETY: `buffer` is a valid writable region of its length; `fd` is
+                // registered (open) while this transport reads.
+                let n = unsafe { libc::recv(this.fd, buffer.as_mut_ptr().cast(), buffer.len(), 0) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(PyBytes::new(py, &buffer[..n as usize]))
+                }
+            })
+        };
+        if let Ok(data) = &received {
+            this.large_reads.store(data.as_bytes().len() >= LARGE_READ, Ordering::Relaxed);
+        }
         match received {
             Err(err) => Self::read_failed(slf, err),
             Ok(data) if data.as_bytes().is_empty() => Self::on_eof(slf, protocol),
@@ -732,6 +746,7 @@ impl StreamTransport {
                 reading: AtomicBool::new(false),
                 write_pending: AtomicBool::new(false),
                 peer_closed: AtomicBool::new(false),
+                large_reads: AtomicBool::new(false),
                 state: Mutex::new(StreamState {
                     protocol: Some(protocol.unbind()),
                     buffered,
@@ -1069,6 +1084,37 @@ fn with_buffer<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResu
         let result = f(slice);
         ffi::PyBuffer_Release(&mut view);
         Ok(result)
+    }
+}
+
+extern "C" {
+    /// CPython's `_PyBytes_Resize` (not in PyO3's bindings): resizes a `bytes` object that
+    /// nobody else refers to yet; on failure frees it and sets `*bytes` to NULL.
+    fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, new_size: ffi::Py_ssize_t) -> c_int;
+}
+
+/// `recv` of up to [`MAX_READ`] bytes straight into a new `bytes`, shrunk to what was read.
+fn recv_into_new_bytes(py: Python<'_>, fd: RawFd) -> io::Result<Bound<'_, PyBytes>> {
+    // SAFETY: the GIL is held. A `bytes` made with a NULL source is uninitialised and not yet
+    // shared, so writing into it and resizing it (which may move it) is allowed; it is
+    // initialised up to the size it is shrunk to before anyone else sees it.
+    unsafe {
+        let mut object = ffi::PyBytes_FromStringAndSize(std::ptr::null(), MAX_READ as ffi::Py_ssize_t);
+        if object.is_null() {
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        }
+        let n = libc::recv(fd, ffi::PyBytes_AsString(object).cast(), MAX_READ, 0);
+        let error = (n < 0).then(io::Error::last_os_error);
+        if _PyBytes_Resize(&mut object, n.max(0) as ffi::Py_ssize_t) < 0 {
+            // The object was freed; nothing was read into anything anyone sees.
+            ffi::PyErr_Clear();
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        }
+        let data = Bound::from_owned_ptr(py, object).cast_into_unchecked::<PyBytes>();
+        match error {
+            Some(error) => Err(error),
+            None => Ok(data),
+        }
     }
 }
 
