@@ -396,6 +396,7 @@ COUNTER_KEYS = {
     "ready",
     "timers",
     "watched_fds",
+    "stream_transports",
 }
 
 
@@ -422,6 +423,29 @@ def test_oxloop_counters_count_what_the_loop_did(oxloop_loop):
     assert end["iterations"] > start["iterations"]
     assert end["ready"] == 0
     assert end["poll_wait_seconds"] >= 0.0
+
+
+def test_oxloop_counters_count_stream_transports(oxloop_loop):
+    loop = oxloop_loop
+
+    async def main():
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        base = loop._counters()
+        transport, _ = await loop.create_connection(asyncio.Protocol, *server.sockets[0].getsockname())
+        await asyncio.sleep(0.01)  # the server side's transport is made by a task
+        made = loop._counters()
+        assert made["stream_transports"] == base["stream_transports"] + 2
+        assert made["watched_fds"] == base["watched_fds"] + 2
+        transport.close()
+        server.close()
+        await server.wait_closed()
+        for _ in range(100):  # the server side notices the close
+            if loop._counters()["stream_transports"] == base["stream_transports"]:
+                break
+            await asyncio.sleep(0.01)
+        assert loop._counters()["stream_transports"] == base["stream_transports"]
+
+    loop.run_until_complete(main())
 
 
 def test_oxloop_counters_count_watched_fds(oxloop_loop):

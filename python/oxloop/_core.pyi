@@ -42,6 +42,7 @@ class _Counters(TypedDict):
     ready: int
     timers: int
     watched_fds: int
+    stream_transports: int
 
 @disjoint_base
 class LoopCore:

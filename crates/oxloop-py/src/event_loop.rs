@@ -933,9 +933,9 @@ impl LoopCore {
 
     /// The loop's counters, for live metrics.
     fn _counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (counters, ready, timers, fds) = {
+        let (counters, ready, timers, fds, transports) = {
             let state = self.lock();
-            (state.counters, state.ready.len(), state.timers.len(), state.registrar.as_ref().map_or(0, Registrar::len))
+            (state.counters, state.ready.len(), state.timers.len(), state.registrar.as_ref().map_or(0, Registrar::len), state.streams.len())
         };
         let dict = PyDict::new(py);
         dict.set_item("iterations", counters.iterations)?;
@@ -949,6 +949,7 @@ impl LoopCore {
         dict.set_item("ready", ready)?;
         dict.set_item("timers", timers)?;
         dict.set_item("watched_fds", fds)?;
+        dict.set_item("stream_transports", transports)?;
         Ok(dict)
     }
 
