@@ -9,35 +9,30 @@ transport) and that the transport still works after them; sock_sendfile on a non
 socket. Data is always compared by hash.
 
 Runs on stock asyncio and on oxloop (see conftest.py); asyncio's behaviour is the expectation.
+A test taking ``kind`` runs over TCP and over Unix sockets (helpers: net_helpers.py).
 """
 
 import asyncio
-import contextlib
 import hashlib
 import io
 import os
-import shutil
 import socket
-import tempfile
 
 import pytest
 
-KINDS = ["tcp", "unix"]
-MiB = 1024 * 1024
+import net_helpers
+from net_helpers import MiB, fill_write_buffer, poll_rounds, raw_peer, recv_exactly, run_raises
+
+# Fixtures from net_helpers (pytest finds fixtures among a module's names).
+kind = net_helpers.kind
+sock_dir = net_helpers.sock_dir
+
 SIZE = 3 * MiB + 12345
 
 
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def sock_dir():
-    """A short directory for Unix socket paths (pytest's tmp_path can exceed their 107 bytes)."""
-    path = tempfile.mkdtemp(prefix="oxl-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -56,94 +51,11 @@ def digest(data):
     return hashlib.sha256(data).hexdigest()
 
 
-class Recorder(asyncio.Protocol):
-    def __init__(self, loop):
-        self.loop = loop
-        self.data = bytearray()
-        self.lost = loop.create_future()
-        self._waiters = []
-
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def data_received(self, data):
-        self.data += data
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def connection_lost(self, exc):
-        if not self.lost.done():
-            self.lost.set_result(exc)
-
-    async def wait_data(self, size):
-        while len(self.data) < size:
-            assert not self.lost.done(), "connection lost"
-            waiter = self.loop.create_future()
-            self._waiters.append(waiter)
-            await waiter
-        return bytes(self.data)
-
-
-async def recv_exactly(loop, sock, size):
-    out = bytearray()
-    while len(out) < size:
-        chunk = await loop.sock_recv(sock, min(size - len(out), 256 * 1024))
-        if not chunk:
-            raise AssertionError(f"end of stream after {len(out)} of {size} bytes")
-        out += chunk
-    return bytes(out)
-
-
-def make_listener(kind, sock_dir, rcvbuf=None):
-    if kind == "tcp":
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        address = ("127.0.0.1", 0)
-    else:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        address = os.path.join(sock_dir, "sendfile.sock")
-    if rcvbuf is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.bind(address)
-    sock.listen(4)
-    sock.setblocking(False)
-    return sock
-
-
-@contextlib.asynccontextmanager
-async def connection(loop, kind, sock_dir, rcvbuf=None):
-    """A transport (create_connection/create_unix_connection) and the plain socket it is
-    connected to; both closed at exit."""
-    listener = make_listener(kind, sock_dir, rcvbuf)
-    accept = asyncio.ensure_future(loop.sock_accept(listener))
-    peer = transport = protocol = None
+async def sendfile_and_receive(loop, conn, file, size, **kwargs):
+    """Run loop.sendfile with a concurrent reader of ``size`` bytes on the peer."""
+    reading = asyncio.ensure_future(recv_exactly(loop, conn.peer, size))
     try:
-        address = listener.getsockname()
-        if kind == "tcp":
-            transport, protocol = await loop.create_connection(lambda: Recorder(loop), *address)
-        else:
-            transport, protocol = await loop.create_unix_connection(lambda: Recorder(loop), address)
-        peer, _ = await accept
-        yield transport, protocol, peer
-    finally:
-        if not accept.done():
-            accept.cancel()
-        result = (await asyncio.gather(accept, return_exceptions=True))[0]
-        if isinstance(result, tuple):
-            result[0].close()
-        if transport is not None:
-            if not protocol.lost.done():
-                transport.abort()
-            await asyncio.wait([protocol.lost], timeout=5)
-        listener.close()
-
-
-async def sendfile_and_receive(loop, transport, peer, file, size, **kwargs):
-    """Run loop.sendfile with a concurrent reader of ``size`` bytes on ``peer``."""
-    reading = asyncio.ensure_future(recv_exactly(loop, peer, size))
-    try:
-        sent = await loop.sendfile(transport, file, **kwargs)
+        sent = await loop.sendfile(conn.transport, file, **kwargs)
     except BaseException:
         reading.cancel()
         await asyncio.gather(reading, return_exceptions=True)
@@ -151,31 +63,13 @@ async def sendfile_and_receive(loop, transport, peer, file, size, **kwargs):
     return sent, await reading
 
 
-async def poll_rounds(loop, n=2):
-    """Let the loop poll for I/O ``n`` times: I/O that was ready before has been handled after."""
-    a, b = socket.socketpair()
-    try:
-        for _ in range(n):
-            ready = loop.create_future()
-            loop.add_reader(b.fileno(), lambda: ready.done() or ready.set_result(None))
-            a.send(b"x")
-            try:
-                await ready
-            finally:
-                loop.remove_reader(b.fileno())
-            b.recv(1)
-    finally:
-        a.close()
-        b.close()
-
-
-async def still_works(loop, transport, protocol, peer):
+async def still_works(loop, conn):
     """The transport still sends and receives."""
-    transport.write(b"still writing")
-    assert await recv_exactly(loop, peer, 13) == b"still writing"
-    before = len(protocol.data)
-    await loop.sock_sendall(peer, b"still reading")
-    assert (await protocol.wait_data(before + 13))[before:] == b"still reading"
+    conn.transport.write(b"still writing")
+    assert await recv_exactly(loop, conn.peer, 13) == b"still writing"
+    before = len(conn.protocol.data)
+    await loop.sock_sendall(conn.peer, b"still reading")
+    assert (await conn.protocol.wait_data(before + 13))[before:] == b"still reading"
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,84 +77,75 @@ async def still_works(loop, transport, protocol, peer):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("fallback", [True, False])
 def test_sendfile_whole_file(loop, kind, sock_dir, data_file, content, fallback):
     async def main():
-        async with connection(loop, kind, sock_dir) as (transport, protocol, peer):
+        async with raw_peer(loop, kind, sock_dir) as conn:
             with open(data_file, "rb") as f:
-                sent, received = await sendfile_and_receive(loop, transport, peer, f, SIZE, fallback=fallback)
+                sent, received = await sendfile_and_receive(loop, conn, f, SIZE, fallback=fallback)
                 assert sent == SIZE
                 assert f.tell() == SIZE
             assert digest(received) == digest(content)
-            await still_works(loop, transport, protocol, peer)
+            await still_works(loop, conn)
 
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
-    "offset, count",
-    [(1000, 100_000), (0, 1), (SIZE - 10, 10), (5000, None), (0, None)],
+    "source, offset, count",
+    [
+        ("file", 1000, 100_000),
+        ("file", 0, 1),
+        ("file", SIZE - 10, 10),
+        ("file", 5000, None),
+        ("file", 0, None),
+        ("file", 10, 2 * SIZE),  # a count beyond the end of the file: up to the end
+        # io.BytesIO has no fileno(): the native path is not available, the fallback reads it.
+        ("bytesio", 0, None),
+        ("bytesio", 100, 5000),
+        ("bytesio", SIZE - 3, None),
+    ],
 )
-def test_sendfile_offset_and_count(loop, kind, sock_dir, data_file, content, offset, count):
+def test_sendfile_offset_and_count(loop, kind, sock_dir, data_file, content, source, offset, count):
     expected = content[offset : None if count is None else offset + count]
 
     async def main():
-        async with connection(loop, kind, sock_dir) as (transport, protocol, peer):
-            with open(data_file, "rb") as f:
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            with open(data_file, "rb") if source == "file" else io.BytesIO(content) as f:
                 sent, received = await sendfile_and_receive(
-                    loop, transport, peer, f, len(expected), offset=offset, count=count
+                    loop, conn, f, len(expected), offset=offset, count=count
                 )
                 assert sent == len(expected)
                 assert f.tell() == offset + len(expected)
             assert digest(received) == digest(expected)
-            await still_works(loop, transport, protocol, peer)
+            await still_works(loop, conn)
 
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_sendfile_count_beyond_the_end_of_the_file(loop, kind, sock_dir, data_file, content):
-    async def main():
-        async with connection(loop, kind, sock_dir) as (transport, protocol, peer):
-            with open(data_file, "rb") as f:
-                sent, received = await sendfile_and_receive(
-                    loop, transport, peer, f, SIZE - 10, offset=10, count=2 * SIZE
-                )
-                assert sent == SIZE - 10
-                assert f.tell() == SIZE
-            assert digest(received) == digest(content[10:])
-            await still_works(loop, transport, protocol, peer)
-
-    loop.run_until_complete(main())
-
-
-@pytest.mark.parametrize("kind", KINDS)
 def test_sendfile_of_an_empty_file(loop, kind, sock_dir, tmp_path):
     path = tmp_path / "empty"
     path.write_bytes(b"")
 
     async def main():
-        async with connection(loop, kind, sock_dir) as (transport, protocol, peer):
+        async with raw_peer(loop, kind, sock_dir) as conn:
             with open(path, "rb") as f:
-                assert await loop.sendfile(transport, f) == 0
+                assert await loop.sendfile(conn.transport, f) == 0
                 assert f.tell() == 0
-            await still_works(loop, transport, protocol, peer)
+            await still_works(loop, conn)
 
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_sendfile_keeps_its_place_between_writes(loop, kind, sock_dir, data_file, content):
     async def main():
-        async with connection(loop, kind, sock_dir) as (transport, protocol, peer):
+        async with raw_peer(loop, kind, sock_dir) as conn:
             total = 7 + SIZE + 8
-            reading = asyncio.ensure_future(recv_exactly(loop, peer, total))
-            transport.write(b"header:")
+            reading = asyncio.ensure_future(recv_exactly(loop, conn.peer, total))
+            conn.transport.write(b"header:")
             with open(data_file, "rb") as f:
-                assert await loop.sendfile(transport, f) == SIZE
-            transport.write(b":trailer")
+                assert await loop.sendfile(conn.transport, f) == SIZE
+            conn.transport.write(b":trailer")
             received = await reading
             assert received[:7] == b"header:"
             assert received[-8:] == b":trailer"
@@ -269,18 +154,13 @@ def test_sendfile_keeps_its_place_between_writes(loop, kind, sock_dir, data_file
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_sendfile_waits_for_buffered_data_first(loop, kind, sock_dir, data_file, content):
     async def main():
-        async with connection(loop, kind, sock_dir, rcvbuf=64 * 1024) as (transport, protocol, peer):
-            head = b""
-            while transport.get_write_buffer_size() == 0:  # the peer does not read yet
-                chunk = os.urandom(16) * (MiB // 16)
-                transport.write(chunk)
-                head += chunk
+        async with raw_peer(loop, kind, sock_dir, rcvbuf=64 * 1024) as conn:
+            head = await fill_write_buffer(conn.transport)  # the peer does not read yet
             with open(data_file, "rb") as f:
-                sending = asyncio.ensure_future(loop.sendfile(transport, f))
-                received = await recv_exactly(loop, peer, len(head) + SIZE)
+                sending = asyncio.ensure_future(loop.sendfile(conn.transport, f))
+                received = await recv_exactly(loop, conn.peer, len(head) + SIZE)
                 assert await sending == SIZE
             assert received[: len(head)] == head
             assert digest(received[len(head) :]) == digest(content)
@@ -288,107 +168,74 @@ def test_sendfile_waits_for_buffered_data_first(loop, kind, sock_dir, data_file,
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_write_during_sendfile_raises(loop, kind, sock_dir, tmp_path):
     content = os.urandom(16) * (16 * MiB // 16)
     path = tmp_path / "big.bin"
     path.write_bytes(content)
 
     async def main():
-        async with connection(loop, kind, sock_dir, rcvbuf=64 * 1024) as (transport, protocol, peer):
+        async with raw_peer(loop, kind, sock_dir, rcvbuf=64 * 1024) as conn:
             with open(path, "rb") as f:
-                sending = asyncio.ensure_future(loop.sendfile(transport, f))
+                sending = asyncio.ensure_future(loop.sendfile(conn.transport, f))
                 await poll_rounds(loop, 3)
                 assert not sending.done()  # the peer does not read: sendfile is in progress
                 with pytest.raises(RuntimeError, match="^unable to write; sendfile is in progress$"):
-                    transport.write(b"interleaved")
-                received = await recv_exactly(loop, peer, len(content))
+                    conn.transport.write(b"interleaved")
+                received = await recv_exactly(loop, conn.peer, len(content))
                 assert await sending == len(content)
             assert digest(received) == digest(content)
-            await still_works(loop, transport, protocol, peer)
+            await still_works(loop, conn)
 
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("offset, count", [(0, None), (100, 5000), (SIZE - 3, None)])
-def test_sendfile_of_a_file_without_descriptor_uses_the_fallback(loop, kind, sock_dir, content, offset, count):
-    # io.BytesIO has no fileno(): the native path is not available, the fallback reads it.
-    expected = content[offset : None if count is None else offset + count]
-
-    async def main():
-        async with connection(loop, kind, sock_dir) as (transport, protocol, peer):
-            f = io.BytesIO(content)
-            sent, received = await sendfile_and_receive(
-                loop, transport, peer, f, len(expected), offset=offset, count=count
-            )
-            assert sent == len(expected)
-            assert f.tell() == offset + len(expected)
-            assert digest(received) == digest(expected)
-            await still_works(loop, transport, protocol, peer)
-
-    loop.run_until_complete(main())
-
-
-@pytest.mark.parametrize("kind", KINDS)
 def test_sendfile_without_descriptor_and_fallback_false(loop, kind, sock_dir, content):
     async def main():
-        async with connection(loop, kind, sock_dir) as (transport, protocol, peer):
+        async with raw_peer(loop, kind, sock_dir) as conn:
             f = io.BytesIO(content)
             with pytest.raises(asyncio.SendfileNotAvailableError):
-                await loop.sendfile(transport, f, fallback=False)
+                await loop.sendfile(conn.transport, f, fallback=False)
             assert f.tell() == 0
-            await still_works(loop, transport, protocol, peer)
+            await still_works(loop, conn)
 
     loop.run_until_complete(main())
 
 
 @pytest.mark.parametrize(
-    "kwargs, exc_type, message",
+    "mode, kwargs, exc_type, message",
     [
-        ({"offset": -1}, ValueError, "offset must be a non-negative integer (got -1)"),
-        ({"offset": "1"}, TypeError, "offset must be a non-negative integer (got '1')"),
-        ({"offset": 1.0}, TypeError, "offset must be a non-negative integer (got 1.0)"),
-        ({"count": 0}, ValueError, "count must be a positive integer (got 0)"),
-        ({"count": -5}, ValueError, "count must be a positive integer (got -5)"),
-        ({"count": 1.5}, TypeError, "count must be a positive integer (got 1.5)"),
+        ("rb", {"offset": -1}, ValueError, "offset must be a non-negative integer (got -1)"),
+        ("rb", {"offset": "1"}, TypeError, "offset must be a non-negative integer (got '1')"),
+        ("rb", {"offset": 1.0}, TypeError, "offset must be a non-negative integer (got 1.0)"),
+        ("rb", {"count": 0}, ValueError, "count must be a positive integer (got 0)"),
+        ("rb", {"count": -5}, ValueError, "count must be a positive integer (got -5)"),
+        ("rb", {"count": 1.5}, TypeError, "count must be a positive integer (got 1.5)"),
+        ("r", {}, ValueError, "file should be opened in binary mode"),  # a text file
     ],
 )
-def test_sendfile_argument_errors(loop, sock_dir, data_file, kwargs, exc_type, message):
+def test_sendfile_argument_errors(loop, sock_dir, data_file, mode, kwargs, exc_type, message):
     async def main():
-        async with connection(loop, "tcp", sock_dir) as (transport, protocol, peer):
-            with open(data_file, "rb") as f:
+        async with raw_peer(loop, "tcp", sock_dir) as conn:
+            with open(data_file, mode, encoding=None if "b" in mode else "latin-1") as f:
                 with pytest.raises(exc_type) as info:
-                    await loop.sendfile(transport, f, **kwargs)
+                    await loop.sendfile(conn.transport, f, **kwargs)
                 assert str(info.value) == message
                 assert f.tell() == 0
-            await still_works(loop, transport, protocol, peer)
-
-    loop.run_until_complete(main())
-
-
-def test_sendfile_of_a_text_file(loop, sock_dir, data_file):
-    async def main():
-        async with connection(loop, "tcp", sock_dir) as (transport, protocol, peer):
-            with open(data_file, "r", encoding="latin-1") as f:
-                with pytest.raises(ValueError) as info:
-                    await loop.sendfile(transport, f)
-                assert str(info.value) == "file should be opened in binary mode"
-            await still_works(loop, transport, protocol, peer)
+            await still_works(loop, conn)
 
     loop.run_until_complete(main())
 
 
 def test_sendfile_on_a_closing_transport(loop, sock_dir, data_file):
     async def main():
-        async with connection(loop, "tcp", sock_dir) as (transport, protocol, peer):
-            transport.close()
+        async with raw_peer(loop, "tcp", sock_dir) as conn:
+            conn.transport.close()
             with open(data_file, "rb") as f:
                 with pytest.raises(RuntimeError) as info:
-                    await loop.sendfile(transport, f)
+                    await loop.sendfile(conn.transport, f)
                 assert str(info.value) == "Transport is closing"
                 assert f.tell() == 0
-            assert await protocol.lost is None
+            assert await conn.protocol.lost is None
 
     loop.run_until_complete(main())
 
@@ -400,21 +247,18 @@ def test_sendfile_on_a_closing_transport(loop, sock_dir, data_file):
 
 @pytest.fixture(params=["unix-socketpair", "tcp"])
 def stream_pair(request):
-    """Two connected non-blocking stream sockets."""
-    if request.param == "tcp":
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    """Two connected non-blocking stream sockets: conftest's Unix ``pair``, or a TCP pair."""
+    if request.param == "unix-socketpair":
+        return request.getfixturevalue("pair")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         a = socket.create_connection(listener.getsockname())
         b, _ = listener.accept()
-        listener.close()
-    else:
-        a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
+    for sock in (a, b):
+        sock.setblocking(False)
+        request.addfinalizer(sock.close)
+    return a, b
 
 
 @pytest.mark.parametrize("offset, count", [(0, None), (777, 1_000_000), (SIZE - 5, 100)])
@@ -453,22 +297,15 @@ def test_sock_sendfile_of_a_file_without_descriptor(loop, stream_pair, content):
 
 def test_sock_sendfile_argument_errors(loop, stream_pair, data_file):
     a, _ = stream_pair
-    dgram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    dgram.setblocking(False)
-    try:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as dgram:
+        dgram.setblocking(False)
         with open(data_file, "rb") as f:
-            with pytest.raises(ValueError) as info:
-                loop.run_until_complete(loop.sock_sendfile(dgram, f))
-            assert str(info.value) == "only SOCK_STREAM type sockets are supported"
-            with pytest.raises(ValueError) as info:
-                loop.run_until_complete(loop.sock_sendfile(a, f, -1))
-            assert str(info.value) == "offset must be a non-negative integer (got -1)"
-            with pytest.raises(ValueError) as info:
-                loop.run_until_complete(loop.sock_sendfile(a, f, 0, 0))
-            assert str(info.value) == "count must be a positive integer (got 0)"
+            cases = [
+                ((dgram, f), "only SOCK_STREAM type sockets are supported"),
+                ((a, f, -1), "offset must be a non-negative integer (got -1)"),
+                ((a, f, 0, 0), "count must be a positive integer (got 0)"),
+            ]
+            for args, message in cases:
+                run_raises(loop, loop.sock_sendfile(*args), ValueError, message)
         with open(data_file, "r", encoding="latin-1") as f:
-            with pytest.raises(ValueError) as info:
-                loop.run_until_complete(loop.sock_sendfile(a, f))
-            assert str(info.value) == "file should be opened in binary mode"
-    finally:
-        dgram.close()
+            run_raises(loop, loop.sock_sendfile(a, f), ValueError, "file should be opened in binary mode")

@@ -9,36 +9,43 @@ stale socket files, a path taken by another file), and the errors asyncio raises
 messages (address in use, argument errors).
 
 Runs on stock asyncio and on oxloop (see conftest.py); asyncio's behaviour is the expectation.
+A test taking ``kind`` runs over TCP and over Unix sockets (helpers: net_helpers.py).
 """
 
 import asyncio
+import contextlib
 import errno
 import os
 import pathlib
-import shutil
 import socket
 import stat
 import struct
 import sys
-import tempfile
 import uuid
 
 import pytest
 
-CLEANUP_TIMEOUT = 5
+import net_helpers
+from net_helpers import (
+    CLEANUP_TIMEOUT,
+    Echo,
+    Recorder,
+    close_server,
+    connect,
+    connected,
+    poll_rounds,
+    run_raises,
+    settle,
+)
+
+# Fixtures from net_helpers (pytest finds fixtures among a module's names).
+kind = net_helpers.kind
+sock_dir = net_helpers.sock_dir
 
 
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def sock_dir():
-    """A short directory for Unix socket paths (pytest's tmp_path can exceed their 107 bytes)."""
-    path = tempfile.mkdtemp(prefix="oxl-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class Conns:
@@ -71,54 +78,18 @@ class Conns:
             if protocol.transport is not None and not protocol.lost.done():
                 protocol.transport.abort()
 
-    async def settle(self):
-        futures = [p.lost for p in self.protocols]
-        if futures:
-            await asyncio.wait(futures, timeout=CLEANUP_TIMEOUT)
-
-
-class Recorder(asyncio.Protocol):
-    def __init__(self, loop):
-        self.loop = loop
-        self.transport = None
-        self.data = bytearray()
-        self.made = loop.create_future()
-        self.lost = loop.create_future()
-        self._waiters = []
-
-    def connection_made(self, transport):
-        self.transport = transport
-        self.made.set_result(transport)
-
-    def data_received(self, data):
-        self.data += data
-        self._wake()
-
-    def connection_lost(self, exc):
-        if not self.lost.done():
-            self.lost.set_result(exc)
-        self._wake()
-
-    def _wake(self):
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def wait_data(self, size):
-        while len(self.data) < size:
-            if self.lost.done():
-                raise AssertionError(f"connection lost after {len(self.data)} of {size} bytes")
-            waiter = self.loop.create_future()
-            self._waiters.append(waiter)
-            await waiter
-        return bytes(self.data)
-
-
-class Echo(Recorder):
-    def data_received(self, data):
-        super().data_received(data)
-        self.transport.write(data)
+    @contextlib.asynccontextmanager
+    async def serving(self, create_server, *args, **kwargs):
+        """``create_server(self, *args, **kwargs)`` (create_server or create_unix_server
+        serving these protocols) as a context: yields the server; at exit, the connections it
+        accepted are aborted and the server is closed."""
+        server = await create_server(self, *args, **kwargs)
+        try:
+            yield server
+        finally:
+            self.abort_all()
+            await settle(*(p.lost for p in self.protocols))
+            await close_server(server)
 
 
 async def client_round_trip(loop, address, message=b"ping", family=None):
@@ -140,32 +111,16 @@ async def client_round_trip(loop, address, message=b"ping", family=None):
         sock.close()
 
 
-async def connect_client(loop, address):
-    """A Recorder client connection (create_connection) to ``address``."""
-    return await loop.create_connection(lambda: Recorder(loop), *address)
-
-
-async def close_server(server):
-    server.close()
-    await server.wait_closed()
-
-
-async def poll_rounds(loop, n=2):
-    """Let the loop poll for I/O ``n`` times: I/O that was ready before has been handled after."""
-    a, b = socket.socketpair()
-    try:
-        for _ in range(n):
-            ready = loop.create_future()
-            loop.add_reader(b.fileno(), lambda: ready.done() or ready.set_result(None))
-            a.send(b"x")
-            try:
-                await ready
-            finally:
-                loop.remove_reader(b.fileno())
-            b.recv(1)
-    finally:
-        a.close()
-        b.close()
+@contextlib.asynccontextmanager
+async def one_connection(loop, conns):
+    """A server (127.0.0.1) serving ``conns`` and one Recorder client connection to it, once the
+    server made its protocol: yields (server, its address, client transport, client protocol).
+    At exit, the client transport is closed, then the server (see ``Conns.serving``)."""
+    async with conns.serving(loop.create_server, "127.0.0.1", 0) as server:
+        address = server.sockets[0].getsockname()
+        async with connected(loop.create_connection(lambda: Recorder(loop), *address)) as (transport, client):
+            await conns.wait_count(1)
+            yield server, address, transport, client
 
 
 def refuses(address, family=socket.AF_INET):
@@ -205,8 +160,7 @@ def test_create_server_on_port_0(loop):
     conns = Conns(loop)
 
     async def main():
-        server = await loop.create_server(conns, "127.0.0.1", 0)
-        try:
+        async with conns.serving(loop.create_server, "127.0.0.1", 0) as server:
             assert server.get_loop() is loop
             assert server.is_serving()
             sockets = server.sockets
@@ -219,10 +173,6 @@ def test_create_server_on_port_0(loop):
             assert await client_round_trip(loop, (host, port)) == b"ping"
             await conns.wait_count(1)
             assert bytes(conns.protocols[0].data) == b"ping"
-        finally:
-            conns.abort_all()
-            await conns.settle()
-            await close_server(server)
 
     loop.run_until_complete(main())
 
@@ -238,8 +188,7 @@ def test_create_server_without_a_host_binds_every_address_family(loop, host):
     conns = Conns(loop)
 
     async def main():
-        server = await loop.create_server(conns, host, 0)
-        try:
+        async with conns.serving(loop.create_server, host, 0) as server:
             sockets = server.sockets
             assert {(s.family, s.getsockname()[0]) for s in sockets} == expected
             for sock in sockets:
@@ -250,10 +199,6 @@ def test_create_server_without_a_host_binds_every_address_family(loop, host):
                 if sock.family == socket.AF_INET:
                     port = sock.getsockname()[1]
                     assert await client_round_trip(loop, ("127.0.0.1", port)) == b"ping"
-        finally:
-            conns.abort_all()
-            await conns.settle()
-            await close_server(server)
 
     loop.run_until_complete(main())
 
@@ -262,11 +207,8 @@ def test_create_server_with_a_family(loop):
     conns = Conns(loop)
 
     async def main():
-        server = await loop.create_server(conns, None, 0, family=socket.AF_INET)
-        try:
+        async with conns.serving(loop.create_server, None, 0, family=socket.AF_INET) as server:
             assert [(s.family, s.getsockname()[0]) for s in server.sockets] == [(socket.AF_INET, "0.0.0.0")]
-        finally:
-            await close_server(server)
 
     loop.run_until_complete(main())
 
@@ -277,17 +219,12 @@ def test_create_server_on_ipv6_loopback(loop):
     conns = Conns(loop)
 
     async def main():
-        server = await loop.create_server(conns, "::1", 0)
-        try:
+        async with conns.serving(loop.create_server, "::1", 0) as server:
             (sock,) = server.sockets
             assert sock.family == socket.AF_INET6
             address = sock.getsockname()
             assert address[0] == "::1"
             assert await client_round_trip(loop, address[:2], family=socket.AF_INET6) == b"ping"
-        finally:
-            conns.abort_all()
-            await conns.settle()
-            await close_server(server)
 
     loop.run_until_complete(main())
 
@@ -296,18 +233,12 @@ def test_create_server_with_a_list_of_hosts(loop):
     conns = Conns(loop)
 
     async def main():
-        server = await loop.create_server(conns, ["127.0.0.1", "127.0.0.2"], 0)
-        try:
+        async with conns.serving(loop.create_server, ["127.0.0.1", "127.0.0.2"], 0) as server:
             addresses = sorted(s.getsockname() for s in server.sockets)
             assert [host for host, _ in addresses] == ["127.0.0.1", "127.0.0.2"]
             for address in addresses:
-                assert await client_round_trip(loop, address, b"via " + address[0].encode()) == (
-                    b"via " + address[0].encode()
-                )
-        finally:
-            conns.abort_all()
-            await conns.settle()
-            await close_server(server)
+                message = b"via " + address[0].encode()
+                assert await client_round_trip(loop, address, message) == message
 
     loop.run_until_complete(main())
 
@@ -342,8 +273,7 @@ def test_create_server_reuse_port(loop):
     conns = Conns(loop)
 
     async def main():
-        first = await loop.create_server(conns, "127.0.0.1", 0, reuse_port=True)
-        try:
+        async with conns.serving(loop.create_server, "127.0.0.1", 0, reuse_port=True) as first:
             port = first.sockets[0].getsockname()[1]
             assert first.sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) != 0
             second = await loop.create_server(conns, "127.0.0.1", port, reuse_port=True)
@@ -355,10 +285,6 @@ def test_create_server_reuse_port(loop):
             with pytest.raises(OSError) as info:
                 await loop.create_server(conns, "127.0.0.1", port)
             assert info.value.errno == errno.EADDRINUSE
-        finally:
-            conns.abort_all()
-            await conns.settle()
-            await close_server(first)
 
     loop.run_until_complete(main())
 
@@ -386,25 +312,18 @@ def test_create_server_with_sock(loop, listening):
     conns = Conns(loop)
 
     async def main():
-        server = await loop.create_server(conns, sock=sock, backlog=23)
-        try:
+        async with conns.serving(loop.create_server, sock=sock, backlog=23) as server:
             assert sock.gettimeout() == 0
             (served,) = server.sockets
             assert served.fileno() == sock.fileno()
             assert served.getsockname() == address
             assert listen_backlog(sock) == 23  # listen() is called again with the backlog
             assert await client_round_trip(loop, address) == b"ping"
-        finally:
-            conns.abort_all()
-            await conns.settle()
-            await close_server(server)
         assert sock.fileno() == -1  # closing the server closed the socket
         assert refuses(address)
 
-    try:
+    with sock:
         loop.run_until_complete(main())
-    finally:
-        sock.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,8 +335,7 @@ def test_start_serving_false_then_start_serving(loop):
     conns = Conns(loop)
 
     async def main():
-        server = await loop.create_server(conns, "127.0.0.1", 0, start_serving=False)
-        try:
+        async with conns.serving(loop.create_server, "127.0.0.1", 0, start_serving=False) as server:
             address = server.sockets[0].getsockname()
             assert not server.is_serving()
             assert refuses(address)  # bound, not listening yet
@@ -427,10 +345,6 @@ def test_start_serving_false_then_start_serving(loop):
             assert server.is_serving()
             assert await client_round_trip(loop, address) == b"ping"
             assert len(conns.protocols) == 1
-        finally:
-            conns.abort_all()
-            await conns.settle()
-            await close_server(server)
 
     loop.run_until_complete(main())
 
@@ -439,10 +353,9 @@ def test_serve_forever_serves_until_cancelled(loop):
     conns = Conns(loop)
 
     async def main():
-        server = await loop.create_server(conns, "127.0.0.1", 0, start_serving=False)
-        address = server.sockets[0].getsockname()
-        task = asyncio.ensure_future(server.serve_forever())
-        try:
+        async with conns.serving(loop.create_server, "127.0.0.1", 0, start_serving=False) as server:
+            address = server.sockets[0].getsockname()
+            task = asyncio.ensure_future(server.serve_forever())
             for _ in range(10):  # let the task start: serve_forever() starts serving at once
                 if server.is_serving():
                     break
@@ -464,10 +377,6 @@ def test_serve_forever_serves_until_cancelled(loop):
             with pytest.raises(RuntimeError) as info:
                 await server.serve_forever()
             assert str(info.value) == f"server {server!r} is closed"
-        finally:
-            conns.abort_all()
-            await conns.settle()
-            await close_server(server)
 
     loop.run_until_complete(main())
 
@@ -507,22 +416,12 @@ def test_accepted_transports_see_the_client_address(loop):
     conns = Conns(loop)
 
     async def main():
-        server = await loop.create_server(conns, "127.0.0.1", 0)
-        address = server.sockets[0].getsockname()
-        transport, client = await connect_client(loop, address)
-        try:
-            await conns.wait_count(1)
+        async with one_connection(loop, conns) as (_, address, transport, _):
             accepted = conns.protocols[0].transport
             assert isinstance(accepted, asyncio.Transport)
             assert accepted.get_extra_info("peername") == transport.get_extra_info("sockname")
             assert accepted.get_extra_info("sockname") == address
             assert isinstance(accepted.get_extra_info("socket"), asyncio.trsock.TransportSocket)
-        finally:
-            transport.close()
-            await client.lost
-            conns.abort_all()
-            await conns.settle()
-            await close_server(server)
 
     loop.run_until_complete(main())
 
@@ -531,56 +430,39 @@ def test_each_connection_gets_a_new_protocol(loop):
     conns = Conns(loop)
 
     async def main():
-        server = await loop.create_server(conns, "127.0.0.1", 0)
-        address = server.sockets[0].getsockname()
-        try:
+        async with conns.serving(loop.create_server, "127.0.0.1", 0) as server:
+            address = server.sockets[0].getsockname()
             for i in range(5):
                 message = f"client {i}".encode()
                 assert await client_round_trip(loop, address, message) == message
             await conns.wait_count(5)
             assert len({id(p) for p in conns.protocols}) == 5
             assert [bytes(p.data) for p in conns.protocols] == [f"client {i}".encode() for i in range(5)]
-        finally:
-            conns.abort_all()
-            await conns.settle()
-            await close_server(server)
 
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("unix", [False, True], ids=["tcp", "unix"])
-def test_many_concurrent_clients_are_all_served(loop, unix, sock_dir):
+def test_many_concurrent_clients_are_all_served(loop, kind, sock_dir):
     n = 200
     conns = Conns(loop)
 
     async def one_client(i, address):
         message = f"client {i:03d} ".encode() * 10
-        if unix:
-            transport, client = await loop.create_unix_connection(lambda: Recorder(loop), address)
-        else:
-            transport, client = await connect_client(loop, address)
-        try:
+        async with connected(connect(loop, kind, lambda: Recorder(loop), address)) as (transport, client):
             transport.write(message)
             return await client.wait_data(len(message)) == message
-        finally:
-            transport.close()
-            await client.lost
 
     async def main():
-        if unix:
-            server = await loop.create_unix_server(conns, os.path.join(sock_dir, "many.sock"), backlog=n)
+        if kind == "unix":
+            serving = conns.serving(loop.create_unix_server, os.path.join(sock_dir, "many.sock"), backlog=n)
         else:
-            server = await loop.create_server(conns, "127.0.0.1", 0, backlog=n)
-        address = server.sockets[0].getsockname()
-        try:
+            serving = conns.serving(loop.create_server, "127.0.0.1", 0, backlog=n)
+        async with serving as server:
+            address = server.sockets[0].getsockname()
             results = await asyncio.gather(*(one_client(i, address) for i in range(n)))
             assert results == [True] * n
             assert len(conns.protocols) == n
             await asyncio.gather(*(p.lost for p in conns.protocols))
-        finally:
-            conns.abort_all()
-            await conns.settle()
-            await close_server(server)
 
     loop.run_until_complete(main())
 
@@ -594,11 +476,7 @@ def test_close_stops_accepting_but_keeps_accepted_connections(loop):
     conns = Conns(loop)
 
     async def main():
-        server = await loop.create_server(conns, "127.0.0.1", 0)
-        address = server.sockets[0].getsockname()
-        transport, client = await connect_client(loop, address)
-        try:
-            await conns.wait_count(1)
+        async with one_connection(loop, conns) as (server, address, transport, client):
             server.close()
             assert not server.is_serving()
             assert refuses(address)
@@ -606,12 +484,6 @@ def test_close_stops_accepting_but_keeps_accepted_connections(loop):
             transport.write(b"after close")
             assert await client.wait_data(11) == b"after close"
             assert not conns.protocols[0].lost.done()
-        finally:
-            transport.close()
-            await client.lost
-            conns.abort_all()
-            await conns.settle()
-            await close_server(server)
 
     loop.run_until_complete(main())
 
@@ -620,28 +492,20 @@ def test_wait_closed_waits_for_close_and_for_the_connections(loop):
     conns = Conns(loop)
 
     async def main():
-        server = await loop.create_server(conns, "127.0.0.1", 0)
-        address = server.sockets[0].getsockname()
-        transport, client = await connect_client(loop, address)
-        waiter = asyncio.ensure_future(server.wait_closed())
-        try:
-            await conns.wait_count(1)
-            await poll_rounds(loop)
-            assert not waiter.done()
-            server.close()
-            await poll_rounds(loop)
-            assert not waiter.done()  # a connection is still open
-            transport.close()
-            await client.lost
-            await conns.protocols[0].lost
-            await waiter
-        finally:
-            waiter.cancel()
-            transport.close()
-            await client.lost
-            conns.abort_all()
-            await conns.settle()
-            await close_server(server)
+        async with one_connection(loop, conns) as (server, _, transport, client):
+            waiter = asyncio.ensure_future(server.wait_closed())
+            try:
+                await poll_rounds(loop)
+                assert not waiter.done()
+                server.close()
+                await poll_rounds(loop)
+                assert not waiter.done()  # a connection is still open
+                transport.close()
+                await client.lost
+                await conns.protocols[0].lost
+                await waiter
+            finally:
+                waiter.cancel()
 
     loop.run_until_complete(main())
 
@@ -665,20 +529,11 @@ def test_wait_closed_after_close_returns_at_once(loop):
     conns = Conns(loop)
 
     async def main():
-        server = await loop.create_server(conns, "127.0.0.1", 0)
-        transport, client = await connect_client(loop, server.sockets[0].getsockname())
-        try:
-            await conns.wait_count(1)
+        async with one_connection(loop, conns) as (server, _, _, _):
             server.close()
             if sys.version_info < (3, 12):
                 await asyncio.wait_for(server.wait_closed(), CLEANUP_TIMEOUT)
                 assert not conns.protocols[0].lost.done()
-        finally:
-            transport.close()
-            await client.lost
-            conns.abort_all()
-            await conns.settle()
-            await close_server(server)
 
     loop.run_until_complete(main())
 
@@ -702,60 +557,63 @@ def test_async_with_server_closes_it(loop):
 # --------------------------------------------------------------------------------------------
 
 
+def listening_socket(host):
+    """A plain TCP socket listening on ``host`` (any free port)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    sock.listen(1)
+    return sock
+
+
 def test_address_in_use(loop):
-    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    taken.bind(("127.0.0.1", 0))
-    taken.listen(1)
-    address = taken.getsockname()
-    try:
-        with pytest.raises(OSError) as info:
-            loop.run_until_complete(loop.create_server(asyncio.Protocol, *address))
-        assert type(info.value) is OSError
-        assert info.value.errno == errno.EADDRINUSE
-        assert str(info.value) == (
+    with listening_socket("127.0.0.1") as taken:
+        address = taken.getsockname()
+        error = run_raises(
+            loop,
+            loop.create_server(asyncio.Protocol, *address),
+            OSError,
             f"[Errno {errno.EADDRINUSE}] error while attempting to bind on address {address!r}: "
-            "address already in use"
+            "address already in use",
         )
-    finally:
-        taken.close()
+        assert type(error) is OSError
+        assert error.errno == errno.EADDRINUSE
 
 
 def test_address_in_use_for_one_host_of_a_list_closes_the_others(loop):
-    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    taken.bind(("127.0.0.2", 0))
-    taken.listen(1)
-    port = taken.getsockname()[1]
-    try:
+    with listening_socket("127.0.0.2") as taken:
+        port = taken.getsockname()[1]
         with pytest.raises(OSError) as info:
             loop.run_until_complete(loop.create_server(asyncio.Protocol, ["127.0.0.1", "127.0.0.2"], port))
         assert info.value.errno == errno.EADDRINUSE
         # The socket already bound to 127.0.0.1 (when asyncio bound it first) was closed: the
         # leak check fails the test otherwise.
-    finally:
-        taken.close()
+
+
+def check_argument_errors(loop, create_server, cases):
+    """Each (kwargs, exception type, message) of ``cases``: ``create_server(asyncio.Protocol,
+    **kwargs)`` raises that exception with that message."""
+    for kwargs, exc_type, message in cases:
+        run_raises(loop, create_server(asyncio.Protocol, **kwargs), exc_type, message)
 
 
 def test_create_server_argument_errors(loop):
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     dgram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        here = {"host": "127.0.0.1", "port": 0}
-        cases = [
-            ({**here, "ssl": True}, TypeError, "ssl argument must be an SSLContext or None"),
-            ({**here, "sock": sock}, ValueError, "host/port and sock can not be specified at the same time"),
-            ({}, ValueError, "Neither host/port nor sock were specified"),
-            ({"sock": dgram}, ValueError, f"A Stream Socket was expected, got {dgram!r}"),
-            ({**here, "ssl_handshake_timeout": 1}, ValueError, "ssl_handshake_timeout is only meaningful with ssl"),
-            ({**here, "ssl_shutdown_timeout": 1}, ValueError, "ssl_shutdown_timeout is only meaningful with ssl"),
-        ]
-        for kwargs, exc_type, message in cases:
-            with pytest.raises(exc_type) as info:
-                loop.run_until_complete(loop.create_server(asyncio.Protocol, **kwargs))
-            assert str(info.value) == message, kwargs
+    here = {"host": "127.0.0.1", "port": 0}
+    with sock, dgram:
+        check_argument_errors(
+            loop,
+            loop.create_server,
+            [
+                ({**here, "ssl": True}, TypeError, "ssl argument must be an SSLContext or None"),
+                ({**here, "sock": sock}, ValueError, "host/port and sock can not be specified at the same time"),
+                ({}, ValueError, "Neither host/port nor sock were specified"),
+                ({"sock": dgram}, ValueError, f"A Stream Socket was expected, got {dgram!r}"),
+                ({**here, "ssl_handshake_timeout": 1}, ValueError, "ssl_handshake_timeout is only meaningful with ssl"),
+                ({**here, "ssl_shutdown_timeout": 1}, ValueError, "ssl_shutdown_timeout is only meaningful with ssl"),
+            ],
+        )
         assert sock.fileno() >= 0 and dgram.fileno() >= 0  # not closed by the failed calls
-    finally:
-        sock.close()
-        dgram.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -769,8 +627,7 @@ def test_create_unix_server_on_a_path(loop, sock_dir, path_type):
     conns = Conns(loop)
 
     async def main():
-        server = await loop.create_unix_server(conns, path_type(path))
-        try:
+        async with conns.serving(loop.create_unix_server, path_type(path)) as server:
             assert server.is_serving()
             (sock,) = server.sockets
             assert isinstance(sock, asyncio.trsock.TransportSocket)
@@ -778,15 +635,9 @@ def test_create_unix_server_on_a_path(loop, sock_dir, path_type):
             assert sock.getsockname() == path
             assert stat.S_ISSOCK(os.stat(path).st_mode)
             assert await client_round_trip(loop, path) == b"ping"
-            transport, client = await loop.create_unix_connection(lambda: Recorder(loop), path)
-            transport.write(b"proto")
-            assert await client.wait_data(5) == b"proto"
-            transport.close()
-            await client.lost
-        finally:
-            conns.abort_all()
-            await conns.settle()
-            await close_server(server)
+            async with connected(loop.create_unix_connection(lambda: Recorder(loop), path)) as (transport, client):
+                transport.write(b"proto")
+                assert await client.wait_data(5) == b"proto"
         # Python 3.11 leaves the socket file behind (3.13 removes it on close).
         assert os.path.exists(path) == (sys.version_info < (3, 13))
 
@@ -800,21 +651,14 @@ def test_create_unix_server_with_sock(loop, sock_dir):
     conns = Conns(loop)
 
     async def main():
-        server = await loop.create_unix_server(conns, sock=sock, backlog=7)
-        try:
+        async with conns.serving(loop.create_unix_server, sock=sock, backlog=7) as server:
             assert sock.gettimeout() == 0
             assert server.sockets[0].fileno() == sock.fileno()
             assert await client_round_trip(loop, path) == b"ping"
-        finally:
-            conns.abort_all()
-            await conns.settle()
-            await close_server(server)
         assert sock.fileno() == -1
 
-    try:
+    with sock:
         loop.run_until_complete(main())
-    finally:
-        sock.close()
 
 
 def test_create_unix_server_start_serving_false(loop, sock_dir):
@@ -822,16 +666,11 @@ def test_create_unix_server_start_serving_false(loop, sock_dir):
     conns = Conns(loop)
 
     async def main():
-        server = await loop.create_unix_server(conns, path, start_serving=False)
-        try:
+        async with conns.serving(loop.create_unix_server, path, start_serving=False) as server:
             assert not server.is_serving()
             assert refuses(path, socket.AF_UNIX)
             await server.start_serving()
             assert await client_round_trip(loop, path) == b"ping"
-        finally:
-            conns.abort_all()
-            await conns.settle()
-            await close_server(server)
 
     loop.run_until_complete(main())
 
@@ -841,14 +680,9 @@ def test_create_unix_server_on_an_abstract_name(loop):
     conns = Conns(loop)
 
     async def main():
-        server = await loop.create_unix_server(conns, name)
-        try:
+        async with conns.serving(loop.create_unix_server, name) as server:
             assert server.sockets[0].getsockname() == name.encode()
             assert await client_round_trip(loop, name) == b"ping"
-        finally:
-            conns.abort_all()
-            await conns.settle()
-            await close_server(server)
 
     loop.run_until_complete(main())
 
@@ -862,13 +696,8 @@ def test_create_unix_server_removes_a_stale_socket_file(loop, sock_dir):
     conns = Conns(loop)
 
     async def main():
-        server = await loop.create_unix_server(conns, path)
-        try:
+        async with conns.serving(loop.create_unix_server, path):
             assert await client_round_trip(loop, path) == b"ping"
-        finally:
-            conns.abort_all()
-            await conns.settle()
-            await close_server(server)
 
     loop.run_until_complete(main())
 
@@ -880,14 +709,11 @@ def test_create_unix_server_replaces_a_live_server_socket_file(loop, sock_dir):
 
     async def main():
         first = await loop.create_unix_server(asyncio.Protocol, path)
-        second = await loop.create_unix_server(conns, path)
         try:
-            assert await client_round_trip(loop, path) == b"ping"
-            assert len(conns.protocols) == 1
+            async with conns.serving(loop.create_unix_server, path):
+                assert await client_round_trip(loop, path) == b"ping"
+                assert len(conns.protocols) == 1
         finally:
-            conns.abort_all()
-            await conns.settle()
-            await close_server(second)
             await close_server(first)
 
     loop.run_until_complete(main())
@@ -897,11 +723,14 @@ def test_create_unix_server_on_a_path_taken_by_another_file(loop, sock_dir):
     path = os.path.join(sock_dir, "regular")
     with open(path, "w") as f:
         f.write("not a socket")
-    with pytest.raises(OSError) as info:
-        loop.run_until_complete(loop.create_unix_server(asyncio.Protocol, path))
-    assert type(info.value) is OSError
-    assert info.value.errno == errno.EADDRINUSE
-    assert str(info.value) == f"[Errno {errno.EADDRINUSE}] Address {path!r} is already in use"
+    error = run_raises(
+        loop,
+        loop.create_unix_server(asyncio.Protocol, path),
+        OSError,
+        f"[Errno {errno.EADDRINUSE}] Address {path!r} is already in use",
+    )
+    assert type(error) is OSError
+    assert error.errno == errno.EADDRINUSE
     with open(path) as f:
         assert f.read() == "not a socket"  # left alone
 
@@ -916,23 +745,20 @@ def test_create_unix_server_argument_errors(loop, sock_dir):
     path = os.path.join(sock_dir, "args.sock")
     unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     inet = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        cases = [
-            ({"path": path, "ssl": True}, TypeError, "ssl argument must be an SSLContext or None"),
-            ({"path": path, "sock": unix}, ValueError, "path and sock can not be specified at the same time"),
-            ({}, ValueError, "path was not specified, and no sock specified"),
-            ({"sock": inet}, ValueError, f"A UNIX Domain Stream Socket was expected, got {inet!r}"),
-            (
-                {"path": path, "ssl_handshake_timeout": 1},
-                ValueError,
-                "ssl_handshake_timeout is only meaningful with ssl",
-            ),
-        ]
-        for kwargs, exc_type, message in cases:
-            with pytest.raises(exc_type) as info:
-                loop.run_until_complete(loop.create_unix_server(asyncio.Protocol, **kwargs))
-            assert str(info.value) == message, kwargs
+    with unix, inet:
+        check_argument_errors(
+            loop,
+            loop.create_unix_server,
+            [
+                ({"path": path, "ssl": True}, TypeError, "ssl argument must be an SSLContext or None"),
+                ({"path": path, "sock": unix}, ValueError, "path and sock can not be specified at the same time"),
+                ({}, ValueError, "path was not specified, and no sock specified"),
+                ({"sock": inet}, ValueError, f"A UNIX Domain Stream Socket was expected, got {inet!r}"),
+                (
+                    {"path": path, "ssl_handshake_timeout": 1},
+                    ValueError,
+                    "ssl_handshake_timeout is only meaningful with ssl",
+                ),
+            ],
+        )
         assert not os.path.exists(path)
-    finally:
-        unix.close()
-        inet.close()

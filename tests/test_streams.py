@@ -9,32 +9,28 @@ write_eof; close and wait_closed; drain after close; get_extra_info; an exceptio
 connection handler; many concurrent clients.
 
 Runs on stock asyncio and on oxloop (see conftest.py); asyncio's behaviour is the expectation.
+A test taking ``kind`` runs over TCP and over Unix sockets (helpers: net_helpers.py).
 """
 
 import asyncio
+import contextlib
 import hashlib
 import os
-import shutil
 import socket
-import tempfile
 
 import pytest
 
-KINDS = ["tcp", "unix"]
-MiB = 1024 * 1024
+import net_helpers
+from net_helpers import MiB, close_server, poll_rounds, record_errors
+
+# Fixtures from net_helpers (pytest finds fixtures among a module's names).
+kind = net_helpers.kind
+sock_dir = net_helpers.sock_dir
 
 
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def sock_dir():
-    """A short directory for Unix socket paths (pytest's tmp_path can exceed their 107 bytes)."""
-    path = tempfile.mkdtemp(prefix="oxl-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class Handlers:
@@ -95,28 +91,32 @@ async def close_writer(writer):
         pass
 
 
+@contextlib.asynccontextmanager
+async def opened(kind, address, **kwargs):
+    """``async with opened(kind, address) as (reader, writer)``: open_connection (or
+    open_unix_connection); the writer is closed at exit."""
+    reader, writer = await open_(kind, address, **kwargs)
+    try:
+        yield reader, writer
+    finally:
+        await close_writer(writer)
+
+
 async def echo(reader, writer):
     while data := await reader.read(65536):
         writer.write(data)
         await writer.drain()
 
 
-async def poll_rounds(loop, n=2):
-    """Let the loop poll for I/O ``n`` times: I/O that was ready before has been handled after."""
-    a, b = socket.socketpair()
-    try:
-        for _ in range(n):
-            ready = loop.create_future()
-            loop.add_reader(b.fileno(), lambda: ready.done() or ready.set_result(None))
-            a.send(b"x")
-            try:
-                await ready
-            finally:
-                loop.remove_reader(b.fileno())
-            b.recv(1)
-    finally:
-        a.close()
-        b.close()
+def sending(*pieces):
+    """A connection handler that writes ``pieces``, drains, and returns (closing the writer)."""
+
+    async def handler(reader, writer):
+        for piece in pieces:
+            writer.write(piece)
+        await writer.drain()
+
+    return handler
 
 
 def run(loop, kind, sock_dir, handler, client, connections=1, **server_kwargs):
@@ -132,8 +132,7 @@ def run(loop, kind, sock_dir, handler, client, connections=1, **server_kwargs):
             try:
                 await asyncio.wait_for(handlers.join(connections), 10)
             finally:
-                server.close()
-                await server.wait_closed()
+                await close_server(server)
 
     return loop.run_until_complete(main())
 
@@ -143,32 +142,22 @@ def run(loop, kind, sock_dir, handler, client, connections=1, **server_kwargs):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_echo(loop, kind, sock_dir):
     async def client(address):
-        reader, writer = await open_(kind, address)
-        try:
+        async with opened(kind, address) as (reader, writer):
             writer.write(b"hello ")
             writer.writelines([b"stream", b"s\n"])
             await writer.drain()
             return await reader.readline()
-        finally:
-            await close_writer(writer)
 
     assert run(loop, kind, sock_dir, echo, client) == b"hello streams\n"
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_read_methods(loop, kind, sock_dir):
-    async def handler(reader, writer):
-        writer.write(b"line one\nline two\r\n0123456789")
-        writer.write(b"<record>END")
-        writer.write(b"tail without newline")
-        await writer.drain()
+    handler = sending(b"line one\nline two\r\n0123456789", b"<record>END", b"tail without newline")
 
     async def client(address):
-        reader, writer = await open_(kind, address)
-        try:
+        async with opened(kind, address) as (reader, writer):
             assert not reader.at_eof()
             assert await reader.readline() == b"line one\n"
             assert await reader.readline() == b"line two\r\n"
@@ -182,13 +171,10 @@ def test_read_methods(loop, kind, sock_dir):
             assert await reader.readline() == b""
             assert await reader.read() == b""
             assert await reader.readexactly(0) == b""
-        finally:
-            await close_writer(writer)
 
     run(loop, kind, sock_dir, handler, client)
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_readuntil_with_a_separator_split_across_writes(loop, kind, sock_dir):
     async def handler(reader, writer):
         for piece in (b"first--", b"--", b"second---", b"-"):
@@ -196,89 +182,56 @@ def test_readuntil_with_a_separator_split_across_writes(loop, kind, sock_dir):
             await writer.drain()
 
     async def client(address):
-        reader, writer = await open_(kind, address)
-        try:
+        async with opened(kind, address) as (reader, writer):
             received = []
             received.append(await reader.readuntil(b"----"))
             received.append(await reader.readuntil(b"----"))
             return received
-        finally:
-            await close_writer(writer)
 
     assert run(loop, kind, sock_dir, handler, client) == [b"first----", b"second----"]
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_incomplete_read_when_the_peer_closes_early(loop, kind, sock_dir):
-    async def handler(reader, writer):
-        writer.write(b"abcd")
-        await writer.drain()
-
     async def client(address):
-        reader, writer = await open_(kind, address)
-        try:
+        async with opened(kind, address) as (reader, writer):
             with pytest.raises(asyncio.IncompleteReadError) as info:
                 await reader.readexactly(10)
             assert info.value.partial == b"abcd"
             assert info.value.expected == 10
             assert reader.at_eof()
-        finally:
-            await close_writer(writer)
 
-    run(loop, kind, sock_dir, handler, client)
+    run(loop, kind, sock_dir, sending(b"abcd"), client)
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_readuntil_at_end_of_stream(loop, kind, sock_dir):
-    async def handler(reader, writer):
-        writer.write(b"no separator here")
-        await writer.drain()
-
     async def client(address):
-        reader, writer = await open_(kind, address)
-        try:
+        async with opened(kind, address) as (reader, writer):
             with pytest.raises(asyncio.IncompleteReadError) as info:
                 await reader.readuntil(b"\n")
             assert info.value.partial == b"no separator here"
             assert info.value.expected is None
-        finally:
-            await close_writer(writer)
 
-    run(loop, kind, sock_dir, handler, client)
+    run(loop, kind, sock_dir, sending(b"no separator here"), client)
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_reader_limit(loop, kind, sock_dir):
-    async def handler(reader, writer):
-        writer.write(b"x" * 100 + b"\nshort\n")
-        await writer.drain()
-
     async def client(address):
-        reader, writer = await open_(kind, address, limit=10)
-        try:
+        async with opened(kind, address, limit=10) as (reader, writer):
             with pytest.raises(ValueError, match="chunk"):
                 await reader.readline()
             # readline() dropped the oversized line up to and including its separator.
             assert await reader.readline() == b"short\n"
-        finally:
-            await close_writer(writer)
 
-    run(loop, kind, sock_dir, handler, client)
+    run(loop, kind, sock_dir, sending(b"x" * 100 + b"\nshort\n"), client)
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_small_reader_limit_pauses_and_resumes_the_transport(loop, kind, sock_dir):
     # The reader pauses the transport when its buffer exceeds twice its limit and resumes it
     # as it is consumed: everything must arrive, in order.
     data = os.urandom(2 * MiB)
 
-    async def handler(reader, writer):
-        writer.write(data)
-        await writer.drain()
-
     async def client(address):
-        reader, writer = await open_(kind, address, limit=1024)
-        try:
+        async with opened(kind, address, limit=1024) as (reader, writer):
             received = bytearray()
             paused_seen = False
             while len(received) < len(data):
@@ -286,21 +239,17 @@ def test_small_reader_limit_pauses_and_resumes_the_transport(loop, kind, sock_di
                 received += await reader.readexactly(min(4096, len(data) - len(received)))
             assert await reader.read() == b""
             return bytes(received), paused_seen
-        finally:
-            await close_writer(writer)
 
-    received, paused_seen = run(loop, kind, sock_dir, handler, client)
+    received, paused_seen = run(loop, kind, sock_dir, sending(data), client)
     assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
     assert paused_seen
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_large_payload_echo(loop, kind, sock_dir):
     data = os.urandom(8 * MiB)
 
     async def client(address):
-        reader, writer = await open_(kind, address)
-        try:
+        async with opened(kind, address) as (reader, writer):
 
             async def send():
                 for offset in range(0, len(data), MiB):
@@ -311,16 +260,13 @@ def test_large_payload_echo(loop, kind, sock_dir):
             received = await reader.readexactly(len(data))
             await sending
             return received
-        finally:
-            await close_writer(writer)
 
     received = run(loop, kind, sock_dir, echo, client)
     assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_drain_waits_while_the_peer_does_not_read(loop, kind, sock_dir):
-    go = None
+    go = loop.create_future()
 
     async def handler(reader, writer):
         await go
@@ -331,52 +277,44 @@ def test_drain_waits_while_the_peer_does_not_read(loop, kind, sock_dir):
         await writer.drain()
 
     async def client(address):
-        nonlocal go
-        go = loop.create_future()
-        reader, writer = await open_(kind, address)
-        try:
-            transport = writer.transport
-            high = transport.get_write_buffer_limits()[1]
-            sent = 0
-            while transport.get_write_buffer_size() <= high:
-                writer.write(b"d" * MiB)
-                sent += MiB
-                assert sent < 512 * MiB
-            drain = asyncio.ensure_future(writer.drain())
-            await poll_rounds(loop, 3)
-            assert not drain.done()  # flow control engaged
-            go.set_result(None)
-            await drain
-            assert transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[0]
-            writer.write_eof()
-            return sent, int(await reader.read())
-        finally:
-            if not go.done():
+        async with opened(kind, address) as (reader, writer):
+            try:
+                transport = writer.transport
+                high = transport.get_write_buffer_limits()[1]
+                sent = 0
+                while transport.get_write_buffer_size() <= high:
+                    writer.write(b"d" * MiB)
+                    sent += MiB
+                    assert sent < 512 * MiB
+                drain = asyncio.ensure_future(writer.drain())
+                await poll_rounds(loop, 3)
+                assert not drain.done()  # flow control engaged
                 go.set_result(None)
-            await close_writer(writer)
+                await drain
+                assert transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[0]
+                writer.write_eof()
+                return sent, int(await reader.read())
+            finally:
+                if not go.done():
+                    go.set_result(None)
 
     sent, received = run(loop, kind, sock_dir, handler, client)
     assert received == sent
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_drain_returns_at_once_without_buffered_data(loop, kind, sock_dir):
     async def client(address):
-        reader, writer = await open_(kind, address)
-        try:
+        async with opened(kind, address) as (reader, writer):
             writer.write(b"small")
             drain = asyncio.ensure_future(writer.drain())
             await asyncio.sleep(0)
             assert drain.done()
             await drain
             assert await reader.readexactly(5) == b"small"
-        finally:
-            await close_writer(writer)
 
     run(loop, kind, sock_dir, echo, client)
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_write_eof(loop, kind, sock_dir):
     async def handler(reader, writer):
         data = await reader.read()  # until EOF
@@ -384,29 +322,23 @@ def test_write_eof(loop, kind, sock_dir):
         await writer.drain()
 
     async def client(address):
-        reader, writer = await open_(kind, address)
-        try:
+        async with opened(kind, address) as (reader, writer):
             assert writer.can_write_eof()
             writer.write(b"z" * 12345)
             writer.write_eof()
             assert not writer.is_closing()
             return await reader.read()
-        finally:
-            await close_writer(writer)
 
     assert run(loop, kind, sock_dir, handler, client) == b"got 12345 bytes"
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_close_and_wait_closed(loop, kind, sock_dir):
-    server_saw = None
+    server_saw = loop.create_future()
 
     async def handler(reader, writer):
         server_saw.set_result(await reader.read())
 
     async def client(address):
-        nonlocal server_saw
-        server_saw = loop.create_future()
         reader, writer = await open_(kind, address)
         writer.write(b"bye")
         assert not writer.is_closing()
@@ -420,7 +352,6 @@ def test_close_and_wait_closed(loop, kind, sock_dir):
     run(loop, kind, sock_dir, handler, client)
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_drain_after_close_raises_connection_reset(loop, kind, sock_dir):
     async def client(address):
         reader, writer = await open_(kind, address)
@@ -432,26 +363,17 @@ def test_drain_after_close_raises_connection_reset(loop, kind, sock_dir):
     run(loop, kind, sock_dir, echo, client)
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_at_eof_after_the_peer_closes(loop, kind, sock_dir):
-    async def handler(reader, writer):
-        writer.write(b"data")
-        await writer.drain()
-
     async def client(address):
-        reader, writer = await open_(kind, address)
-        try:
+        async with opened(kind, address) as (reader, writer):
             assert not reader.at_eof()
             assert await reader.readexactly(4) == b"data"
             assert await reader.read(10) == b""
             assert reader.at_eof()
-        finally:
-            await close_writer(writer)
 
-    run(loop, kind, sock_dir, handler, client)
+    run(loop, kind, sock_dir, sending(b"data"), client)
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_get_extra_info(loop, kind, sock_dir):
     seen = {}
 
@@ -462,68 +384,51 @@ def test_get_extra_info(loop, kind, sock_dir):
         await reader.read()
 
     async def client(address):
-        reader, writer = await open_(kind, address)
-        try:
+        async with opened(kind, address) as (reader, writer):
             assert writer.get_extra_info("peername") == address
             assert isinstance(writer.get_extra_info("socket"), asyncio.trsock.TransportSocket)
             assert writer.get_extra_info("missing", "default") == "default"
             return writer.get_extra_info("sockname")
-        finally:
-            await close_writer(writer)
 
     sockname = run(loop, kind, sock_dir, handler, client)
     assert seen["peername"] == sockname
     assert isinstance(seen["socket"], asyncio.trsock.TransportSocket)
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_exception_in_the_connection_handler(loop, kind, sock_dir):
-    errors = []
-    loop.set_exception_handler(lambda loop, context: errors.append(context))
+    errors = record_errors(loop)
+    tasks = []
 
     async def handler(reader, writer):
+        tasks.append(asyncio.current_task())
         await reader.readexactly(2)
         raise ZeroDivisionError("handler failed")
 
-    tasks = []
-
-    async def tracked(reader, writer):
-        tasks.append(asyncio.current_task())
-        await handler(reader, writer)
-
     async def main():
-        server, address = await start(loop, kind, sock_dir, tracked)
+        server, address = await start(loop, kind, sock_dir, handler)
         try:
-            reader, writer = await open_(kind, address)
-            try:
+            async with opened(kind, address) as (reader, writer):
                 writer.write(b"go")
                 # asyncio reports the exception and closes the connection.
                 assert await reader.read() == b""
-            finally:
-                await close_writer(writer)
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
-            server.close()
-            await server.wait_closed()
+            await close_server(server)
 
     loop.run_until_complete(main())
     assert [e["message"] for e in errors] == ["Unhandled exception in client_connected_cb"]
     assert isinstance(errors[0]["exception"], ZeroDivisionError)
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_many_concurrent_clients(loop, kind, sock_dir):
     n = 100
 
     async def one(address, i):
-        reader, writer = await open_(kind, address)
-        try:
+        async with opened(kind, address) as (reader, writer):
             message = f"{i:04d}:".encode() * 50 + b"\n"
             writer.write(message)
             await writer.drain()
             return await reader.readline() == message
-        finally:
-            await close_writer(writer)
 
     async def client(address):
         return await asyncio.gather(*(one(address, i) for i in range(n)))
@@ -532,13 +437,10 @@ def test_many_concurrent_clients(loop, kind, sock_dir):
 
 
 def test_open_connection_refused(loop):
-    closed_port = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    closed_port.bind(("127.0.0.1", 0))
-    try:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as closed_port:
+        closed_port.bind(("127.0.0.1", 0))
         with pytest.raises(ConnectionRefusedError):
             loop.run_until_complete(asyncio.open_connection(*closed_port.getsockname()))
-    finally:
-        closed_port.close()
 
 
 def test_open_connection_with_sock(loop, pair):

@@ -17,6 +17,8 @@ Most tests drive the transport under test against a plain socket peer (accepted 
 ``sock_accept``), so that the peer's reads, EOFs and resets are under the test's control.
 
 Runs on stock asyncio and on oxloop (see conftest.py); asyncio's behaviour is the expectation.
+A test taking ``kind`` runs over TCP and over Unix sockets; the helpers shared with the other
+network tests (``raw_peer``, ``Recorder``...) are in net_helpers.py.
 One documented difference: oxloop sets TCP_NODELAY on every TCP stream transport, asyncio only
 on sockets whose ``proto`` is IPPROTO_TCP (see test_tcp_nodelay_on_an_adopted_proto_0_socket).
 """
@@ -28,105 +30,40 @@ import gc
 import hashlib
 import os
 import pathlib
-import shutil
 import socket
 import struct
 import sys
-import tempfile
 import uuid
 
 import pytest
 
-KINDS = ["tcp", "unix"]
-MiB = 1024 * 1024
-CLEANUP_TIMEOUT = 5
+import net_helpers
+from net_helpers import (
+    MiB,
+    Echo,
+    Recorder,
+    connect,
+    connected,
+    fill_write_buffer,
+    make_listener,
+    peer_of,
+    poll_rounds,
+    raw_peer,
+    record_errors,
+    recv_exactly,
+    recv_to_eof,
+    run_raises,
+    settle,
+    wait_readable,
+)
 
+# Fixtures from net_helpers (pytest finds fixtures among a module's names).
+kind = net_helpers.kind
+sock_dir = net_helpers.sock_dir
 
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def sock_dir():
-    """A short directory for Unix socket paths (pytest's tmp_path can exceed their 107 bytes)."""
-    path = tempfile.mkdtemp(prefix="oxl-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-class Recorder(asyncio.Protocol):
-    """A protocol that records every call the transport makes."""
-
-    def __init__(self, loop, eof_result=None):
-        self.loop = loop
-        self.eof_result = eof_result
-        self.transport = None
-        self.events = []
-        self.data = bytearray()
-        self.data_types = set()
-        self.lost_calls = []
-        self.pause_calls = 0
-        self.resume_calls = 0
-        self.size_at_pause = None
-        self.size_at_resume = None
-        self.made = loop.create_future()
-        self.eof = loop.create_future()
-        self.lost = loop.create_future()
-        self.resumed = loop.create_future()
-        self._waiters = []
-
-    def connection_made(self, transport):
-        self.events.append("made")
-        self.is_transport = isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.made.set_result(transport)
-
-    def data_received(self, data):
-        self.events.append("data")
-        self.data_types.add(type(data))
-        self.data += data
-        self._wake()
-
-    def eof_received(self):
-        self.events.append("eof")
-        self.eof.set_result(None)
-        return self.eof_result
-
-    def connection_lost(self, exc):
-        self.events.append("lost")
-        self.lost_calls.append(exc)
-        if not self.lost.done():
-            self.lost.set_result(exc)
-        self._wake()
-
-    def pause_writing(self):
-        self.events.append("pause")
-        self.pause_calls += 1
-        self.size_at_pause = self.transport.get_write_buffer_size()
-
-    def resume_writing(self):
-        self.events.append("resume")
-        self.resume_calls += 1
-        self.size_at_resume = self.transport.get_write_buffer_size()
-        if not self.resumed.done():
-            self.resumed.set_result(None)
-
-    def _wake(self):
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def wait_data(self, size):
-        """Wait until ``size`` bytes were received; fails if the connection is lost first."""
-        while len(self.data) < size:
-            if self.lost.done():
-                raise AssertionError(f"connection lost after {len(self.data)} of {size} bytes")
-            waiter = self.loop.create_future()
-            self._waiters.append(waiter)
-            await waiter
-        return bytes(self.data)
 
 
 class BufferedRecorder(asyncio.BufferedProtocol):
@@ -176,25 +113,6 @@ class BufferedRecorder(asyncio.BufferedProtocol):
             await self._waiter
 
 
-async def recv_exactly(loop, sock, size):
-    out = bytearray()
-    while len(out) < size:
-        chunk = await loop.sock_recv(sock, min(size - len(out), 256 * 1024))
-        if not chunk:
-            raise AssertionError(f"end of stream after {len(out)} of {size} bytes")
-        out += chunk
-    return bytes(out)
-
-
-async def recv_to_eof(loop, sock):
-    out = bytearray()
-    while True:
-        chunk = await loop.sock_recv(sock, 256 * 1024)
-        if not chunk:
-            return bytes(out)
-        out += chunk
-
-
 async def recv_end(loop, sock):
     """Read until the end of the stream; "reset" if it ends with a reset (a socket closed with
     unread data resets the connection)."""
@@ -204,109 +122,12 @@ async def recv_end(loop, sock):
         return "reset"
 
 
-async def wait_readable(loop, sock):
-    """Wait until ``sock`` is readable (through the loop's poller)."""
-    ready = loop.create_future()
-    loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
-    try:
-        await ready
-    finally:
-        loop.remove_reader(sock.fileno())
-
-
-async def poll_rounds(loop, n=2):
-    """Let the loop poll for I/O ``n`` times: I/O that was ready before has been handled after."""
-    a, b = socket.socketpair()
-    try:
-        for _ in range(n):
-            a.send(b"x")
-            await wait_readable(loop, b)
-            b.recv(1)
-    finally:
-        a.close()
-        b.close()
-
-
-def reset_on_close(sock):
-    """Make ``close()`` of a TCP socket send RST (SO_LINGER with a zero timeout)."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-
-
-def make_listener(kind, sock_dir, rcvbuf=None):
-    """A listening, non-blocking TCP (127.0.0.1) or Unix socket."""
+def close_with_reset(sock, kind):
+    """Close ``sock``, which has unread data, so that the other end sees a reset (for TCP,
+    SO_LINGER with a zero timeout makes sure the close is abortive)."""
     if kind == "tcp":
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        address = ("127.0.0.1", 0)
-    else:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        address = os.path.join(sock_dir, f"{uuid.uuid4().hex[:8]}.sock")
-    if rcvbuf is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # inherited by accepted sockets
-    sock.bind(address)
-    sock.listen(16)
-    sock.setblocking(False)
-    return sock
-
-
-async def connect(loop, kind, factory, address, **kwargs):
-    if kind == "tcp":
-        return await loop.create_connection(factory, *address, **kwargs)
-    return await loop.create_unix_connection(factory, address, **kwargs)
-
-
-class Conn:
-    """A transport under test, its protocol and the plain socket at the other end."""
-
-    def __init__(self, transport, protocol, peer):
-        self.transport = transport
-        self.protocol = protocol  # awaited (``.lost``) at clean-up: keep it current
-        self.peer = peer
-
-
-async def _settle(*futures):
-    futures = [f for f in futures if f is not None]
-    if futures:
-        await asyncio.wait(futures, timeout=CLEANUP_TIMEOUT)
-
-
-@contextlib.asynccontextmanager
-async def accepting(loop, listener):
-    """A task accepting one connection on ``listener``; the accepted socket (if any) is
-    closed at exit, and the task cancelled if it is still waiting."""
-    task = asyncio.ensure_future(loop.sock_accept(listener))
-    try:
-        yield task
-    finally:
-        if not task.done():
-            task.cancel()
-        result = (await asyncio.gather(task, return_exceptions=True))[0]
-        if isinstance(result, tuple):
-            result[0].close()
-
-
-@contextlib.asynccontextmanager
-async def raw_peer(loop, kind, sock_dir, factory=None, rcvbuf=None):
-    """Connect a transport (create_connection or create_unix_connection) to a plain socket;
-    at exit, abort the transport, wait for connection_lost and close the sockets."""
-    listener = make_listener(kind, sock_dir, rcvbuf)
-    try:
-        async with accepting(loop, listener) as accept:
-            transport, protocol = await connect(
-                loop, kind, factory or (lambda: Recorder(loop)), listener.getsockname()
-            )
-            conn = Conn(transport, protocol, None)
-            try:
-                conn.peer, _ = await accept
-                yield conn
-            finally:
-                lost = conn.protocol.lost
-                # Not after connection_lost: asyncio's abort() then fails (AttributeError)
-                # when a close() had flushed the buffer first.
-                if not lost.done():
-                    transport.abort()
-                await _settle(lost)
-    finally:
-        listener.close()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 @contextlib.asynccontextmanager
@@ -339,26 +160,9 @@ async def served(loop, kind, sock_dir, server_factory, client_factory=None):
             transport.abort()
         if server_protocol is not None and server_protocol.made.done() and not server_protocol.lost.done():
             server_protocol.made.result().abort()
-        await _settle(getattr(protocol, "lost", None), getattr(server_protocol, "lost", None))
+        await settle(getattr(protocol, "lost", None), getattr(server_protocol, "lost", None))
         server.close()
         await server.wait_closed()
-
-
-async def fill_write_buffer(transport, chunk=MiB, limit=256 * MiB):
-    """Write until the transport buffers data (the peer does not read); return what was written."""
-    written = bytearray()
-    while transport.get_write_buffer_size() == 0:
-        assert len(written) < limit, "the transport never buffered anything"
-        data = os.urandom(16) * (chunk // 16)
-        transport.write(data)
-        written += data
-    return bytes(written)
-
-
-class Echo(Recorder):
-    def data_received(self, data):
-        super().data_received(data)
-        self.transport.write(data)
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,7 +170,6 @@ class Echo(Recorder):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_round_trip_through_a_server(loop, kind, sock_dir):
     async def main():
         async with served(loop, kind, sock_dir, lambda: Echo(loop)) as (transport, client, server):
@@ -380,7 +183,6 @@ def test_round_trip_through_a_server(loop, kind, sock_dir):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_connection_made_has_run_when_create_connection_returns(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -396,7 +198,6 @@ def test_connection_made_has_run_when_create_connection_returns(loop, kind, sock
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_server_side_transport_is_a_transport_instance(loop, kind, sock_dir):
     async def main():
         async with served(loop, kind, sock_dir, lambda: Recorder(loop)) as (_, client, server):
@@ -407,7 +208,6 @@ def test_server_side_transport_is_a_transport_instance(loop, kind, sock_dir):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_data_received_gets_bytes_in_order(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -421,7 +221,6 @@ def test_data_received_gets_bytes_in_order(loop, kind, sock_dir):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("size", [7, 64 * 1024])
 def test_buffered_protocol_receives_into_its_buffer(loop, kind, sock_dir, size):
     data = os.urandom(20 * size if size < 1024 else 200 * 1024)
@@ -445,10 +244,8 @@ def test_buffered_protocol_receives_into_its_buffer(loop, kind, sock_dir, size):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_get_buffer_returning_an_empty_buffer_is_a_fatal_error(loop, kind, sock_dir):
-    errors = []
-    loop.set_exception_handler(lambda loop, context: errors.append(context))
+    errors = record_errors(loop)
 
     async def main():
         async with raw_peer(loop, kind, sock_dir, lambda: BufferedRecorder(loop, 0)) as conn:
@@ -465,10 +262,8 @@ def test_get_buffer_returning_an_empty_buffer_is_a_fatal_error(loop, kind, sock_
     assert isinstance(errors[0]["exception"], RuntimeError)
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_data_received_raising_is_a_fatal_error(loop, kind, sock_dir):
-    errors = []
-    loop.set_exception_handler(lambda loop, context: errors.append(context))
+    errors = record_errors(loop)
 
     class Failing(Recorder):
         def data_received(self, data):
@@ -493,7 +288,6 @@ def test_data_received_raising_is_a_fatal_error(loop, kind, sock_dir):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("eof_result", [None, False])
 def test_eof_received_returning_false_closes_the_transport(loop, kind, sock_dir, eof_result):
     async def main():
@@ -510,7 +304,6 @@ def test_eof_received_returning_false_closes_the_transport(loop, kind, sock_dir,
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_eof_received_returning_true_keeps_the_transport_open_for_writing(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir, lambda: Recorder(loop, eof_result=True)) as conn:
@@ -529,7 +322,6 @@ def test_eof_received_returning_true_keeps_the_transport_open_for_writing(loop, 
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_write_eof_half_closes(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -550,7 +342,6 @@ def test_write_eof_half_closes(loop, kind, sock_dir):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_write_eof_is_sent_after_the_buffered_data(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -564,7 +355,6 @@ def test_write_eof_is_sent_after_the_buffered_data(loop, kind, sock_dir):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_write_after_write_eof_raises(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -578,7 +368,6 @@ def test_write_after_write_eof_raises(loop, kind, sock_dir):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_half_close_round_trip_through_a_server(loop, kind, sock_dir):
     class CountThenClose(Recorder):
         """Counts the bytes until EOF, answers with the count, then closes."""
@@ -606,7 +395,6 @@ def test_half_close_round_trip_through_a_server(loop, kind, sock_dir):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("type_", [bytes, bytearray, memoryview])
 def test_write_accepts_bytes_like_objects(loop, kind, sock_dir, type_):
     async def main():
@@ -619,7 +407,6 @@ def test_write_accepts_bytes_like_objects(loop, kind, sock_dir, type_):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_write_of_a_memoryview_slice(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -630,7 +417,6 @@ def test_write_of_a_memoryview_slice(loop, kind, sock_dir):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_write_rejects_str_and_empty_writes_do_nothing(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -645,7 +431,6 @@ def test_write_rejects_str_and_empty_writes_do_nothing(loop, kind, sock_dir):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_small_write_is_sent_at_once(loop, loop_kind, kind, sock_dir):
     # asyncio tries send() inside write(): with room in the socket buffer nothing is buffered.
     # oxloop sends what one iteration wrote together, at the end of the iteration (a
@@ -662,7 +447,6 @@ def test_small_write_is_sent_at_once(loop, loop_kind, kind, sock_dir):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_mutating_a_buffer_after_write_does_not_change_what_is_sent(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -685,7 +469,6 @@ def test_mutating_a_buffer_after_write_does_not_change_what_is_sent(loop, kind, 
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_large_write_arrives_complete_and_in_order(loop, kind, sock_dir):
     data = os.urandom(8 * MiB)
 
@@ -700,7 +483,6 @@ def test_large_write_arrives_complete_and_in_order(loop, kind, sock_dir):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_large_transfer_to_data_received(loop, kind, sock_dir):
     data = os.urandom(8 * MiB)
 
@@ -715,7 +497,6 @@ def test_large_transfer_to_data_received(loop, kind, sock_dir):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_large_echo_through_a_server_in_both_directions(loop, kind, sock_dir):
     data = os.urandom(4 * MiB)
 
@@ -730,7 +511,6 @@ def test_large_echo_through_a_server_in_both_directions(loop, kind, sock_dir):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_writes_made_in_one_callback_arrive_in_order(loop, kind, sock_dir):
     pieces = []
     for i in range(3000):
@@ -766,7 +546,6 @@ def test_writes_made_in_one_callback_arrive_in_order(loop, kind, sock_dir):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_default_write_buffer_limits(loop, kind, sock_dir):
     async def main():
         async with served(loop, kind, sock_dir, lambda: Recorder(loop)) as (transport, _, server):
@@ -821,7 +600,6 @@ def test_set_write_buffer_limits_errors(loop, sock_dir, kwargs, message):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_pause_and_resume_writing_follow_the_peer(loop, kind, sock_dir):
     data = os.urandom(16) * (16 * MiB // 16)
 
@@ -848,7 +626,6 @@ def test_pause_and_resume_writing_follow_the_peer(loop, kind, sock_dir):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_set_write_buffer_limits_pauses_at_once_when_over_the_new_mark(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir, rcvbuf=64 * 1024) as conn:
@@ -870,7 +647,6 @@ def test_set_write_buffer_limits_pauses_at_once_when_over_the_new_mark(loop, kin
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_pause_writing_at_a_zero_high_mark(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir, rcvbuf=64 * 1024) as conn:
@@ -892,7 +668,6 @@ def test_pause_writing_at_a_zero_high_mark(loop, kind, sock_dir):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_pause_reading_stops_delivery_until_resume_reading(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -923,7 +698,6 @@ def test_pause_reading_stops_delivery_until_resume_reading(loop, kind, sock_dir)
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_pause_and_resume_reading_are_no_ops_after_close(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -943,7 +717,6 @@ def test_pause_and_resume_reading_are_no_ops_after_close(loop, kind, sock_dir):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_writing_works_while_reading_is_paused(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -959,7 +732,6 @@ def test_writing_works_while_reading_is_paused(loop, kind, sock_dir):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_close_calls_connection_lost_later_and_once(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -981,7 +753,6 @@ def test_close_calls_connection_lost_later_and_once(loop, kind, sock_dir):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_close_flushes_buffered_data_then_calls_connection_lost(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -1001,12 +772,14 @@ def test_close_flushes_buffered_data_then_calls_connection_lost(loop, kind, sock
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_abort_discards_buffered_data(loop, kind, sock_dir):
+@pytest.mark.parametrize("close_first", [False, True], ids=["abort", "abort-while-close-is-flushing"])
+def test_abort_discards_buffered_data(loop, kind, sock_dir, close_first):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
             transport, protocol = conn.transport, conn.protocol
             data = await fill_write_buffer(transport)
+            if close_first:
+                transport.close()
             transport.abort()
             assert transport.is_closing()
             assert protocol.lost_calls == []  # never from inside abort()
@@ -1022,24 +795,6 @@ def test_abort_discards_buffered_data(loop, kind, sock_dir):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_abort_while_close_is_flushing(loop, kind, sock_dir):
-    async def main():
-        async with raw_peer(loop, kind, sock_dir) as conn:
-            transport, protocol = conn.transport, conn.protocol
-            data = await fill_write_buffer(transport)
-            transport.close()
-            transport.abort()
-            assert await protocol.lost is None
-            received = await recv_to_eof(loop, conn.peer)
-            assert len(received) < len(data)
-            await poll_rounds(loop)
-            assert protocol.lost_calls == [None]
-
-    loop.run_until_complete(main())
-
-
-@pytest.mark.parametrize("kind", KINDS)
 def test_writes_after_close_are_dropped(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -1058,16 +813,21 @@ def test_writes_after_close_are_dropped(loop, kind, sock_dir):
 
 
 async def reset_peer(loop, conn, kind):
-    """Close the peer so that the transport sees a reset: unread data (and, for TCP,
-    SO_LINGER 0) make the peer's close abortive."""
+    """Close the peer so that the transport sees a reset (the peer has unread data)."""
     conn.transport.write(b"unread")
     await wait_readable(loop, conn.peer)
-    if kind == "tcp":
-        reset_on_close(conn.peer)
-    conn.peer.close()
+    close_with_reset(conn.peer, kind)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+async def close_then_reset_peer(loop, conn, kind):
+    """close() the transport while it is flushing a full buffer, then reset the peer (it has
+    unread data)."""
+    await fill_write_buffer(conn.transport)
+    await wait_readable(loop, conn.peer)
+    conn.transport.close()
+    close_with_reset(conn.peer, kind)
+
+
 def test_peer_reset_reaches_connection_lost(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -1088,17 +848,11 @@ def test_peer_reset_reaches_connection_lost(loop, kind, sock_dir):
     # fails the test on unexpected calls).
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_connection_lost_once_when_close_abort_and_a_peer_reset_overlap(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
             transport, protocol = conn.transport, conn.protocol
-            await fill_write_buffer(transport)
-            await wait_readable(loop, conn.peer)
-            transport.close()
-            if kind == "tcp":
-                reset_on_close(conn.peer)
-            conn.peer.close()  # unread data: a reset
+            await close_then_reset_peer(loop, conn, kind)
             transport.abort()
             transport.close()
             assert await protocol.lost is None  # abort() came first
@@ -1108,17 +862,11 @@ def test_connection_lost_once_when_close_abort_and_a_peer_reset_overlap(loop, ki
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_peer_reset_while_close_is_flushing(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
             transport, protocol = conn.transport, conn.protocol
-            await fill_write_buffer(transport)
-            await wait_readable(loop, conn.peer)
-            transport.close()
-            if kind == "tcp":
-                reset_on_close(conn.peer)
-            conn.peer.close()
+            await close_then_reset_peer(loop, conn, kind)
             exc = await protocol.lost
             # The failing send() gives the error: asyncio gets ECONNRESET over TCP and EPIPE
             # over Unix sockets (reading stopped at close()).
@@ -1136,7 +884,6 @@ def test_peer_reset_while_close_is_flushing(loop, kind, sock_dir):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_get_extra_info(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -1160,7 +907,6 @@ def test_get_extra_info(loop, kind, sock_dir):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_get_extra_info_of_accepted_transports(loop, kind, sock_dir):
     async def main():
         async with served(loop, kind, sock_dir, lambda: Recorder(loop)) as (transport, _, server):
@@ -1173,7 +919,6 @@ def test_get_extra_info_of_accepted_transports(loop, kind, sock_dir):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_extra_info_stays_after_close(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -1185,7 +930,6 @@ def test_extra_info_stays_after_close(loop, kind, sock_dir):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_set_protocol_switches_the_receiver(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -1207,7 +951,6 @@ def test_set_protocol_switches_the_receiver(loop, kind, sock_dir):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_set_protocol_to_a_buffered_protocol_and_back(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -1258,22 +1001,13 @@ def test_tcp_nodelay_on_an_adopted_proto_0_socket(loop, loop_kind):
     assert sock.proto == 0
 
     async def main():
-        async with accepting(loop, listener) as accept:
-            sock.setblocking(False)
-            await loop.sock_connect(sock, listener.getsockname())
-            await accept
-            transport, protocol = await loop.create_connection(lambda: Recorder(loop), sock=sock)
-            try:
-                assert nodelay(transport) == expected
-            finally:
-                transport.close()
-                await protocol.lost
+        sock.setblocking(False)
+        await loop.sock_connect(sock, listener.getsockname())
+        async with peer_of(loop, listener, loop.create_connection(lambda: Recorder(loop), sock=sock)) as conn:
+            assert nodelay(conn.transport) == expected
 
-    try:
+    with listener, sock:
         loop.run_until_complete(main())
-    finally:
-        sock.close()
-        listener.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -1291,10 +1025,13 @@ def refusing_address():
 
 
 def test_create_connection_refused(loop, refusing_address):
-    with pytest.raises(ConnectionRefusedError) as info:
-        loop.run_until_complete(loop.create_connection(asyncio.Protocol, *refusing_address))
-    assert info.value.errno == errno.ECONNREFUSED
-    assert str(info.value) == f"[Errno {errno.ECONNREFUSED}] Connect call failed {refusing_address}"
+    error = run_raises(
+        loop,
+        loop.create_connection(asyncio.Protocol, *refusing_address),
+        ConnectionRefusedError,
+        f"[Errno {errno.ECONNREFUSED}] Connect call failed {refusing_address}",
+    )
+    assert error.errno == errno.ECONNREFUSED
 
 
 def test_create_connection_refused_is_an_oserror_in_happy_eyeballs_mode(loop, refusing_address):
@@ -1327,23 +1064,14 @@ def test_create_connection_tries_each_address(loop, options):
     calls = fake_resolver(loop, ["127.0.0.2", "127.0.0.1"])
 
     async def main():
-        async with accepting(loop, listener) as accept:
-            transport, protocol = await loop.create_connection(
-                lambda: Recorder(loop), "several.invalid", port, **options
-            )
-            try:
-                peer, _ = await accept
-                assert transport.get_extra_info("peername") == ("127.0.0.1", port)
-                transport.write(b"hi")
-                assert await recv_exactly(loop, peer, 2) == b"hi"
-            finally:
-                transport.close()
-                await protocol.lost
+        connecting = loop.create_connection(lambda: Recorder(loop), "several.invalid", port, **options)
+        async with peer_of(loop, listener, connecting) as conn:
+            assert conn.transport.get_extra_info("peername") == ("127.0.0.1", port)
+            conn.transport.write(b"hi")
+            assert await recv_exactly(loop, conn.peer, 2) == b"hi"
 
-    try:
+    with listener:
         loop.run_until_complete(main())
-    finally:
-        listener.close()
     assert calls == [("several.invalid", port)]
 
 
@@ -1351,13 +1079,14 @@ def test_create_connection_tries_each_address(loop, options):
 def test_create_connection_every_address_refused(loop, refusing_address, options):
     port = refusing_address[1]
     fake_resolver(loop, ["127.0.0.2", "127.0.0.1"])
-    with pytest.raises(OSError) as info:
-        loop.run_until_complete(loop.create_connection(asyncio.Protocol, "several.invalid", port, **options))
-    assert type(info.value) is OSError
-    assert str(info.value) == (
+    error = run_raises(
+        loop,
+        loop.create_connection(asyncio.Protocol, "several.invalid", port, **options),
+        OSError,
         f"Multiple exceptions: [Errno {errno.ECONNREFUSED}] Connect call failed ('127.0.0.2', {port}), "
-        f"[Errno {errno.ECONNREFUSED}] Connect call failed ('127.0.0.1', {port})"
+        f"[Errno {errno.ECONNREFUSED}] Connect call failed ('127.0.0.1', {port})",
     )
+    assert type(error) is OSError
 
 
 def test_create_connection_all_errors(loop, refusing_address):
@@ -1376,10 +1105,7 @@ def test_create_connection_all_errors(loop, refusing_address):
 
 
 def test_create_connection_empty_resolution(loop):
-    async def getaddrinfo(*args, **kwargs):
-        return []
-
-    loop.getaddrinfo = getaddrinfo
+    fake_resolver(loop, [])
     with pytest.raises(OSError, match=r"^getaddrinfo\(\) returned empty list$"):
         loop.run_until_complete(loop.create_connection(asyncio.Protocol, "nothing.invalid", 80))
 
@@ -1397,37 +1123,28 @@ def test_create_connection_local_addr(loop):
     listener = make_listener("tcp", None)
 
     async def main():
-        async with accepting(loop, listener) as accept:
-            transport, protocol = await loop.create_connection(
-                lambda: Recorder(loop), *listener.getsockname(), local_addr=("127.0.0.2", 0)
-            )
-            try:
-                _, address = await accept
-                assert transport.get_extra_info("sockname")[0] == "127.0.0.2"
-                assert address == transport.get_extra_info("sockname")
-            finally:
-                transport.close()
-                await protocol.lost
+        connecting = loop.create_connection(
+            lambda: Recorder(loop), *listener.getsockname(), local_addr=("127.0.0.2", 0)
+        )
+        async with peer_of(loop, listener, connecting) as conn:
+            assert conn.transport.get_extra_info("sockname")[0] == "127.0.0.2"
+            assert conn.client_address == conn.transport.get_extra_info("sockname")
 
-    try:
+    with listener:
         loop.run_until_complete(main())
-    finally:
-        listener.close()
 
 
 def test_create_connection_local_addr_in_use(loop):
-    listener = make_listener("tcp", None)
-    address = listener.getsockname()
-    try:
-        with pytest.raises(OSError) as info:
-            loop.run_until_complete(loop.create_connection(asyncio.Protocol, *address, local_addr=address))
-        assert info.value.errno == errno.EADDRINUSE
-        assert str(info.value) == (
+    with make_listener("tcp", None) as listener:
+        address = listener.getsockname()
+        error = run_raises(
+            loop,
+            loop.create_connection(asyncio.Protocol, *address, local_addr=address),
+            OSError,
             f"[Errno {errno.EADDRINUSE}] error while attempting to bind on address {address!r}: "
-            "address already in use"
+            "address already in use",
         )
-    finally:
-        listener.close()
+        assert error.errno == errno.EADDRINUSE
 
 
 def test_create_connection_over_ipv6(loop):
@@ -1444,29 +1161,25 @@ def test_create_connection_over_ipv6(loop):
     listener.setblocking(False)
 
     async def main():
-        async with accepting(loop, listener) as accept:
-            transport, protocol = await loop.create_connection(
-                lambda: Recorder(loop), "::1", listener.getsockname()[1]
-            )
-            try:
-                peer, _ = await accept
-                assert transport.get_extra_info("socket").family == socket.AF_INET6
-                assert transport.get_extra_info("peername")[:2] == listener.getsockname()[:2]
-                assert nodelay(transport)
-                peer.sendall(b"v6")
-                assert await protocol.wait_data(2) == b"v6"
-            finally:
-                transport.close()
-                await protocol.lost
+        connecting = loop.create_connection(lambda: Recorder(loop), "::1", listener.getsockname()[1])
+        async with peer_of(loop, listener, connecting) as conn:
+            transport = conn.transport
+            assert transport.get_extra_info("socket").family == socket.AF_INET6
+            assert transport.get_extra_info("peername")[:2] == listener.getsockname()[:2]
+            assert nodelay(transport)
+            conn.peer.sendall(b"v6")
+            assert await conn.protocol.wait_data(2) == b"v6"
 
-    try:
+    with listener:
         loop.run_until_complete(main())
-    finally:
-        listener.close()
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_create_connection_with_sock_adopts_the_socket(loop, kind, sock_dir):
+@pytest.mark.parametrize(
+    "kind, create",
+    [("tcp", "create_connection"), ("unix", "create_connection"), ("unix", "create_unix_connection")],
+    ids=["tcp", "unix", "unix-create_unix_connection"],
+)
+def test_create_connection_with_sock_adopts_the_socket(loop, kind, sock_dir, create):
     listener = make_listener(kind, sock_dir)
     family = socket.AF_INET if kind == "tcp" else socket.AF_UNIX
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -1475,8 +1188,8 @@ def test_create_connection_with_sock_adopts_the_socket(loop, kind, sock_dir):
 
     async def main():
         peer, _ = await loop.sock_accept(listener)
-        try:
-            transport, protocol = await loop.create_connection(lambda: Recorder(loop), sock=sock)
+        with peer:
+            transport, protocol = await getattr(loop, create)(lambda: Recorder(loop), sock=sock)
             assert sock.gettimeout() == 0
             assert transport.get_extra_info("socket").fileno() == fd
             assert transport.get_extra_info("peername") == sock.getpeername()
@@ -1485,15 +1198,13 @@ def test_create_connection_with_sock_adopts_the_socket(loop, kind, sock_dir):
             transport.close()
             assert await protocol.lost is None
             assert sock.fileno() == -1  # closing the transport closed the socket object
-        finally:
-            peer.close()
 
-    try:
+    with listener, sock:
         loop.run_until_complete(main())
         # The fd is free again; whatever reuses it must not be closed by the loop later (or by
         # the transport's finalizer).
         a, b = socket.socketpair()
-        try:
+        with a, b:
             sock.close()
             loop.run_until_complete(asyncio.sleep(0))
             gc.collect()
@@ -1501,12 +1212,6 @@ def test_create_connection_with_sock_adopts_the_socket(loop, kind, sock_dir):
             assert b.recv(10) == b"alive"
             os.fstat(a.fileno())
             os.fstat(b.fileno())
-        finally:
-            a.close()
-            b.close()
-    finally:
-        sock.close()
-        listener.close()
 
 
 @pytest.mark.parametrize(
@@ -1519,32 +1224,33 @@ def test_create_connection_with_sock_adopts_the_socket(loop, kind, sock_dir):
     ],
 )
 def test_create_connection_argument_errors(loop, kwargs, message):
-    with pytest.raises(ValueError) as info:
-        loop.run_until_complete(loop.create_connection(asyncio.Protocol, **kwargs))
-    assert str(info.value) == message
+    run_raises(loop, loop.create_connection(asyncio.Protocol, **kwargs), ValueError, message)
 
 
 def test_create_connection_with_host_and_sock(loop):
-    sock = socket.socket()
-    try:
-        with pytest.raises(ValueError) as info:
-            loop.run_until_complete(loop.create_connection(asyncio.Protocol, "127.0.0.1", 80, sock=sock))
-        assert str(info.value) == "host/port and sock can not be specified at the same time"
+    with socket.socket() as sock:
+        run_raises(
+            loop,
+            loop.create_connection(asyncio.Protocol, "127.0.0.1", 80, sock=sock),
+            ValueError,
+            "host/port and sock can not be specified at the same time",
+        )
         with pytest.raises(ValueError):
             loop.run_until_complete(loop.create_connection(asyncio.Protocol, port=80, sock=sock))
         assert sock.fileno() >= 0  # not closed
-    finally:
-        sock.close()
 
 
-def test_create_connection_with_a_datagram_sock(loop):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        with pytest.raises(ValueError) as info:
-            loop.run_until_complete(loop.create_connection(asyncio.Protocol, sock=sock))
-        assert str(info.value) == f"A Stream Socket was expected, got {sock!r}"
-    finally:
-        sock.close()
+@pytest.mark.parametrize(
+    "adopt",
+    [
+        lambda loop, sock: loop.create_connection(asyncio.Protocol, sock=sock),
+        lambda loop, sock: loop.connect_accepted_socket(asyncio.Protocol, sock),
+    ],
+    ids=["create_connection", "connect_accepted_socket"],
+)
+def test_a_datagram_sock_is_rejected(loop, adopt):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        run_raises(loop, adopt(loop, sock), ValueError, f"A Stream Socket was expected, got {sock!r}")
 
 
 def test_cancelled_create_connection_leaves_nothing_behind(loop):
@@ -1557,10 +1263,8 @@ def test_cancelled_create_connection_leaves_nothing_behind(loop):
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    try:
+    with listener:
         loop.run_until_complete(main())
-    finally:
-        listener.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -1568,59 +1272,42 @@ def test_cancelled_create_connection_leaves_nothing_behind(loop):
 # --------------------------------------------------------------------------------------------
 
 
-def test_connect_accepted_socket_over_tcp(loop):
+@pytest.fixture(params=["tcp", "unix-socketpair"])
+def accepted_pair(request):
+    """(the socket to hand to connect_accepted_socket, a non-blocking socket at the other end):
+    over TCP, an accepted socket left blocking; else conftest's Unix ``pair``."""
+    if request.param == "unix-socketpair":
+        return request.getfixturevalue("pair")
     listener = make_listener("tcp", None)
     client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    client.connect(listener.getsockname())
-    client.setblocking(False)
-    conn, _ = listener.accept()  # a blocking socket: the loop makes it non-blocking
+    request.addfinalizer(client.close)
+    with listener:
+        client.connect(listener.getsockname())
+        client.setblocking(False)
+        conn, _ = listener.accept()  # a blocking socket: the loop makes it non-blocking
+    request.addfinalizer(conn.close)
+    return conn, client
+
+
+def test_connect_accepted_socket(loop, accepted_pair):
+    conn, other = accepted_pair
 
     async def main():
         transport, protocol = await loop.connect_accepted_socket(lambda: Recorder(loop), conn)
         assert protocol.made.done() and protocol.is_transport
         assert conn.gettimeout() == 0
         assert transport.get_extra_info("socket").fileno() == conn.fileno()
-        assert transport.get_extra_info("peername") == client.getsockname()
-        await loop.sock_sendall(client, b"ping")
+        assert transport.get_extra_info("peername") == other.getsockname()
+        await loop.sock_sendall(other, b"ping")
         assert await protocol.wait_data(4) == b"ping"
         transport.write(b"pong")
-        assert await recv_exactly(loop, client, 4) == b"pong"
+        assert await recv_exactly(loop, other, 4) == b"pong"
         transport.close()
         assert await protocol.lost is None
         assert conn.fileno() == -1
-        assert await recv_to_eof(loop, client) == b""
-
-    try:
-        loop.run_until_complete(main())
-    finally:
-        conn.close()
-        client.close()
-        listener.close()
-
-
-def test_connect_accepted_socket_with_a_unix_socketpair(loop, pair):
-    a, b = pair
-
-    async def main():
-        transport, protocol = await loop.connect_accepted_socket(lambda: Recorder(loop), a)
-        await loop.sock_sendall(b, b"pair")
-        assert await protocol.wait_data(4) == b"pair"
-        transport.write(b"back")
-        assert await recv_exactly(loop, b, 4) == b"back"
-        transport.close()
-        assert await protocol.lost is None
+        assert await recv_to_eof(loop, other) == b""
 
     loop.run_until_complete(main())
-
-
-def test_connect_accepted_socket_rejects_datagram_sockets(loop):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        with pytest.raises(ValueError) as info:
-            loop.run_until_complete(loop.connect_accepted_socket(asyncio.Protocol, sock))
-        assert str(info.value) == f"A Stream Socket was expected, got {sock!r}"
-    finally:
-        sock.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -1633,48 +1320,15 @@ def test_create_unix_connection_by_path_object(loop, sock_dir):
     path = listener.getsockname()
 
     async def main():
-        async with accepting(loop, listener) as accept:
-            transport, protocol = await loop.create_unix_connection(lambda: Recorder(loop), pathlib.Path(path))
-            try:
-                peer, _ = await accept
-                assert transport.get_extra_info("peername") == path
-                assert transport.get_extra_info("socket").family == socket.AF_UNIX
-                peer.sendall(b"unix")
-                assert await protocol.wait_data(4) == b"unix"
-            finally:
-                transport.close()
-                await protocol.lost
+        connecting = loop.create_unix_connection(lambda: Recorder(loop), pathlib.Path(path))
+        async with peer_of(loop, listener, connecting) as conn:
+            assert conn.transport.get_extra_info("peername") == path
+            assert conn.transport.get_extra_info("socket").family == socket.AF_UNIX
+            conn.peer.sendall(b"unix")
+            assert await conn.protocol.wait_data(4) == b"unix"
 
-    try:
+    with listener:
         loop.run_until_complete(main())
-    finally:
-        listener.close()
-
-
-def test_create_unix_connection_with_sock(loop, sock_dir):
-    listener = make_listener("unix", sock_dir)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(listener.getsockname())
-
-    async def main():
-        peer, _ = await loop.sock_accept(listener)
-        try:
-            transport, protocol = await loop.create_unix_connection(lambda: Recorder(loop), sock=sock)
-            assert sock.gettimeout() == 0
-            assert transport.get_extra_info("socket").fileno() == sock.fileno()
-            transport.write(b"sock=")
-            assert await recv_exactly(loop, peer, 5) == b"sock="
-            transport.close()
-            assert await protocol.lost is None
-            assert sock.fileno() == -1
-        finally:
-            peer.close()
-
-    try:
-        loop.run_until_complete(main())
-    finally:
-        sock.close()
-        listener.close()
 
 
 def test_create_unix_connection_to_an_abstract_name(loop):
@@ -1690,11 +1344,10 @@ def test_create_unix_connection_to_an_abstract_name(loop):
         server = await loop.create_unix_server(factory, name)
         try:
             assert server.sockets[0].getsockname() == name.encode()
-            transport, protocol = await loop.create_unix_connection(lambda: Recorder(loop), name)
-            transport.write(b"abstract")
-            assert await protocol.wait_data(8) == b"abstract"
-            transport.close()
-            await protocol.lost
+            connecting = loop.create_unix_connection(lambda: Recorder(loop), name)
+            async with connected(connecting) as (transport, protocol):
+                transport.write(b"abstract")
+                assert await protocol.wait_data(8) == b"abstract"
             await server_protocols[0].lost
         finally:
             server.close()
@@ -1712,23 +1365,14 @@ def test_create_unix_connection_errors(loop, sock_dir):
     bound = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     bound.bind(not_listening)
     inet = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
+    with bound, inet:
         with pytest.raises(ConnectionRefusedError):
             loop.run_until_complete(loop.create_unix_connection(asyncio.Protocol, not_listening))
-        with pytest.raises(ValueError) as info:
-            loop.run_until_complete(loop.create_unix_connection(asyncio.Protocol, not_listening, sock=bound))
-        assert str(info.value) == "path and sock can not be specified at the same time"
-        with pytest.raises(ValueError) as info:
-            loop.run_until_complete(loop.create_unix_connection(asyncio.Protocol))
-        assert str(info.value) == "no path and sock were specified"
-        with pytest.raises(ValueError) as info:
-            loop.run_until_complete(loop.create_unix_connection(asyncio.Protocol, sock=inet))
-        assert str(info.value) == f"A UNIX Domain Stream Socket was expected, got {inet!r}"
-        with pytest.raises(ValueError) as info:
-            loop.run_until_complete(
-                loop.create_unix_connection(asyncio.Protocol, not_listening, server_hostname="example.com")
-            )
-        assert str(info.value) == "server_hostname is only meaningful with ssl"
-    finally:
-        bound.close()
-        inet.close()
+        cases = [
+            ({"path": not_listening, "sock": bound}, "path and sock can not be specified at the same time"),
+            ({}, "no path and sock were specified"),
+            ({"sock": inet}, f"A UNIX Domain Stream Socket was expected, got {inet!r}"),
+            ({"path": not_listening, "server_hostname": "example.com"}, "server_hostname is only meaningful with ssl"),
+        ]
+        for kwargs, message in cases:
+            run_raises(loop, loop.create_unix_connection(asyncio.Protocol, **kwargs), ValueError, message)
