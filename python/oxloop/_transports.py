@@ -10,10 +10,14 @@ What happens once per connection is here: set-up, ``connection_lost``, error rep
 ``StreamOperations`` gives ``Loop`` the hooks asyncio's ``BaseEventLoop`` calls to make
 transports and to serve listening sockets. The rest of the once-per-connection machinery is
 asyncio's own code, reused as it is: ``create_connection``/``create_server`` (in
-``BaseEventLoop``), the accept loop and ``sendfile`` (``BaseSelectorEventLoop``) and the Unix
-socket set-up (``_UnixSelectorEventLoop``).
+``BaseEventLoop``), the registration of the accept callback, the TLS accept task and
+``sendfile`` (``BaseSelectorEventLoop``) and the Unix socket set-up (``_UnixSelectorEventLoop``).
+The accept callback itself is here: it makes plain connections' transports at once instead of
+in a task per connection.
 """
 
+import contextvars
+import errno
 import inspect
 import logging
 import socket
@@ -29,6 +33,10 @@ _unix_loop = unix_events._UnixSelectorEventLoop
 
 # Python 3.13 made servers track their transports: _attach/_detach take the transport.
 _SERVER_TRACKS_TRANSPORTS = "transport" in inspect.signature(base_events.Server._attach).parameters
+
+
+# accept() errors that mean "out of a system resource" (asyncio retries after a delay).
+_ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 def _set_nodelay(sock):
@@ -242,11 +250,89 @@ class StreamOperations:
             sock.close()
             raise
 
-    # asyncio's accept loop (once per connection: accept, then a task that makes the
-    # transport) and Unix socket set-up, as the selector loops have them.
+    # Serving a listening socket: asyncio's registration of the accept callback; TLS
+    # connections are set up by asyncio's task per connection (it awaits the handshake).
     _start_serving = _selector_loop._start_serving
-    _accept_connection = _selector_loop._accept_connection
     _accept_connection2 = _selector_loop._accept_connection2
+
+    def _accept_connection(
+        self,
+        protocol_factory,
+        sock,
+        sslcontext=None,
+        server=None,
+        backlog=100,
+        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+    ):
+        """The listening socket is readable: accept up to ``backlog`` connections.
+
+        A plain connection gets its protocol and transport at once. (asyncio starts a task
+        per connection to do that, which costs a task, a coroutine and a future per accepted
+        connection, and the memory they hold while many connections arrive at once.)
+        """
+        for _ in range(backlog):
+            try:
+                conn, addr = sock.accept()
+                conn.setblocking(False)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                    raise  # the loop's exception handler reports it
+                # Out of descriptors or memory: the socket stays readable, so stop watching
+                # it for a while instead of spinning (asyncio's rule and message).
+                self.call_exception_handler(
+                    {
+                        "message": "socket.accept() out of system resource",
+                        "exception": exc,
+                        "socket": trsock.TransportSocket(sock),
+                    }
+                )
+                self._remove_reader(sock.fileno())
+                self.call_later(
+                    constants.ACCEPT_RETRY_DELAY,
+                    self._start_serving,
+                    protocol_factory,
+                    sock,
+                    sslcontext,
+                    server,
+                    backlog,
+                    ssl_handshake_timeout,
+                    ssl_shutdown_timeout,
+                )
+                return
+            if self._debug:
+                logger.debug("%r got a new connection from %r: %r", server, addr, conn)
+            extra = {"peername": addr}
+            if sslcontext:
+                self.create_task(
+                    self._accept_connection2(
+                        protocol_factory, conn, extra, sslcontext, server, ssl_handshake_timeout, ssl_shutdown_timeout
+                    )
+                )
+            else:
+                # In a fresh copy of the context, as asyncio's task per connection would run.
+                contextvars.copy_context().run(self._serve_connection, protocol_factory, conn, extra, server)
+
+    def _serve_connection(self, protocol_factory, conn, extra, server):
+        """Make the protocol and the transport of an accepted plain connection."""
+        protocol = None
+        try:
+            protocol = protocol_factory()
+            self._make_socket_transport(conn, protocol, extra=extra, server=server)
+        except (SystemExit, KeyboardInterrupt):
+            conn.close()
+            raise
+        except BaseException as exc:
+            conn.close()
+            if self._debug:
+                context = {"message": "Error on transport creation for incoming connection", "exception": exc}
+                if protocol is not None:
+                    context["protocol"] = protocol
+                self.call_exception_handler(context)
+
+    # Unix socket set-up, as asyncio's Unix selector loop has it.
     create_unix_connection = _unix_loop.create_unix_connection
     create_unix_server = _unix_loop.create_unix_server
 
