@@ -11,7 +11,11 @@
 //!   for the whole run; it waits with the GIL released. Other threads only push to the ready
 //!   queue (under `state`) and trigger the waker, and only when the loop is waiting.
 //! - The loop owns its epoll instance and waker, never a watched descriptor: `add_reader`
-//!   callers keep theirs open and remove them before closing.
+//!   callers keep theirs open and remove them before closing; a stream transport's socket is
+//!   owned by the transport, which unregisters it before closing it (`transport.rs`).
+//! - The ready queue holds callbacks and stream transport events (`Runnable`); what stream
+//!   transports wrote during an iteration is sent at its end (`flush_transports`), before
+//!   the next poll.
 //! - One iteration runs exactly the callbacks that were ready when it started (asyncio's rule);
 //!   if a callback raises `KeyboardInterrupt` or `SystemExit`, the rest of the batch is put back
 //!   at the head of the queue before the exception leaves the loop.
