@@ -366,9 +366,17 @@ def parse_arguments() -> argparse.Namespace:
         help=f"loops to run, if importable (default all): {', '.join(loop_names)}",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the full results as JSON")
+    return parse_with_rounds(parser, QUICK_ROUNDS, DEFAULT_ROUNDS)
+
+
+def parse_with_rounds(
+    parser: argparse.ArgumentParser, quick_rounds: int, default_rounds: int
+) -> argparse.Namespace:
+    """Parses the command line; ``--rounds`` defaults to ``quick_rounds`` with ``--quick``,
+    else to ``default_rounds``, and must be at least 1."""
     arguments = parser.parse_args()
     if arguments.rounds is None:
-        arguments.rounds = QUICK_ROUNDS if arguments.quick else DEFAULT_ROUNDS
+        arguments.rounds = quick_rounds if arguments.quick else default_rounds
     if arguments.rounds < 1:
         parser.error("--rounds must be at least 1")
     return arguments

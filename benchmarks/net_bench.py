@@ -55,6 +55,7 @@ from loop_bench import (
     format_seconds,
     geometric_mean,
     load_loops,
+    parse_with_rounds,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -956,12 +957,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--loadgen", metavar="PATH", type=Path, help="use this loadgen binary instead of building"
     )
-    arguments = parser.parse_args()
-    if arguments.rounds is None:
-        arguments.rounds = QUICK_ROUNDS if arguments.quick else DEFAULT_ROUNDS
-    if arguments.rounds < 1:
-        parser.error("--rounds must be at least 1")
-    return arguments
+    return parse_with_rounds(parser, QUICK_ROUNDS, DEFAULT_ROUNDS)
 
 
 def raise_open_files_limit() -> None:
