@@ -4,11 +4,11 @@ asyncio's own ``BaseEventLoop`` code does the set-up of connections, servers, en
 pipes and subprocesses (argument checks, name resolution, connecting, binding) and then asks
 the loop for a transport through the hooks below. Until the native transports exist, each
 hook closes what it was handed (the loop owns it at that point, so nothing leaks) and raises
-``NotImplementedError`` naming the milestone: TLS, UDP, pipes and subprocesses (issue #4).
+``NotImplementedError`` naming the milestone: UDP, pipes and subprocesses (issue #4).
 This module shrinks as they land.
 """
 
-_TLS_UDP_PIPES_SUBPROCESSES = "arrive with oxloop's TLS/UDP/pipes/subprocess milestone (issue #4)"
+_UDP_PIPES_SUBPROCESSES = "arrive with oxloop's UDP/pipes/subprocess milestone (issue #4)"
 
 
 def _not_yet(what, milestone, *owned):
@@ -22,17 +22,14 @@ def _not_yet(what, milestone, *owned):
 class PendingOperations:
     """Mixin of ``Loop``: the transport hooks of ``BaseEventLoop`` that are not written yet."""
 
-    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *args, **kwargs):
-        raise _not_yet("TLS transport", f"TLS {_TLS_UDP_PIPES_SUBPROCESSES}", rawsock)
-
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
-        raise _not_yet("UDP transport", f"UDP endpoints {_TLS_UDP_PIPES_SUBPROCESSES}", sock)
+        raise _not_yet("UDP transport", f"UDP endpoints {_UDP_PIPES_SUBPROCESSES}", sock)
 
     def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
-        raise _not_yet("read pipe transport", f"pipe transports {_TLS_UDP_PIPES_SUBPROCESSES}", pipe)
+        raise _not_yet("read pipe transport", f"pipe transports {_UDP_PIPES_SUBPROCESSES}", pipe)
 
     def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
-        raise _not_yet("write pipe transport", f"pipe transports {_TLS_UDP_PIPES_SUBPROCESSES}", pipe)
+        raise _not_yet("write pipe transport", f"pipe transports {_UDP_PIPES_SUBPROCESSES}", pipe)
 
     async def _make_subprocess_transport(self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=None, **kwargs):
-        raise _not_yet("subprocess transport", f"subprocesses {_TLS_UDP_PIPES_SUBPROCESSES}")
+        raise _not_yet("subprocess transport", f"subprocesses {_UDP_PIPES_SUBPROCESSES}")

@@ -22,7 +22,7 @@ import inspect
 import logging
 import socket
 import warnings
-from asyncio import base_events, constants, futures, selector_events, transports, trsock, unix_events
+from asyncio import base_events, constants, futures, selector_events, sslproto, transports, trsock, unix_events
 
 from . import _core
 
@@ -249,6 +249,35 @@ class StreamOperations:
         except BaseException:
             sock.close()
             raise
+
+    def _make_ssl_transport(
+        self,
+        rawsock,
+        protocol,
+        sslcontext,
+        waiter=None,
+        *,
+        server_side=False,
+        server_hostname=None,
+        extra=None,
+        server=None,
+        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+    ):
+        """TLS: asyncio's ``SSLProtocol`` (a ``BufferedProtocol`` doing TLS in memory) on a
+        socket transport; the application's protocol gets its app-side transport."""
+        ssl_protocol = sslproto.SSLProtocol(
+            self,
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
 
     # Serving a listening socket: asyncio's registration of the accept callback; TLS
     # connections are set up by asyncio's task per connection (it awaits the handshake).

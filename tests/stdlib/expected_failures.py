@@ -22,29 +22,18 @@ failing tests not listed yet (review them: a new failure is usually a bug to
 fix, not an entry to add).
 
 The entries below were recorded on the default module set, with oxloop's
-TLS, UDP and pipe transports not written yet (issue #4).
+UDP and pipe transports not written yet (issue #4).
 """
 
-_SSL = "TLS is issue #4 (the TLS transport raises NotImplementedError until then)"
 _UDP = "UDP is issue #4 (create_datagram_endpoint raises NotImplementedError until then)"
 _PIPES = "pipe transports are issue #4 (connect_*_pipe raise NotImplementedError until then)"
 _SELECTOR_INTERNALS = "the test uses selector-loop internals: {}"
 
 
 EXPECTED_FAILURES: dict[str, str] = {
-    "test.test_asyncio.test_events.OxloopEventLoopTests.test_create_server_ssl": _SSL,
-    "test.test_asyncio.test_events.OxloopEventLoopTests.test_create_server_ssl_match_failed": _SSL,
-    "test.test_asyncio.test_events.OxloopEventLoopTests.test_create_server_ssl_verified": _SSL,
-    "test.test_asyncio.test_events.OxloopEventLoopTests.test_create_server_ssl_verify_failed": _SSL,
-    "test.test_asyncio.test_events.OxloopEventLoopTests.test_create_ssl_connection": _SSL,
-    "test.test_asyncio.test_events.OxloopEventLoopTests.test_ssl_connect_accepted_socket": _SSL,
     "test.test_asyncio.test_events.OxloopEventLoopTests.test_create_datagram_endpoint": _UDP,
     "test.test_asyncio.test_events.OxloopEventLoopTests.test_create_datagram_endpoint_ipv6": _UDP,
     "test.test_asyncio.test_events.OxloopEventLoopTests.test_create_datagram_endpoint_sock": _UDP,
-    "test.test_asyncio.test_events.OxloopEventLoopTests.test_create_ssl_unix_connection": _SSL,
-    "test.test_asyncio.test_events.OxloopEventLoopTests.test_create_unix_server_ssl": _SSL,
-    "test.test_asyncio.test_events.OxloopEventLoopTests.test_create_unix_server_ssl_verified": _SSL,
-    "test.test_asyncio.test_events.OxloopEventLoopTests.test_create_unix_server_ssl_verify_failed": _SSL,
     "test.test_asyncio.test_events.OxloopEventLoopTests.test_bidirectional_pty": _PIPES,
     "test.test_asyncio.test_events.OxloopEventLoopTests.test_read_pipe": _PIPES,
     "test.test_asyncio.test_events.OxloopEventLoopTests.test_read_pty_output": _PIPES,
@@ -53,12 +42,6 @@ EXPECTED_FAILURES: dict[str, str] = {
     "test.test_asyncio.test_events.OxloopEventLoopTests.test_write_pipe_disconnect_on_close": _PIPES,
     "test.test_asyncio.test_events.OxloopEventLoopTests.test_write_pty": _PIPES,
     "test.test_asyncio.test_sendfile.OxloopEventLoopTests.test_sendfile_not_supported": _UDP,
-    "test.test_asyncio.test_sendfile.OxloopEventLoopTests.test_sendfile_ssl": _SSL,
-    "test.test_asyncio.test_sendfile.OxloopEventLoopTests.test_sendfile_ssl_close_peer_after_receiving": _SSL,
-    "test.test_asyncio.test_sendfile.OxloopEventLoopTests.test_sendfile_ssl_partial": _SSL,
-    "test.test_asyncio.test_sendfile.OxloopEventLoopTests.test_sendfile_ssl_pre_and_post_data": _SSL,
-    "test.test_asyncio.test_streams.StreamTests.test_open_connection_no_loop_ssl": _SSL,
-    "test.test_asyncio.test_streams.StreamTests.test_open_unix_connection_no_loop_ssl": _SSL,
     "test.test_asyncio.test_streams.StreamTests.test_read_all_from_pipe_reader": _PIPES,
     "test.test_asyncio.test_events.OxloopEventLoopTests.test_timeout_rounding": _SELECTOR_INTERNALS.format(
         "it reads loop._selector (the selectors.BaseSelector of a selector loop; oxloop's poller is"

@@ -162,6 +162,16 @@ MODULES: tuple[StdlibModule, ...] = (
         ),
         note="BaseTestBufferedProtocol on the loop",
     ),
+    _plain("test_ssl", "asyncio.new_event_loop()"),
+    StdlibModule(
+        name="test_sslproto",
+        module="test.test_asyncio.test_sslproto",
+        drop_classes=("SelectorStartTLSTests", "ProactorStartTLSTests"),
+        loop_classes=(
+            LoopTestClass("StartTLSTests", ("BaseStartTLS", "unittest.TestCase"), ("new_loop",)),
+        ),
+        note="BaseStartTLS on the loop; SslProtoHandshakeTests via new_event_loop()",
+    ),
     # ---- not run by default (yet): select them with --modules -------------
     StdlibModule(
         name="test_events_subprocess",
@@ -176,17 +186,6 @@ MODULES: tuple[StdlibModule, ...] = (
             ),
         ),
         note="test_events' SubprocessTestsMixin on the loop",
-    ),
-    _plain("test_ssl", "asyncio.new_event_loop()", default=False),
-    StdlibModule(
-        name="test_sslproto",
-        module="test.test_asyncio.test_sslproto",
-        default=False,
-        drop_classes=("SelectorStartTLSTests", "ProactorStartTLSTests"),
-        loop_classes=(
-            LoopTestClass("StartTLSTests", ("BaseStartTLS", "unittest.TestCase"), ("new_loop",)),
-        ),
-        note="BaseStartTLS on the loop; SslProtoHandshakeTests via new_event_loop()",
     ),
     _plain(
         "test_subprocess",

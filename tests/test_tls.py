@@ -1,0 +1,149 @@
+"""TLS over stream transports: servers and clients with ``ssl=``, asyncio streams over TLS,
+``start_tls`` upgrading a plain connection, the TLS extra information, and a large transfer.
+
+TLS itself is asyncio's ``SSLProtocol`` on top of the loop's socket transport. Runs on stock
+asyncio and on oxloop (see conftest.py); the certificates are those of CPython's own asyncio
+tests (``test.test_asyncio.utils``), which ship with the interpreter.
+"""
+
+import asyncio
+import ssl
+
+import pytest
+
+from test.test_asyncio import utils as stdlib_test_utils
+
+from net_helpers import record_errors
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def server_context():
+    return stdlib_test_utils.simple_server_sslcontext()
+
+
+@pytest.fixture
+def client_context():
+    return stdlib_test_utils.simple_client_sslcontext()
+
+
+async def others_done(timeout=5.0):
+    """Wait until every task but the current one is done."""
+    for _ in range(int(timeout / 0.01)):
+        if all(task.done() for task in asyncio.all_tasks() if task is not asyncio.current_task()):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("tasks still pending")
+
+
+async def echo_lines(reader, writer):
+    """A stream handler sending every line back, until EOF."""
+    while line := await reader.readline():
+        writer.write(line)
+        await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+
+def test_tls_stream_echo(loop, server_context, client_context):
+    async def main():
+        server = await asyncio.start_server(echo_lines, "127.0.0.1", 0, ssl=server_context)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_context, server_hostname=""
+        )
+        ssl_object = writer.get_extra_info("ssl_object")
+        assert isinstance(ssl_object, ssl.SSLObject)
+        assert ssl_object.version() is not None
+        assert writer.get_extra_info("peername")[0] == "127.0.0.1"
+        for i in range(3):
+            writer.write(b"line %d\n" % i)
+            assert await reader.readline() == b"line %d\n" % i
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
+def test_tls_large_transfer_arrives_intact(loop, server_context, client_context):
+    payload = bytes(range(256)) * (4 * MiB // 256) + b"\n"
+
+    async def main():
+        server = await asyncio.start_server(echo_lines, "127.0.0.1", 0, ssl=server_context)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_context, server_hostname="", limit=8 * MiB
+        )
+        writer.write(payload)
+        assert await reader.readexactly(len(payload)) == payload
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
+def test_tls_handshake_failure_reaches_the_client(loop, server_context):
+    # A client that verifies certificates rejects the test suite's self-signed one; the
+    # server side reports its failed handshake to the exception handler.
+    errors = record_errors(loop)
+
+    async def main():
+        server = await asyncio.start_server(echo_lines, "127.0.0.1", 0, ssl=server_context)
+        port = server.sockets[0].getsockname()[1]
+        strict = ssl.create_default_context()
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await asyncio.open_connection("127.0.0.1", port, ssl=strict, server_hostname="localhost")
+        await others_done()  # the server's side of the failed handshake
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+    assert all(isinstance(error.get("exception"), (ssl.SSLError, ConnectionError)) for error in errors)
+
+
+def test_start_tls_upgrades_a_plain_connection(loop, server_context, client_context):
+    upgraded = asyncio.Event()
+
+    async def upgrade_then_echo(reader, writer):
+        assert await reader.readline() == b"STARTTLS\n"
+        writer.write(b"OK\n")
+        await writer.drain()
+        await writer.start_tls(server_context)
+        upgraded.set()
+        await echo_lines(reader, writer)
+
+    async def main():
+        server = await asyncio.start_server(upgrade_then_echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert writer.get_extra_info("ssl_object") is None
+        writer.write(b"STARTTLS\n")
+        assert await reader.readline() == b"OK\n"
+        await writer.start_tls(client_context, server_hostname="")
+        assert isinstance(writer.get_extra_info("ssl_object"), ssl.SSLObject)
+        writer.write(b"secret\n")
+        assert await reader.readline() == b"secret\n"
+        assert upgraded.is_set()
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
+def test_ssl_argument_errors_are_asyncio_s(loop):
+    async def main():
+        with pytest.raises(ValueError, match="server_hostname is only meaningful with ssl"):
+            await loop.create_connection(asyncio.Protocol, "127.0.0.1", 1, server_hostname="x")
+        with pytest.raises(ValueError, match="ssl_handshake_timeout is only meaningful with ssl"):
+            await loop.create_connection(asyncio.Protocol, "127.0.0.1", 1, ssl_handshake_timeout=1)
+        with pytest.raises(TypeError, match="ssl argument must be an SSLContext or None"):
+            await loop.create_server(asyncio.Protocol, "127.0.0.1", 0, ssl=True)
+
+    loop.run_until_complete(main())
