@@ -235,14 +235,10 @@ def markdown_report(
                 cells.append(
                     f"{format_seconds(median)} ±{spread:.0%} · {format_rate(result.n / median)}"
                 )
-        cells += [_format_speedup(result.speedup(baseline)) for baseline in baselines]
+        cells += [format_ratio(result.speedup(baseline)) for baseline in baselines]
         rows.append(cells)
     if baselines:
-        geomean_cells = ["**geometric mean**", "", *[""] * len(loop_names)]
-        for baseline in baselines:
-            speedups = [s for r in results if (s := r.speedup(baseline)) is not None]
-            geomean_cells.append(_format_speedup(geometric_mean(speedups) if speedups else None))
-        rows.append(geomean_cells)
+        rows.append(geometric_mean_row(results, len(loop_names), baselines))
 
     lines = [
         "## Event loop benchmarks",
@@ -273,8 +269,19 @@ def markdown_report(
     return "\n".join(lines) + "\n"
 
 
-def _format_speedup(speedup: float | None) -> str:
-    return "–" if speedup is None else f"{speedup:.2f}×"
+def format_ratio(ratio: float | None) -> str:
+    """A ratio cell: ``1.23×``, or ``–`` when it could not be computed."""
+    return "–" if ratio is None else f"{ratio:.2f}×"
+
+
+def geometric_mean_row(results: list, loop_count: int, baselines: list[str]) -> list[str]:
+    """The last row of a speed table: the geometric mean of each baseline's ratio column
+    (``result.speedup(baseline)`` of every result that has one)."""
+    row = ["**geometric mean**", "", *[""] * loop_count]
+    for baseline in baselines:
+        speedups = [s for r in results if (s := r.speedup(baseline)) is not None]
+        row.append(format_ratio(geometric_mean(speedups) if speedups else None))
+    return row
 
 
 def json_report(

@@ -52,8 +52,9 @@ from loop_bench import (
     AvailableLoop,
     compared_baselines,
     format_rate,
+    format_ratio,
     format_seconds,
-    geometric_mean,
+    geometric_mean_row,
     load_loops,
     parse_with_rounds,
 )
@@ -689,10 +690,6 @@ def _memory_cell(result: WorkloadResult, loop: str) -> str:
     return f"{format_bytes(per_conn)} ±{spread:.0%}"
 
 
-def _format_ratio(ratio: float | None) -> str:
-    return "–" if ratio is None else f"{ratio:.2f}×"
-
-
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     alignment = [":---", "---:", *["---:"] * (len(header) - 2)]
     return ["| " + " | ".join(row) + " |" for row in [header, alignment, *rows]]
@@ -750,14 +747,10 @@ def markdown_report(
         for result in results:
             cells = [result.workload.name, result.work]
             cells += [_speed_cell(result, name) for name in loop_names]
-            cells += [_format_ratio(result.speedup(baseline)) for baseline in baselines]
+            cells += [format_ratio(result.speedup(baseline)) for baseline in baselines]
             rows.append(cells)
         if baselines:
-            geomean = ["**geometric mean**", "", *[""] * len(loop_names)]
-            for baseline in baselines:
-                speedups = [s for r in results if (s := r.speedup(baseline)) is not None]
-                geomean.append(_format_ratio(geometric_mean(speedups) if speedups else None))
-            rows.append(geomean)
+            rows.append(geometric_mean_row(results, len(loop_names), baselines))
         lines += _table(header, rows)
 
     idle_results = [result for result in results if result.workload.group == "idle"]
@@ -781,7 +774,7 @@ def markdown_report(
         for result in idle_results:
             cells = [result.workload.name, f"{n:,} idle conns"]
             cells += [_memory_cell(result, name) for name in loop_names]
-            cells += [_format_ratio(result.memory_ratio(baseline)) for baseline in baselines]
+            cells += [format_ratio(result.memory_ratio(baseline)) for baseline in baselines]
             rows.append(cells)
         lines += _table(header, rows)
 
