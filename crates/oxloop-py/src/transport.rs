@@ -656,6 +656,7 @@ impl StreamTransport {
                 (0, queue_flush, !pending && state.buffer.len > state.high_water)
             }
         };
+        let may_need_pause = send_now || this.write_pending.load(Ordering::Relaxed);
         if lost_writes > 0 {
             if lost_writes >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
                 warn_log(py, "socket.send() raised exception.")?;
@@ -668,7 +669,12 @@ impl StreamTransport {
         if send_now {
             Self::flush(slf)?;
         }
-        Self::maybe_pause_protocol(slf)
+        // Only a buffer that was above the high-water mark (or already waiting for the kernel)
+        // can need pausing: the common small write skips the check and its lock.
+        if may_need_pause {
+            Self::maybe_pause_protocol(slf)?;
+        }
+        Ok(())
     }
 
     /// `close()`: stop reading; lose the connection once the buffer is sent.
