@@ -6,10 +6,22 @@
                                    [--loadgen PATH]
 
 The servers are ``net_servers.py`` processes, one per loop; the load comes from ``loadgen`` (a
-small Rust program in ``loadgen/``, built here with cargo when needed). Workloads: echo round
-trips (asyncio Protocol, streams and sock_* servers; 1 KiB and 100 KiB messages; 1 and 16
-connections), one-way bulk throughput over one connection, and 10,000 idle connections (time
-to accept and answer them all, and the server's memory per connection).
+small Rust program in ``loadgen/``, built here with cargo when needed). Workloads, by name:
+
+- ``echo_{protocol,streams,sock}_{1k,100k}_c{1,16}``: TCP echo round trips (asyncio Protocol,
+  streams and sock_* servers; 1 KiB and 100 KiB messages; 1 and 16 connections);
+- ``bulk_{protocol,streams,sock}``: one-way bulk throughput over one TCP connection;
+- ``idle_{protocol,streams,sock}``: 10,000 idle connections (time to accept and answer them
+  all, and the server's memory per connection);
+- ``tls_echo_1k_c{1,16}``, ``tls_bulk``: echo round trips and bulk throughput over TLS 1.3
+  (an asyncio Protocol server created with ``ssl=``, a certificate made with the ``openssl``
+  command at start; loadgen is the TLS client, through OpenSSL);
+- ``udp_echo_512_c{1,16}``: 512-byte datagrams echoed by a ``create_datagram_endpoint``
+  server, 1 or 16 client sockets each waiting for its echo (re-sent after 50 ms if lost).
+
+``--only`` takes names, shell patterns (``echo_*_c16``), the groups ``echo`` (every round-trip
+workload, UDP and TLS included), ``bulk`` and ``idle``, or the transports ``tcp``, ``tls`` and
+``udp``. Subprocess workloads are in ``process_bench.py``.
 
 Placement (``--placement auto``, the default): echo workloads pin the server and loadgen to
 the same CPU, because on a small virtual machine waking a process on another virtual CPU costs
@@ -109,6 +121,10 @@ KIND_SUMMARIES = {
     "streams": "asyncio.start_server, reader.read(65536), writer.write, await drain()",
     "sock": "loop.sock_accept, one task per connection on sock_recv(65536)/sock_sendall",
 }
+TRANSPORTS = ("tcp", "tls", "udp")
+TRANSPORT_NAMES = {"tcp": "TCP", "tls": "TLS 1.3", "udp": "UDP"}
+UDP_SERVER_SUMMARY = "loop.create_datagram_endpoint, transport.sendto(data, addr) per datagram"
+UDP_RESEND_AFTER_MS = 50  # loadgen re-sends a datagram whose echo is not back by then
 
 
 @dataclass(frozen=True)
@@ -117,7 +133,8 @@ class NetWorkload:
     group: str  # "echo", "bulk" or "idle"
     kind: str  # net_servers.py --kind
     size: int = 0  # echo: message size in bytes
-    conns: int = 1  # echo: concurrent connections
+    conns: int = 1  # echo: concurrent connections (UDP: client sockets)
+    transport: str = "tcp"  # net_servers.py --transport: "tcp", "tls" or "udp"
 
     @property
     def role(self) -> str:
@@ -125,26 +142,43 @@ class NetWorkload:
         return {"echo": "echo", "bulk": "sink", "idle": "idle"}[self.group]
 
     @property
+    def server_summary(self) -> str:
+        if self.transport == "udp":
+            return UDP_SERVER_SUMMARY
+        if self.transport == "tls":
+            return f"{KIND_SUMMARIES[self.kind]} and ssl= (a TLS 1.3-only server context)"
+        return KIND_SUMMARIES[self.kind]
+
+    @property
     def summary(self) -> str:
+        connection = "TLS connection" if self.transport == "tls" else "connection"
+        if self.group == "echo" and self.transport == "udp":
+            return (
+                f"{self.conns} UDP socket(s), each a closed loop of {_format_size(self.size)} "
+                f"datagrams echoed back (re-sent if not back after {UDP_RESEND_AFTER_MS} ms); "
+                f"server: {self.server_summary}"
+            )
         if self.group == "echo":
             return (
-                f"{self.conns} connection(s), each a closed loop of {_format_size(self.size)} "
-                f"messages echoed back; server: {KIND_SUMMARIES[self.kind]}"
+                f"{self.conns} {connection}(s), each a closed loop of "
+                f"{_format_size(self.size)} messages echoed back; server: {self.server_summary}"
             )
         if self.group == "bulk":
             return (
-                "one connection sends a length and then that many bytes as fast as the server "
-                f"reads them, the server answers the count; server: {KIND_SUMMARIES[self.kind]}"
+                f"one {connection} sends a length and then that many bytes as fast as the server "
+                f"reads them, the server answers the count; server: {self.server_summary}"
             )
         return (
             "open connections (at most 512 unanswered), each sends 1 byte and waits for 1 byte "
             "back; time until all are answered, then the server's VmRSS growth per connection; "
-            f"server: {KIND_SUMMARIES[self.kind]}"
+            f"server: {self.server_summary}"
         )
 
     def work(self, settings: Settings) -> str:
         if self.group == "echo":
-            return f"{self.conns} conn{'s' if self.conns > 1 else ''} × {_format_size(self.size)}"
+            plural = "s" if self.conns > 1 else ""
+            endpoints = f"socket{plural}" if self.transport == "udp" else f"conn{plural}"
+            return f"{self.conns} {endpoints} × {_format_size(self.size)}"
         if self.group == "bulk":
             return f"{_format_size(settings.bulk_bytes)} one way"
         return f"accept {settings.idle_conns:,} conns"
@@ -167,11 +201,53 @@ def _all_workloads() -> list[NetWorkload]:
                 workloads.append(NetWorkload(name, "echo", kind, size, conns))
     workloads += [NetWorkload(f"bulk_{kind}", "bulk", kind) for kind in KINDS]
     workloads += [NetWorkload(f"idle_{kind}", "idle", kind) for kind in KINDS]
+    for conns in (1, 16):
+        name = f"tls_echo_1k_c{conns}"
+        workloads.append(NetWorkload(name, "echo", "protocol", 1 * KiB, conns, "tls"))
+    workloads.append(NetWorkload("tls_bulk", "bulk", "protocol", transport="tls"))
+    for conns in (1, 16):
+        name = f"udp_echo_512_c{conns}"
+        workloads.append(NetWorkload(name, "echo", "protocol", 512, conns, "udp"))
     return workloads
 
 
 WORKLOADS = _all_workloads()
 GROUPS = ("echo", "bulk", "idle")
+
+
+# --- TLS certificate -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsCertificate:
+    """A self-signed certificate for 127.0.0.1 (and localhost), made for one benchmark run."""
+
+    server_pem: Path  # private key and certificate: net_servers.py --cert
+    cert_pem: Path  # the certificate alone: what loadgen --tls trusts
+
+
+def make_tls_certificate(directory: Path) -> TlsCertificate:
+    """Makes a P-256 key and a self-signed certificate valid for a day with the openssl
+    command, in ``directory``."""
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    if shutil.which("openssl") is None:
+        sys.exit("the TLS workloads need the openssl command to make a certificate")
+    made = subprocess.run(
+        [
+            "openssl", "req", "-x509", "-nodes", "-days", "1",
+            "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    if made.returncode != 0:
+        sys.exit(f"openssl could not make a certificate: {made.stderr.strip()}")
+    server_pem = directory / "server.pem"
+    server_pem.write_bytes(key.read_bytes() + cert.read_bytes())
+    return TlsCertificate(server_pem, cert)
 
 
 # --- Processes -----------------------------------------------------------------------------
@@ -205,8 +281,18 @@ def _read_line(stream, timeout: float) -> bytes | None:
 class Server:
     """A net_servers.py process: started listening, stopped with its counts collected."""
 
-    def __init__(self, loop: str, workload: NetWorkload, cpu: int | None) -> None:
+    def __init__(
+        self,
+        loop: str,
+        workload: NetWorkload,
+        cpu: int | None,
+        certificate: TlsCertificate | None = None,
+    ) -> None:
         self._stderr = tempfile.TemporaryFile()
+        tls_options = []
+        if workload.transport == "tls":
+            assert certificate is not None, "a TLS workload needs a certificate"
+            tls_options = ["--cert", str(certificate.server_pem)]
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -217,6 +303,9 @@ class Server:
                 workload.kind,
                 "--role",
                 workload.role,
+                "--transport",
+                workload.transport,
+                *tls_options,
                 "--addr",
                 "127.0.0.1:0",
             ],
@@ -276,7 +365,11 @@ class Server:
         return lines[-1] if lines else ""
 
 
-def _check_server_counts(counts: dict, expected: dict[str, int]) -> None:
+def _check_server_counts(
+    counts: dict, expected: dict[str, int], ranges: dict[str, list[int]] | None = None
+) -> None:
+    """The server reported no error, and its counts are ``expected`` exactly or, for the keys
+    of ``ranges``, within [low, high]."""
     if counts["error_count"]:
         raise MeasurementError(
             f"server reported {counts['error_count']} error(s), first: {counts['errors'][0]}"
@@ -284,6 +377,9 @@ def _check_server_counts(counts: dict, expected: dict[str, int]) -> None:
     for key, value in expected.items():
         if counts[key] != value:
             raise MeasurementError(f"server counted {key}={counts[key]}, expected {value}")
+    for key, (low, high) in (ranges or {}).items():
+        if not low <= counts[key] <= high:
+            raise MeasurementError(f"server counted {key}={counts[key]}, expected {low} to {high}")
 
 
 class Loadgen:
@@ -446,6 +542,7 @@ class Context:
     settings: Settings
     loadgen: Loadgen
     placement: Placement
+    certificate: TlsCertificate | None  # when a TLS workload is to run
 
 
 class LoopRun:
@@ -455,19 +552,36 @@ class LoopRun:
         self.loop, self.workload, self.context = loop, workload, context
         self.server: Server | None = None
         self.expected = {"connections": 0, "bytes": 0, "answered": 0}
+        # Counts known only within [low, high]: a UDP server's bytes lie between those loadgen
+        # got back and those it sent, since a datagram or its echo may be lost.
+        self.expected_ranges: dict[str, list[int]] = {}
+        if workload.transport == "udp":
+            del self.expected["bytes"]
+            self.expected_ranges["bytes"] = [0, 0]
 
     def open(self) -> None:
         """Echo and bulk: one server per loop for the whole workload, warmed up by one run."""
         if self.workload.group == "idle":
             return
-        self.server = Server(self.loop, self.workload, self.context.placement.server_cpu)
+        self.server = self._start_server()
         self.measure(warm_up=True)
 
     def close(self) -> None:
         """Stops the server and checks its counts against what the load generator saw."""
         if self.server is not None:
             server, self.server = self.server, None
-            _check_server_counts(server.stop(), self.expected)
+            _check_server_counts(server.stop(), self.expected, self.expected_ranges)
+
+    def _start_server(self) -> Server:
+        cpu = self.context.placement.server_cpu
+        return Server(self.loop, self.workload, cpu, self.context.certificate)
+
+    def _tls_options(self) -> list[object]:
+        """loadgen's options for the workload's transport: ``--tls CERT`` for TLS."""
+        if self.workload.transport != "tls":
+            return []
+        assert self.context.certificate is not None, "a TLS workload needs a certificate"
+        return ["--tls", self.context.certificate.cert_pem]
 
     def kill(self) -> None:
         if self.server is not None:
@@ -481,6 +595,8 @@ class LoopRun:
 
     def measure(self, warm_up: bool = False) -> dict:
         group = self.workload.group
+        if group == "echo" and self.workload.transport == "udp":
+            return self._udp_echo(warm_up)
         if group == "echo":
             return self._echo(warm_up)
         if group == "bulk":
@@ -498,6 +614,7 @@ class LoopRun:
             "--size", workload.size,
             "--warmup", settings.echo_warmup,
             "--duration", seconds,
+            *self._tls_options(),
             timeout=settings.echo_warmup + seconds + LOADGEN_SLACK,
         )  # fmt: skip
         self.expected["connections"] += workload.conns
@@ -510,6 +627,33 @@ class LoopRun:
             "p99_us": latency["p99"],
         }
 
+    def _udp_echo(self, warm_up: bool) -> dict:
+        """Like ``_echo``, with datagrams; also records the datagrams re-sent and late echoes."""
+        settings, workload = self.context.settings, self.workload
+        seconds = settings.warmup_run_seconds if warm_up else settings.echo_seconds
+        report = self.context.loadgen.run(
+            self.context.placement.loadgen_cpu,
+            "udp",
+            self.port,
+            "--conns", workload.conns,
+            "--size", workload.size,
+            "--warmup", settings.echo_warmup,
+            "--duration", seconds,
+            "--resend-after", UDP_RESEND_AFTER_MS,
+            timeout=settings.echo_warmup + seconds + LOADGEN_SLACK,
+        )  # fmt: skip
+        self.expected_ranges["bytes"][0] += report["echoes_received"] * workload.size
+        self.expected_ranges["bytes"][1] += report["datagrams_sent"] * workload.size
+        latency = report["latency_us"]
+        return {
+            "rate": report["round_trips_per_s"],
+            "round_trips": report["round_trips"],
+            "p50_us": latency["p50"],
+            "p99_us": latency["p99"],
+            "resent": report["resent"],
+            "late": report["late"],
+        }
+
     def _bulk(self) -> dict:
         total = self.context.settings.bulk_bytes
         report = self.context.loadgen.run(
@@ -518,6 +662,7 @@ class LoopRun:
             self.port,
             "--bytes",
             total,
+            *self._tls_options(),
             timeout=LOADGEN_SLACK * 2,
         )
         self.expected["connections"] += 1
@@ -528,7 +673,7 @@ class LoopRun:
     def _idle(self) -> dict:
         """A fresh server: its VmRSS before the connections and once all are answered."""
         n = self.context.settings.idle_conns
-        server = Server(self.loop, self.workload, self.context.placement.server_cpu)
+        server = self._start_server()
         loadgen = None
         try:
             rss_before = server.rss_bytes()
@@ -690,6 +835,31 @@ def _memory_cell(result: WorkloadResult, loop: str) -> str:
     return f"{format_bytes(per_conn)} ±{spread:.0%}"
 
 
+def _transports_used(results: list[WorkloadResult]) -> str:
+    """The transports of ``results`` in words, e.g. "TCP, TLS 1.3 and UDP"."""
+    used = {result.workload.transport for result in results} or {"tcp"}
+    names = [TRANSPORT_NAMES[transport] for transport in TRANSPORTS if transport in used]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _resend_notes(results: list[WorkloadResult], loop_names: list[str]) -> list[str]:
+    """One note per UDP workload and loop whose runs re-sent datagrams (lost, or slow)."""
+    notes = []
+    for result in results:
+        if result.workload.transport != "udp":
+            continue
+        for name in loop_names:
+            resent = sum(result.values(name, "resent"))
+            late = sum(result.values(name, "late"))
+            if resent:
+                notes.append(
+                    f"- {result.workload.name} on {name}: {resent:,} datagram(s) re-sent after "
+                    f"{UDP_RESEND_AFTER_MS} ms without an echo, of which {late:,} were late "
+                    "rather than lost (their first echo came back after all)"
+                )
+    return notes
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     alignment = [":---", "---:", *["---:"] * (len(header) - 2)]
     return ["| " + " | ".join(row) + " |" for row in [header, alignment, *rows]]
@@ -721,8 +891,8 @@ def markdown_report(
         "## Network benchmarks",
         "",
         f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
-        f"{os.cpu_count()} CPUs; TCP over loopback; median of {rounds} interleaved rounds "
-        "per loop; ±x% is the median absolute deviation.",
+        f"{os.cpu_count()} CPUs; {_transports_used(results)} over loopback; median of {rounds} "
+        "interleaved rounds per loop; ±x% is the median absolute deviation.",
         f"Placement ({placement_choice}): {pinning}.",
         "Loops: " + ", ".join(f"{loop.name} {loop.version}" for loop in loops) + ".",
         "",
@@ -786,6 +956,7 @@ def markdown_report(
             failures.setdefault((name, error), []).append(result.workload.name)
     for (name, error), workload_names in failures.items():
         notes.append(f"- {name} failed on {', '.join(workload_names)}: {error}")
+    notes += _resend_notes(results, loop_names)
     if TARGET_LOOP in loop_names and not baselines:
         notes.append(f"- no ratio columns: none of {', '.join(BASELINE_LOOPS)} was measured")
     if notes:
@@ -816,6 +987,7 @@ def json_report(
                 "name": result.workload.name,
                 "group": result.workload.group,
                 "kind": result.workload.kind,
+                "transport": result.workload.transport,
                 "size": result.workload.size,
                 "conns": result.workload.conns,
                 "work": result.work,
@@ -871,18 +1043,21 @@ def json_report(
 
 
 def _workload_selection(text: str) -> list[str]:
-    """Names, shell patterns (``echo_*_1k_*``) or groups (echo, bulk, idle), comma-separated."""
+    """Names, shell patterns (``echo_*_1k_*``), groups (echo, bulk, idle) or transports (tcp,
+    tls, udp), comma-separated."""
     names = []
     for item in (item.strip() for item in text.split(",")):
         if not item:
             continue
         matched = [
-            w.name for w in WORKLOADS if item == w.group or fnmatch.fnmatchcase(w.name, item)
+            w.name
+            for w in WORKLOADS
+            if item in (w.group, w.transport) or fnmatch.fnmatchcase(w.name, item)
         ]
         if not matched:
             raise argparse.ArgumentTypeError(
-                f"no workload matches {item!r}; choose from {', '.join(GROUPS)} or "
-                f"{', '.join(w.name for w in WORKLOADS)}"
+                f"no workload matches {item!r}; choose from {', '.join(GROUPS)}, "
+                f"{', '.join(TRANSPORTS)} or {', '.join(w.name for w in WORKLOADS)}"
             )
         names += matched
     if not names:
@@ -923,7 +1098,7 @@ def parse_arguments() -> argparse.Namespace:
         default=[w.name for w in WORKLOADS],
         metavar="NAME,...",
         help="workloads to run (default all): names, shell patterns such as 'echo_*_c16', "
-        f"or groups ({', '.join(GROUPS)})",
+        f"groups ({', '.join(GROUPS)}) or transports ({', '.join(TRANSPORTS)})",
     )
     parser.add_argument(
         "--loops",
@@ -974,23 +1149,26 @@ def main() -> None:
     binary = arguments.loadgen or build_loadgen()
     loadgen = Loadgen(binary)
 
+    selected = [workload for workload in WORKLOADS if workload.name in arguments.only]
     results = []
     started = time.monotonic()
-    for workload in WORKLOADS:
-        if workload.name not in arguments.only:
-            continue
-        placement = place(workload, arguments.placement, arguments.keep_awake)
-        with KeepAwake(placement.keep_awake):
-            context = Context(settings, loadgen, placement)
-            result = run_workload(workload, loops, arguments.rounds, context)
-        results.append(result)
-        progress = ", ".join(
-            f"{loop.name} {_speed_cell(result, loop.name)}"
-            if loop.name in result.samples
-            else f"{loop.name} failed"
-            for loop in loops
-        )
-        print(f"{workload.name} ({result.work}): {progress}", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="net_bench_") as scratch:
+        certificate = None
+        if any(workload.transport == "tls" for workload in selected):
+            certificate = make_tls_certificate(Path(scratch))
+        for workload in selected:
+            placement = place(workload, arguments.placement, arguments.keep_awake)
+            with KeepAwake(placement.keep_awake):
+                context = Context(settings, loadgen, placement, certificate)
+                result = run_workload(workload, loops, arguments.rounds, context)
+            results.append(result)
+            progress = ", ".join(
+                f"{loop.name} {_speed_cell(result, loop.name)}"
+                if loop.name in result.samples
+                else f"{loop.name} failed"
+                for loop in loops
+            )
+            print(f"{workload.name} ({result.work}): {progress}", file=sys.stderr, flush=True)
     print(f"done in {time.monotonic() - started:.0f} s", file=sys.stderr)
 
     report_arguments = (results, loops, skipped, arguments.rounds, settings, arguments.placement)

@@ -3,6 +3,7 @@
     python benchmarks/net_servers.py --loop asyncio|uvloop|rloop|oxloop
                                      --kind protocol|streams|sock
                                      [--role echo|sink|idle]
+                                     [--transport tcp|tls|udp] [--cert PEMFILE]
                                      [--addr HOST:PORT | --unix PATH]
 
 Roles, each written three ways (``--kind``):
@@ -22,12 +23,23 @@ Kinds:
 - ``sock``: a plain non-blocking listening socket, ``loop.sock_accept`` and one task per
   connection on ``loop.sock_recv(sock, 65536)`` / ``loop.sock_sendall``.
 
+Transports (``--transport``):
+
+- ``tcp`` (default): plain stream sockets, TCP or, with ``--unix``, a Unix socket;
+- ``tls``: the same servers (``protocol`` and ``streams`` kinds) with ``ssl=``: a server
+  SSLContext that speaks TLS 1.3 only, with the certificate and private key found in
+  ``--cert`` (one PEM file holding both);
+- ``udp``: ``loop.create_datagram_endpoint`` with an ``asyncio.DatagramProtocol`` that sends
+  every datagram straight back to its sender with ``transport.sendto(data, addr)``
+  (``--kind protocol --role echo`` only).
+
 When it listens, the server prints its port (or, with ``--unix``, its path) as the first line
 on stdout. It serves until its standard input is closed (Ctrl-D by hand), then prints one line
 of JSON with what it counted (connections, bytes, answered, errors) and exits at once, without
 tearing its connections down. Errors (a connection lost with an exception, an exception in a
-handler, anything passed to the loop's exception handler) are counted and reported there, not
-raised: the harness decides what they mean.
+handler, a UDP send error passed to ``error_received``, anything passed to the loop's exception
+handler) are counted and reported there, not raised: the harness decides what they mean. A UDP
+server counts no connections; its ``bytes`` are the bytes of the datagrams it echoed.
 
 The soft RLIMIT_NOFILE is raised to the hard limit at start.
 """
@@ -39,6 +51,7 @@ import json
 import os
 import resource
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Callable, Coroutine
@@ -47,6 +60,7 @@ from typing import Any
 LOOPS = ("asyncio", "uvloop", "rloop", "oxloop")
 KINDS = ("protocol", "streams", "sock")
 ROLES = ("echo", "sink", "idle")
+TRANSPORTS = ("tcp", "tls", "udp")
 READ_SIZE = 65536  # bytes asked for per read by the streams and sock servers
 BACKLOG = 4096  # listen backlog (the kernel caps it at net.core.somaxconn)
 HEADER_SIZE = 8  # sink: big-endian length prefix, and the size of the answer
@@ -143,6 +157,26 @@ PROTOCOLS: dict[str, type[asyncio.Protocol]] = {
     "sink": SinkProtocol,
     "idle": IdleProtocol,
 }
+
+
+class EchoDatagramProtocol(asyncio.DatagramProtocol):
+    """UDP echo: every datagram goes straight back to the address it came from."""
+
+    transport: asyncio.DatagramTransport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        stats.bytes += len(data)
+        self.transport.sendto(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        stats.error("error_received", exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            stats.error("connection_lost", exc)
 
 
 # --- streams -------------------------------------------------------------------------------
@@ -294,24 +328,45 @@ def listening_socket(host: str | None, port: int, unix_path: str | None) -> sock
 # --- Running -------------------------------------------------------------------------------
 
 
+def server_tls_context(cert_path: str) -> ssl.SSLContext:
+    """A TLS 1.3-only server context with the certificate and key in ``cert_path`` (PEM)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(cert_path)
+    return context
+
+
 async def start(
-    loop: asyncio.AbstractEventLoop, kind: str, role: str, host: str, port: int, unix: str | None
+    loop: asyncio.AbstractEventLoop,
+    kind: str,
+    role: str,
+    transport: str,
+    cert: str | None,
+    host: str,
+    port: int,
+    unix: str | None,
 ) -> tuple[str, asyncio.Future[None]]:
     """Starts listening; returns what to print (port or path) and a future to keep alive."""
     keep_alive: asyncio.Future[None] = loop.create_future()
-    if kind == "protocol":
+    tls = server_tls_context(cert) if transport == "tls" and cert is not None else None
+    if transport == "udp":
+        endpoint, _ = await loop.create_datagram_endpoint(
+            EchoDatagramProtocol, local_addr=(host, port)
+        )
+        listener_name = endpoint.get_extra_info("sockname")
+    elif kind == "protocol":
         factory = PROTOCOLS[role]
         if unix is not None:
-            server = await loop.create_unix_server(factory, unix, backlog=BACKLOG)
+            server = await loop.create_unix_server(factory, unix, backlog=BACKLOG, ssl=tls)
         else:
-            server = await loop.create_server(factory, host, port, backlog=BACKLOG)
+            server = await loop.create_server(factory, host, port, backlog=BACKLOG, ssl=tls)
         listener_name = server.sockets[0].getsockname()
     elif kind == "streams":
         handle = counted_stream_handler(STREAM_HANDLERS[role])
         if unix is not None:
-            server = await asyncio.start_unix_server(handle, unix, backlog=BACKLOG)
+            server = await asyncio.start_unix_server(handle, unix, backlog=BACKLOG, ssl=tls)
         else:
-            server = await asyncio.start_server(handle, host, port, backlog=BACKLOG)
+            server = await asyncio.start_server(handle, host, port, backlog=BACKLOG, ssl=tls)
         listener_name = server.sockets[0].getsockname()
     else:
         listener = listening_socket(host, port, unix)
@@ -362,10 +417,20 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--loop", choices=LOOPS, required=True)
     parser.add_argument("--kind", choices=KINDS, required=True)
     parser.add_argument("--role", choices=ROLES, default="echo")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="tcp")
+    parser.add_argument(
+        "--cert", metavar="PEMFILE", help="tls: the server's certificate and private key"
+    )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--addr", default="127.0.0.1:0", metavar="HOST:PORT")
     where.add_argument("--unix", metavar="PATH")
     arguments = parser.parse_args()
+    if arguments.transport == "tls" and (arguments.cert is None or arguments.kind == "sock"):
+        parser.error("--transport tls needs --cert and --kind protocol or streams")
+    if arguments.transport == "udp" and (
+        arguments.kind != "protocol" or arguments.role != "echo" or arguments.unix is not None
+    ):
+        parser.error("--transport udp serves --kind protocol --role echo on --addr only")
     host, _, port = arguments.addr.rpartition(":")
     arguments.host, arguments.port = host.strip("[]") or "127.0.0.1", int(port)
     return arguments
@@ -389,6 +454,8 @@ def main() -> None:
                 loop,
                 arguments.kind,
                 arguments.role,
+                arguments.transport,
+                arguments.cert,
                 arguments.host,
                 arguments.port,
                 arguments.unix,
@@ -396,8 +463,8 @@ def main() -> None:
         )
     except Exception as error:
         print(
-            f"net_servers: cannot serve {arguments.role} ({arguments.kind}) on "
-            f"{arguments.loop}: {type(error).__name__}: {error}",
+            f"net_servers: cannot serve {arguments.role} ({arguments.kind}, "
+            f"{arguments.transport}) on {arguments.loop}: {type(error).__name__}: {error}",
             file=sys.stderr,
         )
         sys.exit(3)

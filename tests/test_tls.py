@@ -2,30 +2,27 @@
 ``start_tls`` upgrading a plain connection, the TLS extra information, and a large transfer.
 
 TLS itself is asyncio's ``SSLProtocol`` on top of the loop's socket transport. Runs on stock
-asyncio and on oxloop (see conftest.py); the certificates are those of CPython's own asyncio
-tests (``test.test_asyncio.utils``), which ship with the interpreter.
+asyncio and on oxloop (see conftest.py). The certificates are generated at test time (a CA and
+a server certificate for "localhost" and "127.0.0.1", see tls_helpers.py); clients trust only
+that CA and check the host name.
 """
 
 import asyncio
 import ssl
 
 import pytest
+import trustme
 
-from test.test_asyncio import utils as stdlib_test_utils
-
+import tls_helpers
 from net_helpers import record_errors
 
 MiB = 1024 * 1024
 
-
-@pytest.fixture
-def server_context():
-    return stdlib_test_utils.simple_server_sslcontext()
-
-
-@pytest.fixture
-def client_context():
-    return stdlib_test_utils.simple_client_sslcontext()
+# Fixtures from tls_helpers (pytest finds fixtures among a module's names).
+tls_ca = tls_helpers.tls_ca
+server_cert = tls_helpers.server_cert
+server_context = tls_helpers.server_context
+client_context = tls_helpers.client_context
 
 
 async def others_done(timeout=5.0):
@@ -50,12 +47,15 @@ def test_tls_stream_echo(loop, server_context, client_context):
     async def main():
         server = await asyncio.start_server(echo_lines, "127.0.0.1", 0, ssl=server_context)
         port = server.sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=client_context, server_hostname=""
-        )
+        # server_hostname defaults to the host: the certificate is checked for 127.0.0.1.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context)
         ssl_object = writer.get_extra_info("ssl_object")
         assert isinstance(ssl_object, ssl.SSLObject)
         assert ssl_object.version() is not None
+        assert ssl_object.server_hostname == "127.0.0.1"
+        peercert = writer.get_extra_info("peercert")
+        assert ("IP Address", "127.0.0.1") in peercert["subjectAltName"]
+        assert ("DNS", "localhost") in peercert["subjectAltName"]
         assert writer.get_extra_info("peername")[0] == "127.0.0.1"
         for i in range(3):
             writer.write(b"line %d\n" % i)
@@ -75,7 +75,7 @@ def test_tls_large_transfer_arrives_intact(loop, server_context, client_context)
         server = await asyncio.start_server(echo_lines, "127.0.0.1", 0, ssl=server_context)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=client_context, server_hostname="", limit=8 * MiB
+            "127.0.0.1", port, ssl=client_context, server_hostname="localhost", limit=8 * MiB
         )
         writer.write(payload)
         assert await reader.readexactly(len(payload)) == payload
@@ -87,17 +87,22 @@ def test_tls_large_transfer_arrives_intact(loop, server_context, client_context)
     loop.run_until_complete(main())
 
 
-def test_tls_handshake_failure_reaches_the_client(loop, server_context):
-    # A client that verifies certificates rejects the test suite's self-signed one; the
-    # server side reports its failed handshake to the exception handler.
+@pytest.mark.parametrize("failure", ["untrusted CA", "host name mismatch"])
+def test_tls_handshake_failure_reaches_the_client(loop, tls_ca, server_context, failure):
+    # A client that verifies certificates rejects one from a CA it does not trust, or one
+    # issued for another host name; the server side reports its failed handshake to the
+    # exception handler.
     errors = record_errors(loop)
+    if failure == "untrusted CA":
+        client, hostname, reason = tls_helpers.make_client_context(trustme.CA()), "localhost", "unable to get"
+    else:
+        client, hostname, reason = tls_helpers.make_client_context(tls_ca), "example.com", "Hostname mismatch"
 
     async def main():
         server = await asyncio.start_server(echo_lines, "127.0.0.1", 0, ssl=server_context)
         port = server.sockets[0].getsockname()[1]
-        strict = ssl.create_default_context()
-        with pytest.raises(ssl.SSLCertVerificationError):
-            await asyncio.open_connection("127.0.0.1", port, ssl=strict, server_hostname="localhost")
+        with pytest.raises(ssl.SSLCertVerificationError, match=reason):
+            await asyncio.open_connection("127.0.0.1", port, ssl=client, server_hostname=hostname)
         await others_done()  # the server's side of the failed handshake
         server.close()
         await server.wait_closed()
@@ -124,7 +129,7 @@ def test_start_tls_upgrades_a_plain_connection(loop, server_context, client_cont
         assert writer.get_extra_info("ssl_object") is None
         writer.write(b"STARTTLS\n")
         assert await reader.readline() == b"OK\n"
-        await writer.start_tls(client_context, server_hostname="")
+        await writer.start_tls(client_context, server_hostname="localhost")
         assert isinstance(writer.get_extra_info("ssl_object"), ssl.SSLObject)
         writer.write(b"secret\n")
         assert await reader.readline() == b"secret\n"

@@ -12,13 +12,16 @@ import logging
 import socket
 import sys
 import threading
+import weakref
 from asyncio import base_events, events
 
 from . import _core
+from ._datagram import DatagramOperations
 from ._dns import ResolverOperations
-from ._pending import PendingOperations
+from ._pipes import PipeOperations
 from ._signals import SignalOperations
 from ._sockets import SocketOperations
+from ._subprocess import ProcessOperations
 from ._transports import StreamOperations
 
 logger = logging.getLogger("asyncio")
@@ -28,9 +31,11 @@ class Loop(
     _core.LoopCore,
     SocketOperations,
     StreamOperations,
+    DatagramOperations,
+    PipeOperations,
+    ProcessOperations,
     SignalOperations,
     ResolverOperations,
-    PendingOperations,
     asyncio.BaseEventLoop,
 ):
     """An asyncio event loop whose core is written in Rust."""
@@ -39,6 +44,12 @@ class Loop(
         asyncio.BaseEventLoop.__init__(self)
         # asyncio keeps its queues in these; ours live in the native core.
         del self._ready, self._scheduled
+        # Transports made in Python (datagram), by fd, as asyncio keeps them: their fds
+        # cannot be watched by user code while they are open. (Stream and pipe transports
+        # are known to the native core.)
+        self._transports = weakref.WeakValueDictionary()
+        # The pidfds of running children, with their pids (see _subprocess.py).
+        self._child_pidfds = {}
         self._signal_handlers = {}
         self._self_reader, self._self_writer = socket.socketpair()
         self._self_reader.setblocking(False)
@@ -84,6 +95,7 @@ class Loop(
         if self._debug:
             logger.debug("Close %r", self)
         self._remove_all_signal_handlers()
+        self._release_children()
         self._close_core()
         self._self_reader.close()
         self._self_writer.close()

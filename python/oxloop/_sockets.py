@@ -42,15 +42,17 @@ class SocketOperations:
         costs little memory. The caller removes the watch with ``_unwatch`` when the wait
         ends, however it ends.
         """
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
         add = self._add_writer if for_writing else self._add_reader
         future = self.create_future()
-        return future, add(sock.fileno(), self._retry_sock_operation, future, sock, method, *args)
+        return future, add(fd, self._retry_sock_operation, future, sock, method, *args)
 
     def _unwatch(self, fd, for_writing, handle):
         """Remove a watch made by ``_watch`` unless another operation replaced it meanwhile
         (the replaced watch is cancelled, which is how we know)."""
         if not handle.cancelled():
-            (self.remove_writer if for_writing else self.remove_reader)(fd)
+            (self._remove_writer if for_writing else self._remove_reader)(fd)
 
     async def _when_ready(self, sock, for_writing, method, *args):
         """Wait until ``sock.<method>(*args)`` stops raising BlockingIOError; return its result."""

@@ -172,11 +172,9 @@ MODULES: tuple[StdlibModule, ...] = (
         ),
         note="BaseStartTLS on the loop; SslProtoHandshakeTests via new_event_loop()",
     ),
-    # ---- not run by default (yet): select them with --modules -------------
     StdlibModule(
         name="test_events_subprocess",
         module="test.test_asyncio.test_events",
-        default=False,
         stdlib_tests=False,
         loop_classes=(
             LoopTestClass(
@@ -189,8 +187,7 @@ MODULES: tuple[StdlibModule, ...] = (
     ),
     _plain(
         "test_subprocess",
-        "policy.new_event_loop() with asyncio's child watchers",
-        default=False,
+        "policy.new_event_loop(); with 3.11's child watchers set by the tests, which oxloop honours",
     ),
 )
 

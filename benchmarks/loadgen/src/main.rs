@@ -2,16 +2,24 @@
 //!
 //! ```text
 //! loadgen echo --addr HOST:PORT|--unix PATH [--conns N] [--size BYTES]
-//!              [--duration SECS | --requests N] [--warmup SECS] [--threads T]
-//! loadgen bulk --addr HOST:PORT|--unix PATH --bytes TOTAL [--chunk BYTES]
+//!              [--duration SECS | --requests N] [--warmup SECS] [--threads T] [--tls CAFILE]
+//! loadgen bulk --addr HOST:PORT|--unix PATH --bytes TOTAL [--chunk BYTES] [--tls CAFILE]
 //! loadgen idle --addr HOST:PORT|--unix PATH [--conns N] [--inflight N]
+//! loadgen udp  --addr HOST:PORT [--conns N] [--size BYTES] [--duration SECS] [--warmup SECS]
+//!              [--resend-after MS]
 //! ```
 //!
 //! Every mode prints one JSON object on stdout when its measurement is done, and exits with
 //! status 1 and a message on stderr if anything goes wrong (a connection refused or closed
 //! early, a wrong echo, a wrong byte count). Each mode checks that the server really did the
-//! work: `echo` compares every echoed byte with what it sent, `bulk` checks the byte count the
-//! server acknowledges, `idle` waits for every connection's reply byte.
+//! work: `echo` and `udp` compare every echoed byte with what they sent, `bulk` checks the byte
+//! count the server acknowledges, `idle` waits for every connection's reply byte.
+//!
+//! `--tls CAFILE` (echo, bulk): every connection speaks TLS 1.3 (OpenSSL, through the `openssl`
+//! crate), trusts only the certificates in CAFILE (PEM), and checks that the server's
+//! certificate names the address connected to (its IP address; `localhost` with `--unix`). The
+//! handshakes happen before the clock starts; at the end every connection sends its
+//! close_notify and waits for the server's, so that the server sees an orderly close.
 //!
 //! - `echo`: N connections, each in a closed loop: send a message of BYTES (its first 8 bytes a
 //!   sequence number, so a stale or duplicated echo is caught), wait for the whole message to
@@ -32,25 +40,38 @@
 //!   and waits for one byte back. Prints the time until every connection was answered, then
 //!   holds all connections open until its standard input is closed (or it is killed), so that
 //!   the harness can measure the server's memory meanwhile.
+//! - `udp`: N UDP sockets, each connected to the server and in a closed loop: send a datagram
+//!   of BYTES (at least 8: its first 8 bytes are a sequence number), wait for its echo, compare,
+//!   send the next. A datagram whose echo has not come back after `--resend-after` ms (default
+//!   50) is sent again and counted as `resent`; an echo of an older or already answered
+//!   datagram (the original of one that was re-sent after all) is counted as `late` and
+//!   ignored. Warm-up, duration and draining as in `echo`; one thread. `datagrams_sent` and
+//!   `echoes_received` count every datagram, so a harness can bound the server's own count.
 //!
 //! The soft RLIMIT_NOFILE is raised to the hard limit at start.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::exit;
 use std::time::{Duration, Instant};
+
+use openssl::error::ErrorStack;
+use openssl::ssl::{ErrorCode, ShutdownResult, SslConnector, SslMethod, SslStream, SslVersion};
 
 // --- Command line --------------------------------------------------------------------------
 
 const USAGE: &str = "usage:
   loadgen echo --addr HOST:PORT|--unix PATH [--conns N] [--size BYTES]
                [--duration SECS | --requests N] [--warmup SECS] [--threads T] [--spin]
-  loadgen bulk --addr HOST:PORT|--unix PATH --bytes TOTAL [--chunk BYTES]
+               [--tls CAFILE]
+  loadgen bulk --addr HOST:PORT|--unix PATH --bytes TOTAL [--chunk BYTES] [--tls CAFILE]
   loadgen idle --addr HOST:PORT|--unix PATH [--conns N] [--inflight N]
+  loadgen udp  --addr HOST:PORT [--conns N] [--size BYTES] [--duration SECS] [--warmup SECS]
+               [--resend-after MS]
 sizes accept a K/M/G suffix (powers of 1024), e.g. --size 100K --bytes 1G";
 
 struct Options {
@@ -66,6 +87,10 @@ struct Options {
     chunk: usize,
     inflight: usize,
     spin: bool,
+    /// echo, bulk: speak TLS, trusting the certificates in this PEM file.
+    tls: Option<PathBuf>,
+    /// udp: re-send a datagram whose echo has not come back after this many milliseconds.
+    resend_after_ms: f64,
 }
 
 fn fail(message: impl std::fmt::Display) -> ! {
@@ -105,7 +130,7 @@ fn parse_options() -> Options {
         println!("{USAGE}");
         exit(0);
     }
-    if !matches!(mode.as_str(), "echo" | "bulk" | "idle") {
+    if !matches!(mode.as_str(), "echo" | "bulk" | "idle" | "udp") {
         usage_error(format!("unknown mode {mode:?}"));
     }
     let mut options = Options {
@@ -121,6 +146,8 @@ fn parse_options() -> Options {
         chunk: 256 << 10,
         inflight: 512,
         spin: false,
+        tls: None,
+        resend_after_ms: 50.0,
     };
     while let Some(flag) = arguments.next() {
         if flag == "--spin" {
@@ -149,6 +176,8 @@ fn parse_options() -> Options {
             "--bytes" => options.bytes = parse_size(&value),
             "--chunk" => options.chunk = parse_size(&value) as usize,
             "--inflight" => options.inflight = parse_number(&flag, &value),
+            "--tls" => options.tls = Some(PathBuf::from(value)),
+            "--resend-after" => options.resend_after_ms = parse_number(&flag, &value),
             _ => usage_error(format!("unknown option {flag}")),
         }
     }
@@ -161,7 +190,26 @@ fn parse_options() -> Options {
     if options.inflight == 0 {
         usage_error("--inflight must be positive");
     }
-    if options.mode == "echo" {
+    if options.tls.is_some() && !matches!(options.mode.as_str(), "echo" | "bulk") {
+        usage_error("--tls is for echo and bulk");
+    }
+    if options.mode == "udp" {
+        if !matches!(options.endpoint, Endpoint::Tcp(_)) {
+            usage_error("udp needs --addr HOST:PORT");
+        }
+        if options.requests.is_some() || options.threads != 1 || options.spin {
+            usage_error("udp takes --duration, not --requests, and runs one thread");
+        }
+        if !(UDP_MIN_SIZE..=UDP_MAX_SIZE).contains(&options.size) {
+            usage_error(format!(
+                "udp: --size must be {UDP_MIN_SIZE} to {UDP_MAX_SIZE} bytes"
+            ));
+        }
+        if options.resend_after_ms.is_nan() || options.resend_after_ms <= 0.0 {
+            usage_error("--resend-after must be > 0");
+        }
+    }
+    if matches!(options.mode.as_str(), "echo" | "udp") {
         match (options.duration, options.requests) {
             (None, None) => options.duration = Some(5.0),
             (Some(_), Some(_)) => usage_error("give --duration or --requests, not both"),
@@ -178,7 +226,7 @@ fn parse_options() -> Options {
     options
 }
 
-// --- Sockets and epoll ---------------------------------------------------------------------
+// --- Sockets -------------------------------------------------------------------------------
 
 enum Endpoint {
     Unset,
@@ -206,6 +254,16 @@ impl Endpoint {
         };
         Ok(File::from(fd))
     }
+
+    /// The name the server's certificate must carry: the IP address connected to, or
+    /// `localhost` for a Unix socket.
+    fn server_name(&self) -> String {
+        match self {
+            Endpoint::Tcp(address) => address.ip().to_string(),
+            Endpoint::Unix(_) => "localhost".into(),
+            Endpoint::Unset => unreachable!(),
+        }
+    }
 }
 
 fn raise_open_files_limit() {
@@ -222,6 +280,160 @@ fn raise_open_files_limit() {
         }
     }
 }
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl only reads and sets the status flags of a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `fd` is ready for `events` (`POLLIN`, `POLLOUT`) or `deadline` passes; returns
+/// whether it became ready.
+fn poll_until(fd: RawFd, events: i16, deadline: Instant) -> bool {
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return false;
+        }
+        let mut entry = libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
+        let timeout_ms = remaining.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: entry is one valid pollfd for the duration of the call.
+        match unsafe { libc::poll(&mut entry, 1, timeout_ms) } {
+            n if n > 0 => return true,
+            0 => {}
+            _ => {
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::Interrupted {
+                    fail(format!("poll: {error}"));
+                }
+            }
+        }
+    }
+}
+
+// --- TLS -----------------------------------------------------------------------------------
+
+/// How long a TLS connection waits for the server's close_notify at the end.
+const TLS_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A TLS 1.3 client configuration that trusts only the certificates in `ca_file`.
+fn tls_connector(ca_file: &Path) -> SslConnector {
+    let build = || -> Result<SslConnector, ErrorStack> {
+        let mut builder = SslConnector::builder(SslMethod::tls_client())?;
+        builder.set_min_proto_version(Some(SslVersion::TLS1_3))?;
+        builder.set_ca_file(ca_file)?;
+        Ok(builder.build())
+    };
+    build().unwrap_or_else(|error| fail(format!("TLS setup with {}: {error}", ca_file.display())))
+}
+
+/// A connected stream socket, plain or TLS; read and written alike.
+///
+/// A non-blocking TLS stream reports `WouldBlock` like a socket does, whether OpenSSL is
+/// waiting to read or to write; retrying a write with the same bytes is what OpenSSL expects.
+enum Stream {
+    Plain(File),
+    Tls(SslStream<File>),
+}
+
+impl Stream {
+    /// Connects (blocking); with `tls`, completes the TLS handshake (blocking) too, and only
+    /// then makes the socket non-blocking if asked.
+    fn connect(
+        endpoint: &Endpoint,
+        tls: Option<&SslConnector>,
+        nonblocking: bool,
+    ) -> Result<Stream, String> {
+        let Some(connector) = tls else {
+            return endpoint
+                .connect(nonblocking)
+                .map(Stream::Plain)
+                .map_err(|error| format!("connect: {error}"));
+        };
+        let socket = endpoint
+            .connect(false)
+            .map_err(|error| format!("connect: {error}"))?;
+        let stream = connector
+            .connect(&endpoint.server_name(), socket)
+            .map_err(|error| format!("TLS handshake: {error}"))?;
+        if nonblocking {
+            set_nonblocking(stream.get_ref().as_raw_fd())
+                .map_err(|error| format!("fcntl: {error}"))?;
+        }
+        Ok(Stream::Tls(stream))
+    }
+
+    /// Ends the connection. A TLS connection first sends its close_notify and waits (at most
+    /// `TLS_CLOSE_TIMEOUT`) for the server's, so that the server sees an orderly end of the
+    /// session rather than a truncated one; a server that does not answer in kind fails the
+    /// run.
+    fn close(self) {
+        let Stream::Tls(mut stream) = self else {
+            return;
+        };
+        let fd = stream.get_ref().as_raw_fd();
+        let deadline = Instant::now() + TLS_CLOSE_TIMEOUT;
+        loop {
+            let ready_for = match stream.shutdown() {
+                Ok(ShutdownResult::Received) => return,
+                Ok(ShutdownResult::Sent) => continue, // ours is out; the next call awaits theirs
+                Err(error) if error.code() == ErrorCode::WANT_READ => libc::POLLIN,
+                Err(error) if error.code() == ErrorCode::WANT_WRITE => libc::POLLOUT,
+                Err(error) => fail(format!("TLS close: {error}")),
+            };
+            if !poll_until(fd, ready_for, deadline) {
+                fail(format!(
+                    "the server did not answer close_notify within {TLS_CLOSE_TIMEOUT:?}"
+                ));
+            }
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(socket) => socket.read(buffer),
+            Stream::Tls(stream) => stream.read(buffer),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(socket) => socket.write(data),
+            Stream::Tls(stream) => stream.write(data),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(socket) => socket.flush(),
+            Stream::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Plain(socket) => socket.as_raw_fd(),
+            Stream::Tls(stream) => stream.get_ref().as_raw_fd(),
+        }
+    }
+}
+
+// --- epoll ---------------------------------------------------------------------------------
 
 struct Epoll {
     fd: OwnedFd,
@@ -358,7 +570,7 @@ struct EchoPlan {
 }
 
 struct EchoConnection {
-    socket: File,
+    socket: Stream,
     send: Vec<u8>,
     receive: Vec<u8>,
     sent: usize,
@@ -381,7 +593,7 @@ struct EchoOutcome {
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn echo_thread(sockets: Vec<File>, size: usize, first_id: usize, plan: EchoPlan) -> EchoOutcome {
+fn echo_thread(sockets: Vec<Stream>, size: usize, first_id: usize, plan: EchoPlan) -> EchoOutcome {
     let epoll = Epoll::new().unwrap_or_else(|error| fail(format!("epoll_create1: {error}")));
     let mut connections: Vec<EchoConnection> = sockets
         .into_iter()
@@ -541,6 +753,9 @@ fn echo_thread(sockets: Vec<File>, size: usize, first_id: usize, plan: EchoPlan)
             }
         }
     }
+    for connection in connections {
+        connection.socket.close();
+    }
     outcome
 }
 
@@ -598,13 +813,9 @@ fn percentile(sorted: &[u64], fraction: f64) -> f64 {
 }
 
 fn run_echo(options: &Options) {
-    let sockets: Vec<File> = (0..options.conns)
-        .map(|_| {
-            options
-                .endpoint
-                .connect(true)
-                .unwrap_or_else(|error| fail(format!("connect: {error}")))
-        })
+    let tls = options.tls.as_deref().map(tls_connector);
+    let sockets: Vec<Stream> = (0..options.conns)
+        .map(|_| Stream::connect(&options.endpoint, tls.as_ref(), true).unwrap_or_else(|e| fail(e)))
         .collect();
     let threads = options.threads.min(options.conns);
     let start = Instant::now();
@@ -619,7 +830,7 @@ fn run_echo(options: &Options) {
     let mut first_id = 0;
     for thread in 0..threads {
         let count = options.conns / threads + usize::from(thread < options.conns % threads);
-        let share: Vec<File> = remaining_sockets.by_ref().take(count).collect();
+        let share: Vec<Stream> = remaining_sockets.by_ref().take(count).collect();
         let requests = options.requests.map(|total| {
             total / threads as u64 + u64::from((thread as u64) < total % threads as u64)
         });
@@ -683,10 +894,9 @@ fn run_echo(options: &Options) {
 // --- bulk ----------------------------------------------------------------------------------
 
 fn run_bulk(options: &Options) {
-    let mut socket = options
-        .endpoint
-        .connect(false)
-        .unwrap_or_else(|error| fail(format!("connect: {error}")));
+    let tls = options.tls.as_deref().map(tls_connector);
+    let mut socket =
+        Stream::connect(&options.endpoint, tls.as_ref(), false).unwrap_or_else(|e| fail(e));
     let total = options.bytes;
     let chunk: Vec<u8> = (0..options.chunk)
         .map(|i| (i as u8).wrapping_mul(31))
@@ -708,6 +918,7 @@ fn run_bulk(options: &Options) {
         .read_exact(&mut answer)
         .unwrap_or_else(|error| fail(format!("reading the server's byte count: {error}")));
     let elapsed = start.elapsed().as_secs_f64();
+    socket.close();
     let acknowledged = u64::from_be_bytes(answer);
     if acknowledged != total {
         fail(format!(
@@ -813,6 +1024,237 @@ fn run_idle(options: &Options) {
     drop(sockets);
 }
 
+// --- udp -----------------------------------------------------------------------------------
+
+/// A datagram carries its 8-byte sequence number, so a late or duplicated echo is recognised.
+const UDP_MIN_SIZE: usize = 8;
+/// The largest UDP payload over IPv4.
+const UDP_MAX_SIZE: usize = 65507;
+
+struct UdpClient {
+    socket: UdpSocket,
+    send: Vec<u8>,
+    /// One byte longer than a datagram, so that a longer echo shows as such.
+    receive: Vec<u8>,
+    sequence: u64,
+    /// When the current datagram was first sent.
+    started: Instant,
+    /// When to send it again if its echo has not come back.
+    resend_at: Instant,
+    busy: bool,
+}
+
+#[derive(Default)]
+struct UdpOutcome {
+    counted: u64,
+    total: u64,
+    latencies_ns: Vec<u64>,
+    datagrams_sent: u64,
+    echoes_received: u64,
+    resent: u64,
+    late: u64,
+}
+
+/// Sends the client's current datagram. A full socket buffer (`WouldBlock`) loses it like the
+/// network would: the resend timer sends it again.
+fn send_datagram(client: &mut UdpClient, outcome: &mut UdpOutcome) {
+    loop {
+        match client.socket.send(&client.send) {
+            Ok(n) if n == client.send.len() => {
+                outcome.datagrams_sent += 1;
+                return;
+            }
+            Ok(n) => fail(format!("send sent {n} of {} bytes", client.send.len())),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
+                fail("nothing listens on the server's port (ICMP port unreachable)")
+            }
+            Err(error) => fail(format!("send: {error}")),
+        }
+    }
+}
+
+/// Starts the client's next request: a new sequence number, sent now.
+fn begin_datagram(
+    client: &mut UdpClient,
+    now: Instant,
+    resend_after: Duration,
+    outcome: &mut UdpOutcome,
+) {
+    client.sequence += 1;
+    client.send[..UDP_MIN_SIZE].copy_from_slice(&client.sequence.to_le_bytes());
+    client.started = now;
+    client.resend_at = now + resend_after;
+    client.busy = true;
+    send_datagram(client, outcome);
+}
+
+fn run_udp(options: &Options) {
+    let Endpoint::Tcp(server) = options.endpoint else {
+        unreachable!("checked when parsing")
+    };
+    let size = options.size;
+    let resend_after = Duration::from_secs_f64(options.resend_after_ms / 1e3);
+    let epoll = Epoll::new().unwrap_or_else(|error| fail(format!("epoll_create1: {error}")));
+    let local: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .unwrap();
+    let mut clients: Vec<UdpClient> = (0..options.conns)
+        .map(|id| {
+            let socket = UdpSocket::bind(local)
+                .and_then(|socket| socket.connect(server).map(|()| socket))
+                .and_then(|socket| socket.set_nonblocking(true).map(|()| socket))
+                .unwrap_or_else(|error| fail(format!("UDP socket: {error}")));
+            epoll
+                .add(socket.as_raw_fd(), READABLE, id)
+                .unwrap_or_else(|error| fail(format!("epoll_ctl: {error}")));
+            let send = (0..size)
+                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(id as u8))
+                .collect();
+            UdpClient {
+                socket,
+                send,
+                receive: vec![0; size + 1],
+                sequence: 0,
+                started: Instant::now(),
+                resend_at: Instant::now(),
+                busy: false,
+            }
+        })
+        .collect();
+
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(options.warmup);
+    let measure_until =
+        measure_from + Duration::from_secs_f64(options.duration.expect("checked when parsing"));
+    let mut outcome = UdpOutcome::default();
+    for client in clients.iter_mut() {
+        begin_datagram(client, start, resend_after, &mut outcome);
+    }
+    let mut busy = clients.len();
+    let mut drain_deadline: Option<Instant> = None;
+    let mut events = empty_events(64);
+    while busy > 0 {
+        let now = Instant::now();
+        if now >= measure_until {
+            let deadline = *drain_deadline.get_or_insert(now + DRAIN_TIMEOUT);
+            if now >= deadline {
+                fail(format!(
+                    "{busy} datagram(s) still unanswered {DRAIN_TIMEOUT:?} after the end"
+                ));
+            }
+        }
+        let mut next_resend: Option<Instant> = None;
+        for client in clients.iter_mut().filter(|client| client.busy) {
+            if client.resend_at <= now {
+                send_datagram(client, &mut outcome);
+                outcome.resent += 1;
+                client.resend_at = now + resend_after;
+            }
+            next_resend = Some(next_resend.map_or(client.resend_at, |at| at.min(client.resend_at)));
+        }
+        // Wake up at the phase boundaries and when a datagram is due to be re-sent.
+        let timeout = [
+            Some(measure_from),
+            Some(measure_until),
+            drain_deadline,
+            next_resend,
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|&instant| instant > now)
+        .min()
+        .map(|instant| instant - now);
+        let n = epoll.wait(&mut events, timeout);
+        for event in &events[..n] {
+            let token = event.u64 as usize;
+            let client = &mut clients[token];
+            loop {
+                let length = match client.socket.recv(&mut client.receive) {
+                    Ok(length) => length,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
+                        fail("nothing listens on the server's port (ICMP port unreachable)")
+                    }
+                    Err(error) => fail(format!("recv: {error}")),
+                };
+                outcome.echoes_received += 1;
+                if length != size {
+                    fail(format!(
+                        "socket {token} got a datagram of {length} bytes, not {size}"
+                    ));
+                }
+                let mut stamp = [0u8; UDP_MIN_SIZE];
+                stamp.copy_from_slice(&client.receive[..UDP_MIN_SIZE]);
+                let sequence = u64::from_le_bytes(stamp);
+                if sequence > client.sequence {
+                    fail(format!(
+                        "socket {token} got an echo of datagram {sequence}, which it never sent"
+                    ));
+                }
+                if sequence < client.sequence || !client.busy {
+                    outcome.late += 1; // the echo of a datagram re-sent and answered already
+                    continue;
+                }
+                if client.receive[..size] != client.send[..] {
+                    fail(format!(
+                        "echo mismatch on socket {token} datagram {sequence}"
+                    ));
+                }
+                let done = Instant::now();
+                outcome.total += 1;
+                if done >= measure_from && done < measure_until {
+                    outcome.counted += 1;
+                    outcome
+                        .latencies_ns
+                        .push((done - client.started).as_nanos() as u64);
+                }
+                client.busy = false;
+                busy -= 1;
+                if done < measure_until {
+                    begin_datagram(client, done, resend_after, &mut outcome);
+                    busy += 1;
+                }
+            }
+        }
+    }
+    if outcome.counted == 0 {
+        fail("no round trip completed during the measurement");
+    }
+    outcome.latencies_ns.sort_unstable();
+    let latencies = &outcome.latencies_ns;
+    let elapsed = (measure_until - measure_from).as_secs_f64();
+    let rate = outcome.counted as f64 / elapsed;
+    JsonObject::new()
+        .string("mode", "udp")
+        .int("conns", options.conns as u64)
+        .int("size", size as u64)
+        .int("round_trips", outcome.counted)
+        .float("elapsed_s", elapsed)
+        .float("round_trips_per_s", rate)
+        .float("mb_per_s", rate * size as f64 / 1e6)
+        .object(
+            "latency_us",
+            JsonObject::new()
+                .float("p50", percentile(latencies, 0.50))
+                .float("p90", percentile(latencies, 0.90))
+                .float("p99", percentile(latencies, 0.99))
+                .float("max", percentile(latencies, 1.0)),
+        )
+        .int("total_round_trips", outcome.total)
+        .int("datagrams_sent", outcome.datagrams_sent)
+        .int("echoes_received", outcome.echoes_received)
+        .int("resent", outcome.resent)
+        .int("late", outcome.late)
+        .print();
+}
+
 fn main() {
     let options = parse_options();
     raise_open_files_limit();
@@ -820,6 +1262,7 @@ fn main() {
         "echo" => run_echo(&options),
         "bulk" => run_bulk(&options),
         "idle" => run_idle(&options),
+        "udp" => run_udp(&options),
         _ => unreachable!(),
     }
 }

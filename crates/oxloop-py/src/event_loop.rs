@@ -468,19 +468,27 @@ impl LoopCore {
         slf.get().shared_with_handles(slf)
     }
 
-    /// asyncio's `_ensure_fd_no_transport`: the fd must not belong to a transport. (asyncio
-    /// lets a closing transport's fd be watched; here the transport keeps its watch until it
-    /// has flushed and lost its connection, so the fd stays taken until then.)
+    /// asyncio's `_ensure_fd_no_transport`: the fd must not belong to a transport, native
+    /// (a stream transport: it keeps its watch until it has flushed and lost its connection,
+    /// so its fd stays taken until then) or Python (in the loop's `_transports`, as asyncio
+    /// keeps them: taken until the transport is closing).
     fn ensure_fd_no_transport(slf: &Bound<'_, Self>, fileobj: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<()> {
         let py = slf.py();
-        if let Some(transport) = slf.get().shared.stream_on(py, fd) {
-            let owner = match transport.get().python_transport(py) {
+        let owner = match slf.get().shared.stream_on(py, fd) {
+            Some(transport) => Some(match transport.get().python_transport(py) {
                 Some(owner) => owner.bind(py).repr()?.to_string(),
                 None => "<closed transport>".to_owned(),
-            };
-            return Err(PyRuntimeError::new_err(format!("File descriptor {} is used by transport {owner}", fileobj.repr()?)));
+            }),
+            None => match slf.getattr(pyo3::intern!(py, "_transports"))?.call_method1(pyo3::intern!(py, "get"), (fd,))? {
+                transport if transport.is_none() => None,
+                transport if transport.call_method0(pyo3::intern!(py, "is_closing"))?.is_truthy()? => None,
+                transport => Some(transport.repr()?.to_string()),
+            },
+        };
+        match owner {
+            Some(owner) => Err(PyRuntimeError::new_err(format!("File descriptor {} is used by transport {owner}", fileobj.repr()?))),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Sends what was written to stream transports during the iteration.
@@ -655,13 +663,16 @@ impl LoopCore {
         self.lock().clock.now()
     }
 
-    /// `add_reader`/`add_writer`.
-    fn add_fd_callback(slf: &Bound<'_, Self>, fileobj: &Bound<'_, PyAny>, side: Side, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
+    /// `add_reader`/`add_writer` (`checked`: refused for a transport's fd, as the public
+    /// methods are; the loop's own callers, like asyncio's `_add_reader`, are not checked).
+    fn add_fd_callback(slf: &Bound<'_, Self>, fileobj: &Bound<'_, PyAny>, side: Side, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, checked: bool) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
         this.check_closed()?;
         let fd = fileobj_to_fd(fileobj)?;
-        Self::ensure_fd_no_transport(slf, fileobj, fd)?;
+        if checked {
+            Self::ensure_fd_no_transport(slf, fileobj, fd)?;
+        }
         let handle = Self::new_handle(slf, callback, args, None, false, None)?;
         let previous = this.lock().set_fd_callback(fd, side, Some(handle.clone_ref(py)))?;
         if let Some(previous) = previous {
@@ -670,15 +681,18 @@ impl LoopCore {
         Ok(handle)
     }
 
-    /// `remove_reader`/`remove_writer`: whether a callback was registered.
-    fn remove_fd_callback(slf: &Bound<'_, Self>, fileobj: &Bound<'_, PyAny>, side: Side) -> PyResult<bool> {
+    /// `remove_reader`/`remove_writer`: whether a callback was registered (`checked` as for
+    /// [`Self::add_fd_callback`]).
+    fn remove_fd_callback(slf: &Bound<'_, Self>, fileobj: &Bound<'_, PyAny>, side: Side, checked: bool) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
         if this.closed.load(Ordering::Acquire) {
             return Ok(false);
         }
         let fd = fileobj_to_fd(fileobj)?;
-        Self::ensure_fd_no_transport(slf, fileobj, fd)?;
+        if checked {
+            Self::ensure_fd_no_transport(slf, fileobj, fd)?;
+        }
         let previous = {
             let mut state = this.lock();
             let registered = state.fd_callbacks.get(&fd).is_some_and(|e| match side {
@@ -904,35 +918,53 @@ impl LoopCore {
     /// Watches `fd` for reading: `callback(*args)` runs each iteration while it is readable.
     #[pyo3(signature = (fd, callback, *args))]
     fn add_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
-        Self::add_fd_callback(slf, fd, Side::Read, callback, args).map(drop)
+        Self::add_fd_callback(slf, fd, Side::Read, callback, args, true).map(drop)
     }
 
-    /// Like `add_reader`, returning the handle.
+    /// Like `add_reader`, returning the handle, and allowed on a transport's fd (for the
+    /// loop's own use, as asyncio's `_add_reader`).
     #[pyo3(signature = (fd, callback, *args))]
     fn _add_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
-        Self::add_fd_callback(slf, fd, Side::Read, callback, args)
+        Self::add_fd_callback(slf, fd, Side::Read, callback, args, false)
     }
 
     /// Stops watching `fd` for reading; whether it was watched.
     fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Self::remove_fd_callback(slf, fd, Side::Read)
+        Self::remove_fd_callback(slf, fd, Side::Read, true)
+    }
+
+    /// Like `remove_reader`, allowed on a transport's fd (asyncio's `_remove_reader`).
+    fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_fd_callback(slf, fd, Side::Read, false)
     }
 
     /// Watches `fd` for writing: `callback(*args)` runs each iteration while it is writable.
     #[pyo3(signature = (fd, callback, *args))]
     fn add_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
-        Self::add_fd_callback(slf, fd, Side::Write, callback, args).map(drop)
+        Self::add_fd_callback(slf, fd, Side::Write, callback, args, true).map(drop)
     }
 
-    /// Like `add_writer`, returning the handle.
+    /// Like `add_writer`, returning the handle, and allowed on a transport's fd (asyncio's
+    /// `_add_writer`).
     #[pyo3(signature = (fd, callback, *args))]
     fn _add_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
-        Self::add_fd_callback(slf, fd, Side::Write, callback, args)
+        Self::add_fd_callback(slf, fd, Side::Write, callback, args, false)
     }
 
     /// Stops watching `fd` for writing; whether it was watched.
     fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Self::remove_fd_callback(slf, fd, Side::Write)
+        Self::remove_fd_callback(slf, fd, Side::Write, true)
+    }
+
+    /// Like `remove_writer`, allowed on a transport's fd (asyncio's `_remove_writer`).
+    fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_fd_callback(slf, fd, Side::Write, false)
+    }
+
+    /// asyncio's `_ensure_fd_no_transport(fd)`: RuntimeError if a transport uses `fd`.
+    fn _ensure_fd_no_transport(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<()> {
+        let fileno = fileobj_to_fd(fd)?;
+        Self::ensure_fd_no_transport(slf, fd, fileno)
     }
 
     /// The loop's counters, for live metrics.

@@ -8,11 +8,13 @@
 use pyo3::prelude::*;
 
 mod alloc;
+mod datagram;
 mod dns;
 mod event_loop;
 mod fastcall;
 mod futures;
 mod handles;
+mod sockaddr;
 mod transport;
 mod transport_methods;
 
@@ -25,6 +27,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::TimerHandle>()?;
     alloc::install(&m.py().get_type::<handles::Handle>(), &m.py().get_type::<handles::TimerHandle>());
     m.add_class::<transport::StreamTransport>()?;
+    m.add_class::<datagram::DatagramTransport>()?;
     transport_methods::register(m)?;
     dns::register(m)?;
     Ok(())

@@ -1,5 +1,6 @@
-//! `StreamTransport`: the native half of oxloop's TCP and Unix stream transports (the
-//! Python half, `oxloop._transports.SocketTransport`, is the `asyncio.Transport` users see).
+//! `StreamTransport`: the native half of oxloop's byte-stream transports: TCP and Unix
+//! sockets (the Python half, `oxloop._transports.SocketTransport`, is the `asyncio.Transport`
+//! users see) and the read and write ends of pipes (`oxloop._pipes`).
 //!
 //! Everything that happens per packet is here: reading into `bytes` (or into a
 //! `BufferedProtocol`'s buffer) and calling the protocol, buffering writes, sending the writes
@@ -10,7 +11,7 @@
 //! - Only the loop's thread touches a transport, with the GIL held. The state lives behind a
 //!   mutex only because PyO3 requires frozen classes to be `Sync`; it is never held across a
 //!   call into Python or a drop of a Python object, so it is never contended or re-entered.
-//! - The Python socket object owns the descriptor; this object only borrows its number, from
+//! - The Python socket (or pipe) object owns the descriptor; this object only borrows its number, from
 //!   registration until [`StreamTransport::detach`], which the Python half calls just before
 //!   closing the socket. The loop watches the descriptor edge-triggered for both directions
 //!   from registration to detach, so a read that did not drain the socket, or a resumed
@@ -21,6 +22,8 @@
 //!   (`flush_queued`) or waiting for writability (`write_pending`): data is never stranded.
 //! - `connection_lost` is scheduled exactly once: every path that schedules it first checks
 //!   and increments `conn_lost` under the lock.
+//! - A pipe transport does one direction only ([`Role`]): a read pipe never has buffered
+//!   data; a write pipe never reads, and its readable state means "the reader went away".
 
 use std::collections::VecDeque;
 use std::ffi::c_int;
@@ -54,6 +57,53 @@ const MAX_IOVECS: usize = 64;
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 /// asyncio's default high-water mark; the low-water mark is a quarter of it.
 const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+
+/// What a transport's descriptor is, which decides the system calls and asyncio's rules.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A connected stream socket, read and written.
+    Socket,
+    /// The read end of a pipe (or a pty, or a socket used as one): asyncio's read pipe
+    /// transport closes at end of file whatever `eof_received` returns.
+    ReadPipe,
+    /// The write end of a pipe: written with `writev`; writes while closing are dropped.
+    WritePipe,
+}
+
+impl Role {
+    /// From the `kind` argument of the constructor.
+    fn parse(kind: &str) -> PyResult<Self> {
+        match kind {
+            "socket" => Ok(Role::Socket),
+            "read_pipe" => Ok(Role::ReadPipe),
+            "write_pipe" => Ok(Role::WritePipe),
+            _ => Err(pyo3::exceptions::PyValueError::new_err(format!("unknown transport kind {kind:?}"))),
+        }
+    }
+
+    /// asyncio's messages for failed reads and writes.
+    fn read_error_message(self) -> &'static str {
+        match self {
+            Role::Socket => "Fatal read error on socket transport",
+            _ => "Fatal read error on pipe transport",
+        }
+    }
+
+    fn write_error_message(self) -> &'static str {
+        match self {
+            Role::Socket => "Fatal write error on socket transport",
+            _ => "Fatal write error on pipe transport",
+        }
+    }
+
+    /// asyncio's warning for writes made after the connection was lost.
+    fn lost_write_warning(self) -> &'static str {
+        match self {
+            Role::Socket => "socket.send() raised exception.",
+            _ => "pipe closed by peer or os.write(pipe, data) raised exception.",
+        }
+    }
+}
 
 /// One piece of buffered outgoing data.
 enum Chunk {
@@ -194,12 +244,21 @@ struct StreamState {
     empty_waiter: Option<Py<PyAny>>,
     /// The descriptor is registered with the loop.
     watched: bool,
+    /// A write pipe watches for its reader going away (asyncio does for pipes and sockets).
+    watching_peer: bool,
+    /// Writes a closed write pipe dropped (asyncio's count for its warning).
+    dropped_writes: u32,
 }
 
 impl StreamState {
-    /// Whether the loop should deliver readable events.
-    fn wants_read(&self) -> bool {
-        self.started && !self.reading_paused && !self.closing && !self.eof_received && self.watched
+    /// Whether the transport should read (on events, or, unwatched, when scheduled).
+    fn wants_read(&self, pollable: bool) -> bool {
+        self.started && !self.reading_paused && !self.closing && !self.eof_received && (self.watched || !pollable)
+    }
+
+    /// Whether a write pipe should hear of its reader going away.
+    fn wants_peer_close(&self) -> bool {
+        self.watching_peer && !self.closing && self.watched
     }
 }
 
@@ -217,11 +276,13 @@ enum FlushOutcome {
 #[pyclass(module = "oxloop._core", frozen, weakref)]
 pub struct StreamTransport {
     fd: RawFd,
+    role: Role,
     shared: Arc<LoopShared>,
     /// The `contextvars.Context` protocol callbacks run in (a copy of the one current when
     /// the transport was made, as asyncio's reader handle has).
     context: Py<PyAny>,
-    /// Mirrors [`StreamState::wants_read`] for event dispatch.
+    /// Mirrors [`StreamState::wants_read`] (for a write pipe, [`StreamState::wants_peer_close`])
+    /// for event dispatch.
     reading: AtomicBool,
     /// A send would block: the loop delivers the next writable event.
     write_pending: AtomicBool,
@@ -230,6 +291,9 @@ pub struct StreamTransport {
     /// The poller reported the peer's end of file (or an error): reads continue past a short
     /// read until they see it, since no further event will come.
     peer_closed: AtomicBool,
+    /// The poller accepts the descriptor. A character device it refuses (`/dev/null`) is
+    /// always ready: reads reschedule themselves, writes that would block are retried.
+    pollable: AtomicBool,
     state: Mutex<StreamState>,
 }
 
@@ -261,12 +325,16 @@ impl StreamTransport {
     /// Whether a read that got `received` of `capacity` bytes may have left something to
     /// read (more data, or an end of file or error with no event to announce it).
     fn may_have_more(&self, received: usize, capacity: usize) -> bool {
-        received == capacity || self.peer_closed.load(Ordering::Relaxed)
+        received == capacity || !self.pollable.load(Ordering::Relaxed) || self.peer_closed.load(Ordering::Relaxed)
     }
 
     /// Recomputes `reading` from the state.
     fn sync_reading(&self, state: &StreamState) {
-        self.reading.store(state.wants_read(), Ordering::Relaxed);
+        let wanted = match self.role {
+            Role::WritePipe => state.wants_peer_close(),
+            _ => state.wants_read(self.pollable.load(Ordering::Relaxed)),
+        };
+        self.reading.store(wanted, Ordering::Relaxed);
     }
 
     /// The Python transport and protocol, for error reports.
@@ -328,6 +396,9 @@ impl StreamTransport {
         if !this.reading.load(Ordering::Relaxed) {
             return Ok(());
         }
+        if this.role == Role::WritePipe {
+            return Self::reader_gone(slf);
+        }
         let py = slf.py();
         let (protocol, buffered) = {
             let state = this.lock();
@@ -343,7 +414,7 @@ impl StreamTransport {
         }
     }
 
-    /// A read for a plain `Protocol`: `recv` into the loop's read buffer, then
+    /// A read for a plain `Protocol`: `read` into the loop's read buffer, then
     /// `data_received(bytes)` with an exactly sized copy.
     fn read_bytes(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
@@ -352,12 +423,13 @@ impl StreamTransport {
         // of the data instead of two. Small reads go through the loop's buffer, so that a
         // 1 KiB message does not cost a 256 KiB allocation.
         let received = if this.large_reads.load(Ordering::Relaxed) {
-            recv_into_new_bytes(py, this.fd)
+            read_into_new_bytes(py, this.fd)
         } else {
             this.shared.with_read_buffer(|buffer| {
                 // SAFETY: `buffer` is a valid writable region of its length; `fd` is
-                // registered (open) while this transport reads.
-                let n = unsafe { libc::recv(this.fd, buffer.as_mut_ptr().cast(), buffer.len(), 0) };
+                // registered (open) while this transport reads. (`read` is `recv` without
+                // flags on a socket, and works on pipes.)
+                let n = unsafe { libc::read(this.fd, buffer.as_mut_ptr().cast(), buffer.len()) };
                 if n < 0 {
                     Err(io::Error::last_os_error())
                 } else {
@@ -384,7 +456,7 @@ impl StreamTransport {
         }
     }
 
-    /// A read for a `BufferedProtocol`: `get_buffer(-1)`, `recv` straight into it, then
+    /// A read for a `BufferedProtocol`: `get_buffer(-1)`, `read` straight into it, then
     /// `buffer_updated(n)`.
     fn read_into_protocol_buffer(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
@@ -394,7 +466,7 @@ impl StreamTransport {
             Ok(buffer) => buffer,
             Err(error) => return Self::protocol_failed(slf, error, "Fatal error: protocol.get_buffer() call failed."),
         };
-        let received = match recv_into(this.fd, &buffer) {
+        let received = match read_into(this.fd, &buffer) {
             Ok(received) => received,
             Err(ReceiveIntoError::Python(error)) => return Self::protocol_failed(slf, error, "Fatal error: protocol.get_buffer() call failed."),
             Err(ReceiveIntoError::Os(err)) => return Self::read_failed(slf, err),
@@ -412,7 +484,7 @@ impl StreamTransport {
         Ok(())
     }
 
-    /// A failed `recv`: would-block ends the read; an interruption retries next iteration;
+    /// A failed `read`: would-block ends the read; an interruption retries next iteration;
     /// anything else is fatal.
     fn read_failed(slf: &Bound<'_, Self>, err: io::Error) -> PyResult<()> {
         match err.kind() {
@@ -421,7 +493,7 @@ impl StreamTransport {
                 Self::schedule_read(slf);
                 Ok(())
             }
-            _ => Self::fatal_error(slf, os_error(err), "Fatal read error on socket transport"),
+            _ => Self::fatal_error(slf, os_error(err), slf.get().role.read_error_message()),
         }
     }
 
@@ -443,7 +515,7 @@ impl StreamTransport {
             Ok(keep_open) => keep_open,
             Err(error) => return Self::protocol_failed(slf, error, "Fatal error: protocol.eof_received() call failed."),
         };
-        if !keep_open.is_truthy()? {
+        if this.role == Role::ReadPipe || !keep_open.is_truthy()? {
             Self::close_transport(slf)?;
         }
         Ok(())
@@ -460,7 +532,7 @@ impl StreamTransport {
                     break FlushOutcome::Emptied;
                 }
                 let used = state.buffer.fill_iovecs(py, &mut iov);
-                match send_vectored(self.fd, &iov[..used]) {
+                match send_vectored(self.role, self.fd, &iov[..used]) {
                     Ok(sent) => state.buffer.consume(py, sent, &mut released),
                     Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => break FlushOutcome::WouldBlock,
@@ -479,6 +551,16 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         match this.send_buffer(py) {
+            FlushOutcome::WouldBlock if !this.pollable.load(Ordering::Relaxed) => {
+                // No writable event will come: try again at the end of the iteration.
+                let mut state = this.lock();
+                if !state.flush_queued {
+                    state.flush_queued = true;
+                    drop(state);
+                    this.shared.queue_flush(slf.clone().unbind());
+                }
+                Ok(())
+            }
             FlushOutcome::WouldBlock => {
                 this.write_pending.store(true, Ordering::Relaxed);
                 Self::maybe_resume_protocol(slf)
@@ -493,7 +575,7 @@ impl StreamTransport {
                         waiter.call_method1(pyo3::intern!(py, "set_exception"), (error.value(py),))?;
                     }
                 }
-                Self::fatal_error(slf, error, "Fatal write error on socket transport")
+                Self::fatal_error(slf, error, this.role.write_error_message())
             }
             FlushOutcome::Emptied => {
                 this.write_pending.store(false, Ordering::Relaxed);
@@ -625,7 +707,7 @@ impl StreamTransport {
             None => Some(with_buffer(data, <[u8]>::to_vec)?),
         };
         let len = bytes.map_or_else(|| copy.as_ref().map_or(0, Vec::len), |b| b.as_bytes().len());
-        let (lost_writes, queue_flush, send_now) = {
+        let (warn_dropped, queue_flush, send_now) = {
             let mut state = this.lock();
             if state.eof_requested {
                 return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
@@ -636,12 +718,18 @@ impl StreamTransport {
             if len == 0 {
                 return Ok(());
             }
-            if state.conn_lost > 0 {
-                // asyncio's rule: writes after the connection is lost are dropped (and
-                // counted; past a threshold, each one logs a warning).
+            if this.role == Role::WritePipe && (state.closing || state.conn_lost > 0) {
+                // asyncio's write pipe drops what is written after close(), write_eof() or
+                // the reader going away (counted; past a threshold, each logs a warning).
+                let dropped = state.dropped_writes;
+                state.dropped_writes += 1;
+                (Some(dropped), false, false)
+            } else if state.conn_lost > 0 {
+                // asyncio's rule for sockets: writes after the connection is lost are
+                // dropped (counted in `conn_lost`, which is 1 at the first).
                 let lost = state.conn_lost;
                 state.conn_lost += 1;
-                (lost, false, false)
+                (Some(lost), false, false)
             } else {
                 match (bytes, copy.take()) {
                     (Some(bytes), _) => state.buffer.push_bytes(bytes),
@@ -649,17 +737,21 @@ impl StreamTransport {
                     (None, None) => unreachable!("a copy is made of every non-bytes buffer"),
                 }
                 let pending = this.write_pending.load(Ordering::Relaxed);
-                let queue_flush = !state.flush_queued && !pending;
+                // A pipe is written at once, as asyncio does (its reader may be waiting in
+                // a blocking read); a socket at the end of the iteration, or at once above
+                // the high-water mark.
+                let send_now = !pending && (this.role == Role::WritePipe || state.buffer.len > state.high_water);
+                let queue_flush = !send_now && !state.flush_queued && !pending;
                 if queue_flush {
                     state.flush_queued = true;
                 }
-                (0, queue_flush, !pending && state.buffer.len > state.high_water)
+                (None, queue_flush, send_now)
             }
         };
         let may_need_pause = send_now || this.write_pending.load(Ordering::Relaxed);
-        if lost_writes > 0 {
-            if lost_writes >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
-                warn_log(py, "socket.send() raised exception.")?;
+        if let Some(dropped) = warn_dropped {
+            if dropped >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+                warn_log(py, this.role.lost_write_warning())?;
             }
             return Ok(());
         }
@@ -736,17 +828,22 @@ impl StreamTransport {
 
 #[pymethods]
 impl StreamTransport {
-    /// Registers the connected socket `fd` with `loop` for `protocol`; `transport` is the
-    /// Python transport (passed to error reports). Reading starts with `_start_reading()`.
+    /// Registers `fd` with `loop` for `protocol`; `transport` is the Python transport (passed
+    /// to error reports). `kind` is "socket" (a connected stream socket), "read_pipe" or
+    /// "write_pipe". Reading starts with `_start_reading()`.
     #[new]
-    fn py_new(event_loop: &Bound<'_, LoopCore>, fd: RawFd, protocol: Bound<'_, PyAny>, transport: Bound<'_, PyAny>) -> PyResult<Py<Self>> {
+    #[pyo3(signature = (event_loop, fd, protocol, transport, kind="socket"))]
+    fn py_new(event_loop: &Bound<'_, LoopCore>, fd: RawFd, protocol: Bound<'_, PyAny>, transport: Bound<'_, PyAny>, kind: &str) -> PyResult<Py<Self>> {
         let py = event_loop.py();
+        let role = Role::parse(kind)?;
         let shared = LoopCore::shared_for_transport(event_loop)?;
         let buffered = is_buffered_protocol(&protocol)?;
         let this = Py::new(
             py,
             StreamTransport {
                 fd,
+                role,
+                pollable: AtomicBool::new(true),
                 shared: Arc::clone(&shared),
                 context: copy_current_context(py)?,
                 reading: AtomicBool::new(false),
@@ -770,11 +867,20 @@ impl StreamTransport {
                     flush_queued: false,
                     empty_waiter: None,
                     watched: false,
+                    watching_peer: false,
+                    dropped_writes: 0,
                 }),
             },
         )?;
-        shared.register_stream(fd, this.clone_ref(py))?;
-        this.get().lock().watched = true;
+        match shared.register_stream(fd, this.clone_ref(py)) {
+            Ok(()) => this.get().lock().watched = true,
+            // A pipe end the poller refuses (a character device such as /dev/null) is used
+            // unwatched, as always ready; a socket must be watchable.
+            Err(err) if role != Role::Socket && err.value(py).is_instance_of::<pyo3::exceptions::PyPermissionError>() => {
+                this.get().pollable.store(false, Ordering::Relaxed);
+            }
+            Err(err) => return Err(err),
+        }
         Ok(this)
     }
 
@@ -787,6 +893,21 @@ impl StreamTransport {
             this.sync_reading(&state);
         }
         Self::schedule_read(slf);
+    }
+
+    /// A write pipe: from now on, the reader going away closes the transport (scheduled by
+    /// the Python half after `connection_made`, for pipes and sockets, as asyncio does).
+    fn _watch_peer_close(slf: &Bound<'_, Self>) {
+        let this = slf.get();
+        {
+            let mut state = this.lock();
+            state.watching_peer = true;
+            this.sync_reading(&state);
+        }
+        if this.peer_closed.load(Ordering::Relaxed) {
+            // The event came before watching started; edge-triggered, it will not repeat.
+            Self::schedule_read(slf);
+        }
     }
 
     /// `transport.write(data)`.
@@ -1024,6 +1145,21 @@ impl StreamTransport {
 }
 
 impl StreamTransport {
+    /// A write pipe's reader went away: close now, with a `BrokenPipeError` if data is still
+    /// buffered (asyncio's `_UnixWritePipeTransport._read_ready`).
+    fn reader_gone(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        if !this.peer_closed.load(Ordering::Relaxed) {
+            return Ok(()); // data from a socket's peer: not the reader going away
+        }
+        let py = slf.py();
+        if this.shared.debug_enabled() {
+            Self::log_transport(slf, "%r was closed by peer")?;
+        }
+        let error = if this.lock().buffer.is_empty() { None } else { Some(pyo3::exceptions::PyBrokenPipeError::new_err(()).into_value(py).into_bound(py).into_any()) };
+        Self::force_close(slf, error)
+    }
+
     /// Logs `message % (transport,)` at debug level (debug mode only).
     fn log_transport(slf: &Bound<'_, Self>, message: &str) -> PyResult<()> {
         let py = slf.py();
@@ -1041,12 +1177,12 @@ fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
 }
 
 /// `logger.debug(message, transport)`.
-fn debug_log(py: Python<'_>, message: &str, transport: &Bound<'_, PyAny>) -> PyResult<()> {
+pub(crate) fn debug_log(py: Python<'_>, message: &str, transport: &Bound<'_, PyAny>) -> PyResult<()> {
     logger(py)?.call_method1("debug", (message, transport)).map(drop)
 }
 
 /// `logger.warning(message)`.
-fn warn_log(py: Python<'_>, message: &str) -> PyResult<()> {
+pub(crate) fn warn_log(py: Python<'_>, message: &str) -> PyResult<()> {
     logger(py)?.call_method1("warning", (message,)).map(drop)
 }
 
@@ -1076,7 +1212,7 @@ fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<()> {
 }
 
 /// Runs `f` on the contents of a contiguous bytes-like object.
-fn with_buffer<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+pub(crate) fn with_buffer<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
     let py = data.py();
     let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
     // SAFETY: the GIL is held; on success the view describes `len` readable bytes at `buf`
@@ -1099,8 +1235,8 @@ extern "C" {
     fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, new_size: ffi::Py_ssize_t) -> c_int;
 }
 
-/// `recv` of up to [`MAX_READ`] bytes straight into a new `bytes`, shrunk to what was read.
-fn recv_into_new_bytes(py: Python<'_>, fd: RawFd) -> io::Result<Bound<'_, PyBytes>> {
+/// `read` of up to [`MAX_READ`] bytes straight into a new `bytes`, shrunk to what was read.
+fn read_into_new_bytes(py: Python<'_>, fd: RawFd) -> io::Result<Bound<'_, PyBytes>> {
     // SAFETY: the GIL is held. A `bytes` made with a NULL source is uninitialised and not yet
     // shared, so writing into it and resizing it (which may move it) is allowed; it is
     // initialised up to the size it is shrunk to before anyone else sees it.
@@ -1109,7 +1245,7 @@ fn recv_into_new_bytes(py: Python<'_>, fd: RawFd) -> io::Result<Bound<'_, PyByte
         if object.is_null() {
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         }
-        let n = libc::recv(fd, ffi::PyBytes_AsString(object).cast(), MAX_READ, 0);
+        let n = libc::read(fd, ffi::PyBytes_AsString(object).cast(), MAX_READ);
         let error = (n < 0).then(io::Error::last_os_error);
         if _PyBytes_Resize(&mut object, n.max(0) as ffi::Py_ssize_t) < 0 {
             // The object was freed; nothing was read into anything anyone sees.
@@ -1124,22 +1260,22 @@ fn recv_into_new_bytes(py: Python<'_>, fd: RawFd) -> io::Result<Bound<'_, PyByte
     }
 }
 
-/// What `recv_into` read.
+/// What `read_into` read.
 struct Received {
     bytes: usize,
     capacity: usize,
 }
 
-/// Why `recv_into` failed.
+/// Why `read_into` failed.
 enum ReceiveIntoError {
     /// The buffer is unusable (not writable, empty).
     Python(PyErr),
-    /// `recv` failed.
+    /// `read` failed.
     Os(io::Error),
 }
 
-/// `recv` straight into a writable buffer object.
-fn recv_into(fd: RawFd, buffer: &Bound<'_, PyAny>) -> Result<Received, ReceiveIntoError> {
+/// `read` straight into a writable buffer object.
+fn read_into(fd: RawFd, buffer: &Bound<'_, PyAny>) -> Result<Received, ReceiveIntoError> {
     let py = buffer.py();
     let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
     // SAFETY: the GIL is held; on success the view describes `len` writable bytes at `buf`
@@ -1153,7 +1289,7 @@ fn recv_into(fd: RawFd, buffer: &Bound<'_, PyAny>) -> Result<Received, ReceiveIn
         let result = if capacity == 0 {
             Err(ReceiveIntoError::Python(PyRuntimeError::new_err("get_buffer() returned an empty buffer")))
         } else {
-            let n = libc::recv(fd, view.buf, capacity, 0);
+            let n = libc::read(fd, view.buf, capacity);
             if n < 0 {
                 Err(ReceiveIntoError::Os(io::Error::last_os_error()))
             } else {
@@ -1165,16 +1301,20 @@ fn recv_into(fd: RawFd, buffer: &Bound<'_, PyAny>) -> Result<Received, ReceiveIn
     }
 }
 
-/// One `sendmsg` of the given pieces (`MSG_NOSIGNAL`: a closed peer gives `EPIPE`, never a
-/// `SIGPIPE`).
-fn send_vectored(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
+/// One `sendmsg` of the given pieces on a socket (`MSG_NOSIGNAL`: a closed peer gives
+/// `EPIPE`, never a `SIGPIPE`), or one `writev` on a pipe (Python ignores `SIGPIPE`).
+fn send_vectored(role: Role, fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
     // SAFETY: a zeroed msghdr is valid (no name, no control data); `iov` points to `len`
     // valid iovecs describing live buffers for the duration of the call.
     let sent = unsafe {
-        let mut message: libc::msghdr = std::mem::zeroed();
-        message.msg_iov = iov.as_ptr() as *mut libc::iovec;
-        message.msg_iovlen = iov.len() as _;
-        libc::sendmsg(fd, &message, libc::MSG_NOSIGNAL)
+        if role == Role::Socket {
+            let mut message: libc::msghdr = std::mem::zeroed();
+            message.msg_iov = iov.as_ptr() as *mut libc::iovec;
+            message.msg_iovlen = iov.len() as _;
+            libc::sendmsg(fd, &message, libc::MSG_NOSIGNAL)
+        } else {
+            libc::writev(fd, iov.as_ptr(), iov.len() as c_int)
+        }
     };
     if sent < 0 {
         Err(io::Error::last_os_error())

@@ -111,11 +111,22 @@ const ENTRIES: [ffi::PyCFunctionFastWithKeywords; 7] = [
 ];
 
 /// Installs the forwarded methods on `cls`, a Python class whose instances keep their
-/// [`StreamTransport`] in `_core`.
+/// [`StreamTransport`] in `_core`: all of them, or those named in `names` (a read pipe has no
+/// `write`, a write pipe no `pause_reading`).
 #[pyfunction]
-fn install_transport_methods(cls: &Bound<'_, PyType>) -> PyResult<()> {
+#[pyo3(signature = (cls, names=None))]
+fn install_transport_methods(cls: &Bound<'_, PyType>, names: Option<Vec<String>>) -> PyResult<()> {
     let py = cls.py();
+    if let Some(names) = &names {
+        if let Some(unknown) = names.iter().find(|n| !METHODS.iter().any(|m| m.name.to_str().is_ok_and(|m| m == n.as_str()))) {
+            return Err(PyTypeError::new_err(format!("no native transport method named {unknown:?}")));
+        }
+    }
     for (method, entry) in METHODS.iter().zip(ENTRIES) {
+        let name = method.name.to_str().expect("method names are ASCII");
+        if names.as_ref().is_some_and(|names| !names.iter().any(|n| n == name)) {
+            continue;
+        }
         // The definition must outlive the class: leak it (a few small structs per class).
         let definition: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
             ml_name: method.name.as_ptr(),
@@ -126,7 +137,7 @@ fn install_transport_methods(cls: &Bound<'_, PyType>) -> PyResult<()> {
         // SAFETY: the class object and the leaked definition are valid; PyDescr_NewMethod
         // returns a new reference or NULL with an exception set.
         let descriptor = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(cls.as_type_ptr(), definition))? };
-        cls.setattr(method.name.to_str().expect("method names are ASCII"), descriptor)?;
+        cls.setattr(name, descriptor)?;
     }
     Ok(())
 }
