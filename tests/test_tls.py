@@ -8,6 +8,8 @@ that CA and check the host name.
 """
 
 import asyncio
+import hashlib
+import socket
 import ssl
 
 import pytest
@@ -81,6 +83,64 @@ def test_tls_large_transfer_arrives_intact(loop, server_context, client_context)
         assert await reader.readexactly(len(payload)) == payload
         writer.close()
         await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
+class _CountingSink(asyncio.Protocol):
+    """Counts what arrives; answers b"done" once ``expected`` bytes came."""
+
+    def __init__(self, expected, digest):
+        self.expected = expected
+        self.received = 0
+        self.digest = digest
+        self.hash = hashlib.sha256()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.received += len(data)
+        self.hash.update(data)
+        if self.received >= self.expected:
+            self.transport.write(b"done" if self.hash.digest() == self.digest else b"bad!")
+
+
+def _send_with_a_blocking_client(port, client_context, chunk, count):
+    """A plain blocking TLS client (in a thread): send ``count`` times ``chunk``, then wait for
+    the server's answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        with client_context.wrap_socket(raw, server_hostname="localhost") as tls:
+            for _ in range(count):
+                tls.sendall(chunk)
+            return tls.recv(4)
+
+
+@pytest.mark.parametrize("chunk_size", [65536, 10_000])
+def test_tls_records_split_across_reads_are_all_delivered(loop, server_context, client_context, chunk_size):
+    """Records arrive cut at arbitrary points (the client writes as fast as TLS lets it); a
+    record whose start TLS consumed in one read must be delivered when the rest arrives."""
+    count = 8 * MiB // chunk_size
+    chunk = bytes(range(256)) * (chunk_size // 256) + bytes(chunk_size % 256)
+    expected = count * chunk_size
+    digest = hashlib.sha256(chunk * count).digest()
+
+    async def main():
+        sink = None
+
+        def factory():
+            nonlocal sink
+            sink = _CountingSink(expected, digest)
+            return sink
+
+        server = await loop.create_server(factory, "127.0.0.1", 0, ssl=server_context)
+        port = server.sockets[0].getsockname()[1]
+        answer = await asyncio.wait_for(
+            loop.run_in_executor(None, _send_with_a_blocking_client, port, client_context, chunk, count), 30
+        )
+        assert (answer, sink.received) == (b"done", expected)
         server.close()
         await server.wait_closed()
 

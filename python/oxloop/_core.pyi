@@ -16,7 +16,7 @@ from typing import Any, TypedDict, TypeVar, TypeVarTuple, Unpack, final
 from _typeshed import FileDescriptorLike
 from typing_extensions import disjoint_base
 
-__all__ = ["DatagramTransport", "Handle", "LoopCore", "StreamTransport", "TimerHandle", "getaddrinfo_literal", "install_transport_methods"]
+__all__ = ["DatagramTransport", "Handle", "LoopCore", "StreamTransport", "TimerHandle", "getaddrinfo_literal", "install_tls_methods", "install_transport_methods"]
 
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
@@ -263,3 +263,6 @@ class DatagramTransport:
     def writing_watched(self) -> bool: ...
 
 def install_transport_methods(cls: type, names: list[str] | None = None) -> None: ...
+def install_tls_methods(
+    protocol_class: type, transport_class: type, base: type, wrapped: object, again_errors: object
+) -> None: ...

@@ -24,7 +24,7 @@ import socket
 import warnings
 from asyncio import base_events, constants, futures, selector_events, sslproto, transports, trsock, unix_events
 
-from . import _core
+from . import _core, _tls
 
 logger = logging.getLogger("asyncio")
 
@@ -264,9 +264,10 @@ class StreamOperations:
         ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
     ):
-        """TLS: asyncio's ``SSLProtocol`` (a ``BufferedProtocol`` doing TLS in memory) on a
-        socket transport; the application's protocol gets its app-side transport."""
-        ssl_protocol = sslproto.SSLProtocol(
+        """TLS: asyncio's ``SSLProtocol`` (a ``BufferedProtocol`` doing TLS in memory; its
+        per-record methods native, see ``_tls``) on a socket transport; the application's
+        protocol gets its app-side transport."""
+        ssl_protocol = _tls.PROTOCOL_CLASS(
             self,
             protocol,
             sslcontext,

@@ -15,6 +15,7 @@ mod fastcall;
 mod futures;
 mod handles;
 mod sockaddr;
+mod tls;
 mod transport;
 mod transport_methods;
 
@@ -29,6 +30,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transport::StreamTransport>()?;
     m.add_class::<datagram::DatagramTransport>()?;
     transport_methods::register(m)?;
+    tls::register(m)?;
     dns::register(m)?;
     Ok(())
 }

@@ -1,0 +1,423 @@
+//! The per-record path of TLS: native methods for `oxloop._tls.TLSProtocol` (a subclass of
+//! asyncio's `SSLProtocol`) and its application transport.
+//!
+//! asyncio's `SSLProtocol` runs TLS in memory (`ssl.MemoryBIO` + `SSLObject`) on top of a
+//! plain transport. Its state machine (handshake, shutdown, timeouts, errors) runs a few
+//! times per connection and stays asyncio's Python. What runs per record is here, as method
+//! descriptors installed on the subclasses (`get_buffer`, `buffer_updated`, and the app
+//! transport's `write`): feeding received bytes to the TLS object, decrypting every complete
+//! record straight into one `bytes` for `data_received`, encrypting a write and handing the
+//! records to the socket transport, and the flow-control checks, which call back into
+//! asyncio's Python methods only when a threshold is crossed. Whenever the protocol is not
+//! in the plain "wrapped" state (handshake, flushing, shutdown, paused reading, a buffered
+//! application protocol, a write backlog), the same steps are asyncio's own Python methods.
+//!
+//! The methods read the protocol's attributes by asyncio's names (`_incoming`, `_sslobj`,
+//! `_state`...); `oxloop._tls` checks at import that asyncio's `SSLProtocol` has them and
+//! falls back to the stock class otherwise.
+//!
+//! Invariants: CPython calls these functions with the GIL held; the method definitions are
+//! leaked so they live as long as the classes; a Rust panic becomes a `PanicException`,
+//! never an unwind into C. Nothing here owns a file descriptor.
+
+use std::ffi::{c_char, c_int, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::exceptions::{PyException, PyTypeError};
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyType};
+
+use crate::fastcall::into_c_result;
+use crate::transport::StreamTransport;
+
+/// asyncio's `SSLProtocolState.WRAPPED` and `SSLAgainErrors`, given at installation.
+struct TlsConstants {
+    wrapped: Py<PyAny>,
+    again_errors: Py<PyAny>,
+    /// asyncio's `SSLProtocol` (whose Python methods handle the other cases).
+    base: Py<PyType>,
+}
+
+static CONSTANTS: PyOnceLock<TlsConstants> = PyOnceLock::new();
+
+fn constants(py: Python<'_>) -> PyResult<&TlsConstants> {
+    CONSTANTS.get(py).ok_or_else(|| PyTypeError::new_err("oxloop TLS methods are not installed"))
+}
+
+extern "C" {
+    /// CPython's `_PyBytes_Resize` (see `transport.rs`).
+    fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, new_size: ffi::Py_ssize_t) -> c_int;
+}
+
+/// A memoryview of `len` bytes at `ptr`, readable or writable (`flags`).
+///
+/// # Safety
+/// `ptr` must stay valid for `len` bytes while the view is used.
+unsafe fn view_of(py: Python<'_>, ptr: *mut c_char, len: usize, flags: c_int) -> PyResult<Bound<'_, PyAny>> {
+    // SAFETY: as the caller guarantees; returns a new reference or NULL with an exception.
+    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyMemoryView_FromMemory(ptr, len as ffi::Py_ssize_t, flags)) }
+}
+
+/// `protocol.get_buffer(n)`: the protocol's receive buffer (asyncio's rules for `n > 0`).
+fn get_buffer<'py>(protocol: &Bound<'py, PyAny>, n: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = protocol.py();
+    let wanted: isize = n.extract()?;
+    if wanted <= 0 {
+        // The whole buffer, which is never smaller than max_size.
+        return protocol.getattr(intern!(py, "_ssl_buffer_view"));
+    }
+    let base = constants(py)?.base.bind(py);
+    base.getattr(intern!(py, "get_buffer"))?.call1((protocol, n))
+}
+
+/// `protocol.buffer_updated(nbytes)`: feed the received bytes to TLS, then read records.
+fn buffer_updated(protocol: &Bound<'_, PyAny>, nbytes: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = protocol.py();
+    let count: usize = nbytes.extract()?;
+    let buffer = protocol.getattr(intern!(py, "_ssl_buffer"))?.cast_into::<PyByteArray>()?;
+    if count > buffer.len() {
+        return Err(PyTypeError::new_err("buffer_updated() count exceeds the buffer"));
+    }
+    // SAFETY: the bytearray is alive (held by `buffer`) and not resized during the call;
+    // MemoryBIO.write copies the bytes before returning.
+    let received = unsafe { view_of(py, buffer.data().cast(), count, ffi::PyBUF_READ)? };
+    let incoming = protocol.getattr(intern!(py, "_incoming"))?;
+    incoming.call_method1(intern!(py, "write"), (received,))?;
+    let state = protocol.getattr(intern!(py, "_state"))?;
+    if !state.is(constants(py)?.wrapped.bind(py)) {
+        // Handshake, flushing or shutdown: asyncio's code.
+        return protocol.call_method0(intern!(py, "_after_incoming")).map(drop);
+    }
+    let paused = protocol.getattr(intern!(py, "_app_reading_paused"))?.is_truthy()?;
+    let buffered = protocol.getattr(intern!(py, "_app_protocol_is_buffer"))?.is_truthy()?;
+    if paused || buffered {
+        return protocol.call_method0(intern!(py, "_do_read")).map(drop);
+    }
+    match read_records(protocol, &incoming, &buffer) {
+        Ok(()) => Ok(()),
+        Err(err) => report(protocol, err, "Fatal error on SSL protocol"),
+    }
+}
+
+/// An exception of the record path: `Exception`s go to `protocol._fatal_error` (asyncio's
+/// `except Exception`), the rest propagate.
+fn report(protocol: &Bound<'_, PyAny>, err: PyErr, message: &str) -> PyResult<()> {
+    let py = protocol.py();
+    if !err.is_instance_of::<PyException>(py) {
+        return Err(err);
+    }
+    protocol.call_method1(intern!(py, "_fatal_error"), (err.value(py), message)).map(drop)
+}
+
+/// asyncio's `_do_read` + `_do_read__copied` for a plain application protocol: every
+/// complete record is decrypted straight into one `bytes`, delivered with one
+/// `data_received`; then the outgoing records are sent and reading flow control checked.
+fn read_records(protocol: &Bound<'_, PyAny>, incoming: &Bound<'_, PyAny>, scratch: &Bound<'_, PyByteArray>) -> PyResult<()> {
+    let py = protocol.py();
+    let ssl_object = protocol.getattr(intern!(py, "_sslobj"))?.getattr(intern!(py, "_sslobj"))?;
+    let (data, end_of_stream) = decrypt_available(&ssl_object, incoming, scratch)?;
+    if let Some(data) = data {
+        let app_protocol = protocol.getattr(intern!(py, "_app_protocol"))?;
+        app_protocol.call_method1(intern!(py, "data_received"), (data,))?;
+    }
+    if end_of_stream {
+        // close_notify: asyncio's code.
+        protocol.call_method0(intern!(py, "_call_eof_received"))?;
+        protocol.call_method0(intern!(py, "_start_shutdown"))?;
+    }
+    if protocol.getattr(intern!(py, "_write_backlog"))?.is_truthy()? {
+        protocol.call_method0(intern!(py, "_do_write"))?;
+    } else {
+        process_outgoing(protocol)?;
+    }
+    control_ssl_reading(protocol, incoming)
+}
+
+/// The most plaintext one TLS record carries.
+const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
+
+/// Plaintext no larger than this is decrypted into the protocol's receive buffer (free once
+/// its bytes are in the incoming BIO) and copied into an exact `bytes`; larger amounts are
+/// decrypted straight into their `bytes`, which is shrunk afterwards.
+const SCRATCH_LIMIT: usize = 64 * 1024;
+
+/// Why a decryption loop stopped.
+enum Stop {
+    /// Every complete record was read.
+    Drained,
+    /// The output is full and more is available.
+    Full,
+    /// The peer's close_notify was read.
+    EndOfStream,
+    Failed(PyErr),
+}
+
+/// Reads decrypted records into `capacity` bytes at `start`, from `filled` on; returns the
+/// new fill level and why it stopped. Stops at the end of the complete records by checking
+/// what is pending instead of asking for more and catching `SSLWantReadError`.
+///
+/// # Safety
+/// `start` must be writable for `capacity` bytes during the call.
+unsafe fn read_loop(ssl_object: &Bound<'_, PyAny>, incoming: &Bound<'_, PyAny>, start: *mut c_char, capacity: usize, mut filled: usize) -> (usize, Stop) {
+    let py = ssl_object.py();
+    let again = match constants(py) {
+        Ok(constants) => constants.again_errors.bind(py),
+        Err(err) => return (filled, Stop::Failed(err)),
+    };
+    loop {
+        if filled > 0 {
+            let more = incoming.getattr(intern!(py, "pending")).and_then(|p| p.extract::<usize>()).and_then(|ciphertext| {
+                if ciphertext > 0 {
+                    Ok(true)
+                } else {
+                    Ok(ssl_object.call_method0(intern!(py, "pending"))?.extract::<usize>()? > 0)
+                }
+            });
+            match more {
+                Ok(false) => return (filled, Stop::Drained),
+                Ok(true) if filled == capacity => return (filled, Stop::Full),
+                Ok(true) => {}
+                Err(err) => return (filled, Stop::Failed(err)),
+            }
+        }
+        let room = capacity - filled;
+        // SAFETY: `start + filled` is writable for `room` bytes (the caller's guarantee).
+        let result = unsafe { view_of(py, start.add(filled), room, ffi::PyBUF_WRITE) }
+            .and_then(|view| ssl_object.call_method1(intern!(py, "read"), (room, view)))
+            .and_then(|n| n.extract::<usize>());
+        match result {
+            Ok(0) => return (filled, Stop::EndOfStream),
+            Ok(n) => filled += n,
+            Err(err) if err.is_instance(py, again) => return (filled, Stop::Drained),
+            Err(err) => return (filled, Stop::Failed(err)),
+        }
+    }
+}
+
+/// Decrypts every complete record available: the plaintext (None if there was none) and
+/// whether the peer's close_notify was read. `scratch` is the protocol's receive buffer.
+fn decrypt_available<'py>(ssl_object: &Bound<'py, PyAny>, incoming: &Bound<'py, PyAny>, scratch: &Bound<'py, PyByteArray>) -> PyResult<(Option<Bound<'py, PyBytes>>, bool)> {
+    let py = ssl_object.py();
+    // The plaintext is no longer than the ciphertext it comes from, plus what TLS already
+    // holds: decrypted bytes, and the start of a record it took from the BIO earlier (at
+    // most one record). More room is made if that was not enough.
+    let ciphertext: usize = incoming.getattr(intern!(py, "pending"))?.extract()?;
+    let expected = ciphertext + MAX_RECORD_PLAINTEXT;
+    let (start_data, mut filled, mut stop) = if expected <= SCRATCH_LIMIT.min(scratch.len()) {
+        // SAFETY: the bytearray is held by the protocol and not resized during the loop.
+        let (filled, stop) = unsafe { read_loop(ssl_object, incoming, scratch.data().cast(), scratch.len(), 0) };
+        if !matches!(stop, Stop::Full) {
+            let data = match stop {
+                Stop::Failed(err) => return Err(err),
+                // SAFETY: the first `filled` bytes of the bytearray were just written.
+                _ => (filled > 0).then(|| PyBytes::new(py, unsafe { &scratch.as_bytes()[..filled] })),
+            };
+            return Ok((data, matches!(stop, Stop::EndOfStream)));
+        }
+        // SAFETY: as above.
+        (Some(unsafe { scratch.as_bytes()[..filled].to_vec() }), filled, stop)
+    } else {
+        (None, 0, Stop::Full)
+    };
+    let mut capacity = expected.max(filled + MAX_RECORD_PLAINTEXT);
+    // SAFETY: a `bytes` made with a NULL source is uninitialised and not yet shared: it is
+    // written through views of its own memory (valid while `object` lives and is not
+    // resized) and resized, which may move it, only between reads; it is shrunk to what
+    // was written before anyone else sees it.
+    unsafe {
+        let mut object = ffi::PyBytes_FromStringAndSize(std::ptr::null(), capacity as ffi::Py_ssize_t);
+        if object.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        if let Some(start_data) = start_data {
+            std::ptr::copy_nonoverlapping(start_data.as_ptr(), ffi::PyBytes_AsString(object).cast::<u8>(), filled);
+        }
+        loop {
+            if matches!(stop, Stop::Full) && filled == capacity {
+                capacity += MAX_RECORD_PLAINTEXT.max(capacity / 2);
+                if _PyBytes_Resize(&mut object, capacity as ffi::Py_ssize_t) < 0 {
+                    return Err(PyErr::fetch(py));
+                }
+            }
+            let (now_filled, now_stop) = read_loop(ssl_object, incoming, ffi::PyBytes_AsString(object), capacity, filled);
+            filled = now_filled;
+            stop = now_stop;
+            if !matches!(stop, Stop::Full) {
+                break;
+            }
+        }
+        if _PyBytes_Resize(&mut object, filled as ffi::Py_ssize_t) < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        let data = Bound::from_owned_ptr(py, object).cast_into_unchecked::<PyBytes>();
+        match stop {
+            Stop::Failed(err) => Err(err),
+            stop => Ok(((filled > 0).then_some(data), matches!(stop, Stop::EndOfStream))),
+        }
+    }
+}
+
+/// asyncio's `_process_outgoing`: hand the encrypted records to the socket transport, then
+/// check writing flow control.
+fn process_outgoing(protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = protocol.py();
+    let outgoing = protocol.getattr(intern!(py, "_outgoing"))?;
+    if !protocol.getattr(intern!(py, "_ssl_writing_paused"))?.is_truthy()? && outgoing.getattr(intern!(py, "pending"))?.extract::<usize>()? > 0 {
+        let records = outgoing.call_method0(intern!(py, "read"))?;
+        let transport = protocol.getattr(intern!(py, "_transport"))?;
+        // oxloop's socket transport: straight to its native half.
+        match transport.getattr(intern!(py, "_core")).ok().and_then(|core| core.cast_into::<StreamTransport>().ok()) {
+            Some(core) => StreamTransport::write(&core, &records)?,
+            None => {
+                transport.call_method1(intern!(py, "write"), (records,))?;
+            }
+        }
+    }
+    control_app_writing(protocol, &outgoing)
+}
+
+/// asyncio's `_control_app_writing`, entered only when a threshold is crossed.
+fn control_app_writing(protocol: &Bound<'_, PyAny>, outgoing: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = protocol.py();
+    let size = outgoing.getattr(intern!(py, "pending"))?.extract::<usize>()? + protocol.getattr(intern!(py, "_write_buffer_size"))?.extract::<usize>()?;
+    let paused = protocol.getattr(intern!(py, "_app_writing_paused"))?.is_truthy()?;
+    let crossing = if paused {
+        size <= protocol.getattr(intern!(py, "_outgoing_low_water"))?.extract::<usize>()?
+    } else {
+        size >= protocol.getattr(intern!(py, "_outgoing_high_water"))?.extract::<usize>()?
+    };
+    if crossing {
+        protocol.call_method0(intern!(py, "_control_app_writing"))?;
+    }
+    Ok(())
+}
+
+/// asyncio's `_control_ssl_reading`, entered only when a threshold is crossed.
+fn control_ssl_reading(protocol: &Bound<'_, PyAny>, incoming: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = protocol.py();
+    let size: usize = incoming.getattr(intern!(py, "pending"))?.extract()?;
+    let paused = protocol.getattr(intern!(py, "_ssl_reading_paused"))?.is_truthy()?;
+    let crossing = if paused {
+        size <= protocol.getattr(intern!(py, "_incoming_low_water"))?.extract::<usize>()?
+    } else {
+        size >= protocol.getattr(intern!(py, "_incoming_high_water"))?.extract::<usize>()?
+    };
+    if crossing {
+        protocol.call_method0(intern!(py, "_control_ssl_reading"))?;
+    }
+    Ok(())
+}
+
+/// The application transport's `write(data)`: encrypt at once when the protocol is wrapped
+/// with nothing backlogged, else asyncio's `_write_appdata`.
+fn app_write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = transport.py();
+    if !(data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()) {
+        return Err(PyTypeError::new_err(format!("data: expecting a bytes-like instance, got {}", data.get_type().name()?)));
+    }
+    let length = data.len()?;
+    if length == 0 {
+        return Ok(());
+    }
+    let protocol = transport.getattr(intern!(py, "_ssl_protocol"))?;
+    let wrapped = protocol.getattr(intern!(py, "_state"))?.is(constants(py)?.wrapped.bind(py));
+    if !wrapped || protocol.getattr(intern!(py, "_write_backlog"))?.is_truthy()? {
+        return protocol.call_method1(intern!(py, "_write_appdata"), ((data,),)).map(drop);
+    }
+    match encrypt(&protocol, data, length) {
+        Ok(()) => Ok(()),
+        Err(err) => report(&protocol, err, "Fatal error on SSL protocol"),
+    }
+}
+
+/// Encrypts `data` (`length` bytes) and sends the records; what TLS cannot take now goes to
+/// asyncio's backlog.
+fn encrypt(protocol: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>, length: usize) -> PyResult<()> {
+    let py = protocol.py();
+    let ssl_object = protocol.getattr(intern!(py, "_sslobj"))?.getattr(intern!(py, "_sslobj"))?;
+    match ssl_object.call_method1(intern!(py, "write"), (data,)).and_then(|n| n.extract::<usize>()) {
+        Ok(written) if written >= length => process_outgoing(protocol),
+        Ok(written) => {
+            let rest = PyMemoryView::from(data)?.get_item(pyo3::types::PySlice::new(py, written as isize, length as isize, 1))?;
+            protocol.call_method1(intern!(py, "_write_appdata"), ((rest,),)).map(drop)
+        }
+        Err(err) if err.is_instance(py, constants(py)?.again_errors.bind(py)) => protocol.call_method1(intern!(py, "_write_appdata"), ((data,),)).map(drop),
+        Err(err) => Err(err),
+    }
+}
+
+/// One native method: its name, docstring and implementation.
+struct NativeMethod {
+    name: &'static CStr,
+    doc: &'static CStr,
+    entry: ffi::PyCFunction,
+}
+
+/// Runs `f(slf, arg)` as a `METH_O` method body.
+fn method_o(slf: *mut ffi::PyObject, arg: *mut ffi::PyObject, f: fn(&Bound<'_, PyAny>, &Bound<'_, PyAny>) -> PyResult<Py<PyAny>>) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls methods with the GIL held, with `slf` and `arg` borrowed live
+    // objects.
+    let py = unsafe { Python::assume_attached() };
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let (slf, arg) = unsafe { (Bound::from_borrowed_ptr(py, slf), Bound::from_borrowed_ptr(py, arg)) };
+        f(&slf, &arg)
+    }));
+    into_c_result(py, outcome)
+}
+
+unsafe extern "C" fn get_buffer_entry(slf: *mut ffi::PyObject, arg: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    method_o(slf, arg, |p, n| get_buffer(p, n).map(Bound::unbind))
+}
+
+unsafe extern "C" fn buffer_updated_entry(slf: *mut ffi::PyObject, arg: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    method_o(slf, arg, |p, n| buffer_updated(p, n).map(|()| p.py().None()))
+}
+
+unsafe extern "C" fn app_write_entry(slf: *mut ffi::PyObject, arg: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    method_o(slf, arg, |t, d| app_write(t, d).map(|()| t.py().None()))
+}
+
+/// Installs `methods` on `cls` as method descriptors.
+fn install(cls: &Bound<'_, PyType>, methods: &[NativeMethod]) -> PyResult<()> {
+    let py = cls.py();
+    for method in methods {
+        // The definition must outlive the class: leak it (a few small structs per class).
+        let definition: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
+            ml_name: method.name.as_ptr(),
+            ml_meth: ffi::PyMethodDefPointer { PyCFunction: method.entry },
+            ml_flags: ffi::METH_O,
+            ml_doc: method.doc.as_ptr(),
+        }));
+        // SAFETY: the class object and the leaked definition are valid; PyDescr_NewMethod
+        // returns a new reference or NULL with an exception set.
+        let descriptor = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(cls.as_type_ptr(), definition))? };
+        cls.setattr(method.name.to_str().expect("method names are ASCII"), descriptor)?;
+    }
+    Ok(())
+}
+
+/// Installs the native per-record methods: `get_buffer` and `buffer_updated` on
+/// `protocol_class` (a subclass of asyncio's `SSLProtocol`, `base`), `write` on
+/// `transport_class` (its application transport). `wrapped` is
+/// `SSLProtocolState.WRAPPED`, `again_errors` asyncio's `SSLAgainErrors`.
+#[pyfunction]
+fn install_tls_methods(protocol_class: &Bound<'_, PyType>, transport_class: &Bound<'_, PyType>, base: &Bound<'_, PyType>, wrapped: &Bound<'_, PyAny>, again_errors: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = protocol_class.py();
+    CONSTANTS.get_or_init(py, || TlsConstants { wrapped: wrapped.clone().unbind(), again_errors: again_errors.clone().unbind(), base: base.clone().unbind() });
+    install(
+        protocol_class,
+        &[
+            NativeMethod { name: c"get_buffer", doc: c"get_buffer($self, n, /)\n--\n\nThe buffer incoming TLS bytes are received into.", entry: get_buffer_entry },
+            NativeMethod { name: c"buffer_updated", doc: c"buffer_updated($self, nbytes, /)\n--\n\nFeed nbytes received to TLS and deliver the decrypted records.", entry: buffer_updated_entry },
+        ],
+    )?;
+    install(transport_class, &[NativeMethod { name: c"write", doc: c"write($self, data, /)\n--\n\nEncrypt and send a bytes-like object.", entry: app_write_entry }])
+}
+
+/// Adds `install_tls_methods` to the module.
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(install_tls_methods, m)?)
+}
