@@ -23,7 +23,7 @@ _REQUIRED = (
 )
 
 
-class TLSAppTransport(sslproto._SSLProtocolTransport):
+class SSLAppTransport(sslproto._SSLProtocolTransport):
     """The transport the application protocol of a TLS connection sees (``write`` native)."""
 
 
@@ -34,7 +34,7 @@ class TLSProtocol(sslproto.SSLProtocol):
         if self._app_transport is None:
             if self._app_transport_created:
                 raise RuntimeError("Creating _SSLProtocolTransport twice")
-            self._app_transport = TLSAppTransport(self._loop, self)
+            self._app_transport = SSLAppTransport(self._loop, self)
             self._app_transport_created = True
         return self._app_transport
 
@@ -54,7 +54,7 @@ class TLSProtocol(sslproto.SSLProtocol):
 
 if all(hasattr(sslproto.SSLProtocol, name) for name in _REQUIRED) and hasattr(sslproto, "SSLAgainErrors"):
     _core.install_tls_methods(
-        TLSProtocol, TLSAppTransport, sslproto.SSLProtocol, sslproto.SSLProtocolState.WRAPPED, sslproto.SSLAgainErrors
+        TLSProtocol, SSLAppTransport, sslproto.SSLProtocol, sslproto.SSLProtocolState.WRAPPED, sslproto.SSLAgainErrors
     )
     PROTOCOL_CLASS = TLSProtocol
 else:

@@ -305,7 +305,8 @@ impl LoopShared {
         f(&mut buffer)
     }
 
-    /// Registers a stream transport's descriptor: watched edge-triggered, both directions.
+    /// Registers a stream transport's descriptor: watched edge-triggered for reading (and
+    /// for writing only while a send would block: see [`Self::watch_stream_writable`]).
     pub(crate) fn register_stream(&self, fd: RawFd, transport: Py<StreamTransport>) -> PyResult<()> {
         let mut state = self.lock();
         if state.fd_callbacks.contains_key(&fd) || state.streams.contains_key(&fd) {
@@ -314,9 +315,21 @@ impl LoopShared {
             return Err(PyRuntimeError::new_err(format!("File descriptor {fd} is already watched by the loop")));
         }
         let registrar = state.registrar.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
-        registrar.set_watch(fd, Watch { readable: true, writable: true, trigger: Trigger::Edge }).map_err(os_error)?;
+        registrar.set_watch(fd, Watch { readable: true, writable: false, trigger: Trigger::Edge }).map_err(os_error)?;
         state.streams.insert(fd, transport);
         Ok(())
+    }
+
+    /// Adds or removes writability to a stream transport's watch. Writability is watched only
+    /// while a send would block, as libuv does: a socket watched for it all the time wakes
+    /// the poller each time the peer's acknowledgements free buffer space.
+    pub(crate) fn watch_stream_writable(&self, fd: RawFd, writable: bool) -> PyResult<()> {
+        let mut state = self.lock();
+        if !state.streams.contains_key(&fd) {
+            return Ok(());
+        }
+        let Some(registrar) = state.registrar.as_mut() else { return Ok(()) };
+        registrar.set_watch(fd, Watch { readable: true, writable, trigger: Trigger::Edge }).map_err(os_error)
     }
 
     /// Stops watching a stream transport's descriptor; returns the loop's reference to the

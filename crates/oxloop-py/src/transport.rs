@@ -11,11 +11,13 @@
 //! - Only the loop's thread touches a transport, with the GIL held. The state lives behind a
 //!   mutex only because PyO3 requires frozen classes to be `Sync`; it is never held across a
 //!   call into Python or a drop of a Python object, so it is never contended or re-entered.
-//! - The Python socket (or pipe) object owns the descriptor; this object only borrows its number, from
-//!   registration until [`StreamTransport::detach`], which the Python half calls just before
-//!   closing the socket. The loop watches the descriptor edge-triggered for both directions
-//!   from registration to detach, so a read that did not drain the socket, or a resumed
-//!   transport, schedules its own next read.
+//! - The Python socket (or pipe) object owns the descriptor; this object only borrows its
+//!   number, from registration until [`StreamTransport::detach`], which the Python half calls
+//!   just before closing it. From registration to detach the loop watches the descriptor
+//!   edge-triggered: for reading always, for writing only while a send would block
+//!   (`write_pending`; watched all the time, it would wake the poller at every acknowledgement
+//!   from the peer). So a read that did not drain the socket, or a resumed transport,
+//!   schedules its own next read.
 //! - `reading` and `write_pending` mirror the state for the loop's event dispatch, which
 //!   consults them without taking this transport's lock.
 //! - A non-empty write buffer is always either queued for the end-of-iteration flush
@@ -316,6 +318,14 @@ impl StreamTransport {
         self.write_pending.load(Ordering::Relaxed)
     }
 
+    /// Clears `write_pending`, and the watch for writability it implied.
+    fn stop_watching_writable(&self) -> PyResult<()> {
+        if self.write_pending.swap(false, Ordering::Relaxed) {
+            self.shared.watch_stream_writable(self.fd, false)?;
+        }
+        Ok(())
+    }
+
     /// For event dispatch: the peer closed its side (or the socket failed).
     #[inline]
     pub(crate) fn note_peer_closed(&self) {
@@ -562,11 +572,13 @@ impl StreamTransport {
                 Ok(())
             }
             FlushOutcome::WouldBlock => {
-                this.write_pending.store(true, Ordering::Relaxed);
+                if !this.write_pending.swap(true, Ordering::Relaxed) {
+                    this.shared.watch_stream_writable(this.fd, true)?;
+                }
                 Self::maybe_resume_protocol(slf)
             }
             FlushOutcome::Failed(err) => {
-                this.write_pending.store(false, Ordering::Relaxed);
+                this.stop_watching_writable()?;
                 let error = os_error(err);
                 let waiter = this.lock().empty_waiter.as_ref().map(|w| w.clone_ref(py));
                 if let Some(waiter) = waiter {
@@ -578,7 +590,7 @@ impl StreamTransport {
                 Self::fatal_error(slf, error, this.role.write_error_message())
             }
             FlushOutcome::Emptied => {
-                this.write_pending.store(false, Ordering::Relaxed);
+                this.stop_watching_writable()?;
                 Self::maybe_resume_protocol(slf)?;
                 let (waiter, lose_connection, shut_down) = {
                     let mut state = this.lock();
