@@ -10,7 +10,8 @@
 //! Invariants:
 //! - Only the loop's thread touches a transport, with the GIL held. The state lives behind a
 //!   mutex only because PyO3 requires frozen classes to be `Sync`; it is never held across a
-//!   call into Python or a drop of a Python object, so it is never contended or re-entered.
+//!   call into Python or the drop of an object whose deallocation could run Python code (the
+//!   buffered chunks it drops are exact `bytes`), so it is never contended or re-entered.
 //! - The Python socket (or pipe) object owns the descriptor; this object only borrows its
 //!   number, from registration until [`StreamTransport::detach`], which the Python half calls
 //!   just before closing it. From registration to detach the loop watches the descriptor
@@ -30,6 +31,7 @@
 use std::collections::VecDeque;
 use std::ffi::c_int;
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -175,23 +177,24 @@ impl WriteBuffer {
         }
     }
 
-    /// Fills `iov` with the unsent data, in order; returns how many entries it used.
-    fn fill_iovecs(&self, py: Python<'_>, iov: &mut [libc::iovec; MAX_IOVECS]) -> usize {
+    /// Fills the start of `iov` with the unsent data, in order; returns those entries.
+    fn fill_iovecs<'a>(&self, py: Python<'_>, iov: &'a mut [MaybeUninit<libc::iovec>; MAX_IOVECS]) -> &'a [libc::iovec] {
         let mut used = 0;
         for (index, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
             let mut data = chunk.as_slice(py);
             if index == 0 {
                 data = &data[self.sent_of_first..];
             }
-            iov[used] = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+            iov[used].write(libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() });
             used += 1;
         }
-        used
+        // SAFETY: the first `used` entries were initialised just above.
+        unsafe { std::slice::from_raw_parts(iov.as_ptr().cast::<libc::iovec>(), used) }
     }
 
-    /// Forgets the first `sent` bytes; the chunks fully sent go to `released` (to be dropped
-    /// outside the lock).
-    fn consume(&mut self, py: Python<'_>, mut sent: usize, released: &mut Vec<Chunk>) {
+    /// Forgets the first `sent` bytes, dropping the chunks fully sent (exact `bytes` or
+    /// vectors, whose deallocation runs no Python code, so this may happen under the lock).
+    fn consume(&mut self, py: Python<'_>, mut sent: usize) {
         self.len -= sent;
         while sent > 0 {
             let first_len = self.chunks.front().expect("sent bytes were buffered").as_slice(py).len();
@@ -202,7 +205,7 @@ impl WriteBuffer {
             }
             sent -= left_in_first;
             self.sent_of_first = 0;
-            released.extend(self.chunks.pop_front());
+            self.chunks.pop_front();
         }
     }
 
@@ -533,25 +536,20 @@ impl StreamTransport {
 
     /// Sends as much of the buffer as the kernel takes now.
     fn send_buffer(&self, py: Python<'_>) -> FlushOutcome {
-        let mut released = Vec::new();
-        let outcome = {
-            let mut state = self.lock();
-            let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOVECS];
-            loop {
-                if state.buffer.is_empty() {
-                    break FlushOutcome::Emptied;
-                }
-                let used = state.buffer.fill_iovecs(py, &mut iov);
-                match send_vectored(self.role, self.fd, &iov[..used]) {
-                    Ok(sent) => state.buffer.consume(py, sent, &mut released),
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break FlushOutcome::WouldBlock,
-                    Err(err) => break FlushOutcome::Failed(err),
-                }
+        let mut state = self.lock();
+        let mut iov = [const { MaybeUninit::<libc::iovec>::uninit() }; MAX_IOVECS];
+        loop {
+            if state.buffer.is_empty() {
+                break FlushOutcome::Emptied;
             }
-        };
-        drop(released);
-        outcome
+            let pieces = state.buffer.fill_iovecs(py, &mut iov);
+            match send_vectored(self.role, self.fd, pieces) {
+                Ok(sent) => state.buffer.consume(py, sent),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break FlushOutcome::WouldBlock,
+                Err(err) => break FlushOutcome::Failed(err),
+            }
+        }
     }
 
     /// Sends the buffer and deals with the outcome: wait for writability, report a failure,
@@ -713,7 +711,9 @@ impl StreamTransport {
         check_bytes_like(data)?;
         // A mutable buffer is copied now (the caller may change it after `write()` returns),
         // outside the lock; `bytes` are immutable and used in place.
-        let bytes = data.cast::<PyBytes>().ok();
+        // Only an exact `bytes` is kept by reference: a subclass's deallocation could run
+        // Python code, and chunks are dropped under the lock (see `consume`).
+        let bytes = data.cast_exact::<PyBytes>().ok();
         let mut copy = match bytes {
             Some(_) => None,
             None => Some(with_buffer(data, <[u8]>::to_vec)?),
