@@ -23,12 +23,12 @@
 use std::ffi::{c_char, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use pyo3::exceptions::{PyException, PyTypeError};
+use pyo3::exceptions::{PyAttributeError, PyException, PyTypeError};
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyType};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyType};
 
 use crate::fastcall::into_c_result;
 use crate::transport::StreamTransport;
@@ -52,6 +52,28 @@ extern "C" {
     fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, new_size: ffi::Py_ssize_t) -> c_int;
 }
 
+/// An object's instance attributes, read straight from its `__dict__`. asyncio's
+/// `SSLProtocol` and its application transport keep their state there and define no
+/// descriptors of those names, so this reads the same values as `getattr` while skipping the
+/// lookup in the type, which is most of `getattr`'s cost.
+struct InstanceDict<'py>(Bound<'py, PyDict>);
+
+impl<'py> InstanceDict<'py> {
+    /// The `__dict__` of `object`.
+    fn of(object: &Bound<'py, PyAny>) -> PyResult<Self> {
+        let py = object.py();
+        // SAFETY: the GIL is held; `object` is alive; the call returns a new reference or
+        // NULL with an exception set.
+        let dict = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyObject_GenericGetDict(object.as_ptr(), std::ptr::null_mut()))? };
+        Ok(InstanceDict(dict.cast_into::<PyDict>()?))
+    }
+
+    /// The attribute `name` (AttributeError if it is not set).
+    fn get(&self, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
+        self.0.get_item(name)?.ok_or_else(|| PyAttributeError::new_err(name.to_string()))
+    }
+}
+
 /// A memoryview of `len` bytes at `ptr`, readable or writable (`flags`).
 ///
 /// # Safety
@@ -67,7 +89,7 @@ fn get_buffer<'py>(protocol: &Bound<'py, PyAny>, n: &Bound<'py, PyAny>) -> PyRes
     let wanted: isize = n.extract()?;
     if wanted <= 0 {
         // The whole buffer, which is never smaller than max_size.
-        return protocol.getattr(intern!(py, "_ssl_buffer_view"));
+        return InstanceDict::of(protocol)?.get(intern!(py, "_ssl_buffer_view"));
     }
     let base = constants(py)?.base.bind(py);
     base.getattr(intern!(py, "get_buffer"))?.call1((protocol, n))
@@ -77,26 +99,27 @@ fn get_buffer<'py>(protocol: &Bound<'py, PyAny>, n: &Bound<'py, PyAny>) -> PyRes
 fn buffer_updated(protocol: &Bound<'_, PyAny>, nbytes: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = protocol.py();
     let count: usize = nbytes.extract()?;
-    let buffer = protocol.getattr(intern!(py, "_ssl_buffer"))?.cast_into::<PyByteArray>()?;
+    let attrs = InstanceDict::of(protocol)?;
+    let buffer = attrs.get(intern!(py, "_ssl_buffer"))?.cast_into::<PyByteArray>()?;
     if count > buffer.len() {
         return Err(PyTypeError::new_err("buffer_updated() count exceeds the buffer"));
     }
     // SAFETY: the bytearray is alive (held by `buffer`) and not resized during the call;
     // MemoryBIO.write copies the bytes before returning.
     let received = unsafe { view_of(py, buffer.data().cast(), count, ffi::PyBUF_READ)? };
-    let incoming = protocol.getattr(intern!(py, "_incoming"))?;
+    let incoming = attrs.get(intern!(py, "_incoming"))?;
     incoming.call_method1(intern!(py, "write"), (received,))?;
-    let state = protocol.getattr(intern!(py, "_state"))?;
+    let state = attrs.get(intern!(py, "_state"))?;
     if !state.is(constants(py)?.wrapped.bind(py)) {
         // Handshake, flushing or shutdown: asyncio's code.
         return protocol.call_method0(intern!(py, "_after_incoming")).map(drop);
     }
-    let paused = protocol.getattr(intern!(py, "_app_reading_paused"))?.is_truthy()?;
-    let buffered = protocol.getattr(intern!(py, "_app_protocol_is_buffer"))?.is_truthy()?;
+    let paused = attrs.get(intern!(py, "_app_reading_paused"))?.is_truthy()?;
+    let buffered = attrs.get(intern!(py, "_app_protocol_is_buffer"))?.is_truthy()?;
     if paused || buffered {
         return protocol.call_method0(intern!(py, "_do_read")).map(drop);
     }
-    match read_records(protocol, &incoming, &buffer) {
+    match read_records(protocol, &attrs, &incoming, &buffer) {
         Ok(()) => Ok(()),
         Err(err) => report(protocol, err, "Fatal error on SSL protocol"),
     }
@@ -115,12 +138,12 @@ fn report(protocol: &Bound<'_, PyAny>, err: PyErr, message: &str) -> PyResult<()
 /// asyncio's `_do_read` + `_do_read__copied` for a plain application protocol: every
 /// complete record is decrypted straight into one `bytes`, delivered with one
 /// `data_received`; then the outgoing records are sent and reading flow control checked.
-fn read_records(protocol: &Bound<'_, PyAny>, incoming: &Bound<'_, PyAny>, scratch: &Bound<'_, PyByteArray>) -> PyResult<()> {
+fn read_records<'py>(protocol: &Bound<'py, PyAny>, attrs: &InstanceDict<'py>, incoming: &Bound<'py, PyAny>, scratch: &Bound<'py, PyByteArray>) -> PyResult<()> {
     let py = protocol.py();
-    let ssl_object = protocol.getattr(intern!(py, "_sslobj"))?.getattr(intern!(py, "_sslobj"))?;
+    let ssl_object = attrs.get(intern!(py, "_sslobj"))?.getattr(intern!(py, "_sslobj"))?;
     let (data, end_of_stream) = decrypt_available(&ssl_object, incoming, scratch)?;
     if let Some(data) = data {
-        let app_protocol = protocol.getattr(intern!(py, "_app_protocol"))?;
+        let app_protocol = attrs.get(intern!(py, "_app_protocol"))?;
         app_protocol.call_method1(intern!(py, "data_received"), (data,))?;
     }
     if end_of_stream {
@@ -128,12 +151,12 @@ fn read_records(protocol: &Bound<'_, PyAny>, incoming: &Bound<'_, PyAny>, scratc
         protocol.call_method0(intern!(py, "_call_eof_received"))?;
         protocol.call_method0(intern!(py, "_start_shutdown"))?;
     }
-    if protocol.getattr(intern!(py, "_write_backlog"))?.is_truthy()? {
+    if attrs.get(intern!(py, "_write_backlog"))?.is_truthy()? {
         protocol.call_method0(intern!(py, "_do_write"))?;
     } else {
-        process_outgoing(protocol)?;
+        process_outgoing(protocol, attrs)?;
     }
-    control_ssl_reading(protocol, incoming)
+    control_ssl_reading(protocol, attrs, incoming)
 }
 
 /// The most plaintext one TLS record carries.
@@ -262,12 +285,12 @@ fn decrypt_available<'py>(ssl_object: &Bound<'py, PyAny>, incoming: &Bound<'py, 
 
 /// asyncio's `_process_outgoing`: hand the encrypted records to the socket transport, then
 /// check writing flow control.
-fn process_outgoing(protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+fn process_outgoing<'py>(protocol: &Bound<'py, PyAny>, attrs: &InstanceDict<'py>) -> PyResult<()> {
     let py = protocol.py();
-    let outgoing = protocol.getattr(intern!(py, "_outgoing"))?;
-    if !protocol.getattr(intern!(py, "_ssl_writing_paused"))?.is_truthy()? && outgoing.getattr(intern!(py, "pending"))?.extract::<usize>()? > 0 {
+    let outgoing = attrs.get(intern!(py, "_outgoing"))?;
+    if !attrs.get(intern!(py, "_ssl_writing_paused"))?.is_truthy()? && outgoing.getattr(intern!(py, "pending"))?.extract::<usize>()? > 0 {
         let records = outgoing.call_method0(intern!(py, "read"))?;
-        let transport = protocol.getattr(intern!(py, "_transport"))?;
+        let transport = attrs.get(intern!(py, "_transport"))?;
         // oxloop's socket transport: straight to its native half.
         match transport.getattr(intern!(py, "_core")).ok().and_then(|core| core.cast_into::<StreamTransport>().ok()) {
             Some(core) => StreamTransport::write(&core, &records)?,
@@ -276,18 +299,21 @@ fn process_outgoing(protocol: &Bound<'_, PyAny>) -> PyResult<()> {
             }
         }
     }
-    control_app_writing(protocol, &outgoing)
+    control_app_writing(protocol, attrs, &outgoing)
 }
 
 /// asyncio's `_control_app_writing`, entered only when a threshold is crossed.
-fn control_app_writing(protocol: &Bound<'_, PyAny>, outgoing: &Bound<'_, PyAny>) -> PyResult<()> {
+fn control_app_writing<'py>(protocol: &Bound<'py, PyAny>, attrs: &InstanceDict<'py>, outgoing: &Bound<'py, PyAny>) -> PyResult<()> {
     let py = protocol.py();
-    let size = outgoing.getattr(intern!(py, "pending"))?.extract::<usize>()? + protocol.getattr(intern!(py, "_write_buffer_size"))?.extract::<usize>()?;
-    let paused = protocol.getattr(intern!(py, "_app_writing_paused"))?.is_truthy()?;
+    let paused = attrs.get(intern!(py, "_app_writing_paused"))?.is_truthy()?;
+    let pending: usize = outgoing.getattr(intern!(py, "pending"))?.extract()?;
+    // The native path runs only with an empty backlog, so with nothing pending the size is
+    // zero, which crosses only a zero high-water mark.
+    let size = if pending == 0 && !paused { 0 } else { pending + attrs.get(intern!(py, "_write_buffer_size"))?.extract::<usize>()? };
     let crossing = if paused {
-        size <= protocol.getattr(intern!(py, "_outgoing_low_water"))?.extract::<usize>()?
+        size <= attrs.get(intern!(py, "_outgoing_low_water"))?.extract::<usize>()?
     } else {
-        size >= protocol.getattr(intern!(py, "_outgoing_high_water"))?.extract::<usize>()?
+        size >= attrs.get(intern!(py, "_outgoing_high_water"))?.extract::<usize>()?
     };
     if crossing {
         protocol.call_method0(intern!(py, "_control_app_writing"))?;
@@ -296,14 +322,14 @@ fn control_app_writing(protocol: &Bound<'_, PyAny>, outgoing: &Bound<'_, PyAny>)
 }
 
 /// asyncio's `_control_ssl_reading`, entered only when a threshold is crossed.
-fn control_ssl_reading(protocol: &Bound<'_, PyAny>, incoming: &Bound<'_, PyAny>) -> PyResult<()> {
+fn control_ssl_reading<'py>(protocol: &Bound<'py, PyAny>, attrs: &InstanceDict<'py>, incoming: &Bound<'py, PyAny>) -> PyResult<()> {
     let py = protocol.py();
     let size: usize = incoming.getattr(intern!(py, "pending"))?.extract()?;
-    let paused = protocol.getattr(intern!(py, "_ssl_reading_paused"))?.is_truthy()?;
+    let paused = attrs.get(intern!(py, "_ssl_reading_paused"))?.is_truthy()?;
     let crossing = if paused {
-        size <= protocol.getattr(intern!(py, "_incoming_low_water"))?.extract::<usize>()?
+        size <= attrs.get(intern!(py, "_incoming_low_water"))?.extract::<usize>()?
     } else {
-        size >= protocol.getattr(intern!(py, "_incoming_high_water"))?.extract::<usize>()?
+        size >= attrs.get(intern!(py, "_incoming_high_water"))?.extract::<usize>()?
     };
     if crossing {
         protocol.call_method0(intern!(py, "_control_ssl_reading"))?;
@@ -322,12 +348,13 @@ fn app_write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<
     if length == 0 {
         return Ok(());
     }
-    let protocol = transport.getattr(intern!(py, "_ssl_protocol"))?;
-    let wrapped = protocol.getattr(intern!(py, "_state"))?.is(constants(py)?.wrapped.bind(py));
-    if !wrapped || protocol.getattr(intern!(py, "_write_backlog"))?.is_truthy()? {
+    let protocol = InstanceDict::of(transport)?.get(intern!(py, "_ssl_protocol"))?;
+    let attrs = InstanceDict::of(&protocol)?;
+    let wrapped = attrs.get(intern!(py, "_state"))?.is(constants(py)?.wrapped.bind(py));
+    if !wrapped || attrs.get(intern!(py, "_write_backlog"))?.is_truthy()? {
         return protocol.call_method1(intern!(py, "_write_appdata"), ((data,),)).map(drop);
     }
-    match encrypt(&protocol, data, length) {
+    match encrypt(&protocol, &attrs, data, length) {
         Ok(()) => Ok(()),
         Err(err) => report(&protocol, err, "Fatal error on SSL protocol"),
     }
@@ -335,11 +362,11 @@ fn app_write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<
 
 /// Encrypts `data` (`length` bytes) and sends the records; what TLS cannot take now goes to
 /// asyncio's backlog.
-fn encrypt(protocol: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>, length: usize) -> PyResult<()> {
+fn encrypt<'py>(protocol: &Bound<'py, PyAny>, attrs: &InstanceDict<'py>, data: &Bound<'py, PyAny>, length: usize) -> PyResult<()> {
     let py = protocol.py();
-    let ssl_object = protocol.getattr(intern!(py, "_sslobj"))?.getattr(intern!(py, "_sslobj"))?;
+    let ssl_object = attrs.get(intern!(py, "_sslobj"))?.getattr(intern!(py, "_sslobj"))?;
     match ssl_object.call_method1(intern!(py, "write"), (data,)).and_then(|n| n.extract::<usize>()) {
-        Ok(written) if written >= length => process_outgoing(protocol),
+        Ok(written) if written >= length => process_outgoing(protocol, attrs),
         Ok(written) => {
             let rest = PyMemoryView::from(data)?.get_item(pyo3::types::PySlice::new(py, written as isize, length as isize, 1))?;
             protocol.call_method1(intern!(py, "_write_appdata"), ((rest,),)).map(drop)
