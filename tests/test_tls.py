@@ -90,9 +90,11 @@ def test_tls_large_transfer_arrives_intact(loop, server_context, client_context)
 
 
 class _CountingSink(asyncio.Protocol):
-    """Counts what arrives; answers b"done" once ``expected`` bytes came."""
+    """Counts what arrives; answers b"done" once ``expected`` bytes came; ``closed`` is done
+    when the connection is lost."""
 
     def __init__(self, expected, digest):
+        self.closed = asyncio.get_running_loop().create_future()
         self.expected = expected
         self.received = 0
         self.digest = digest
@@ -106,6 +108,9 @@ class _CountingSink(asyncio.Protocol):
         self.hash.update(data)
         if self.received >= self.expected:
             self.transport.write(b"done" if self.hash.digest() == self.digest else b"bad!")
+
+    def connection_lost(self, exc):
+        self.closed.set_result(exc)
 
 
 def _send_with_a_blocking_client(port, client_context, chunk, count):
@@ -141,6 +146,7 @@ def test_tls_records_split_across_reads_are_all_delivered(loop, server_context, 
             loop.run_in_executor(None, _send_with_a_blocking_client, port, client_context, chunk, count), 30
         )
         assert (answer, sink.received) == (b"done", expected)
+        await asyncio.wait_for(sink.closed, 10)  # the server's side of the client's close
         server.close()
         await server.wait_closed()
 

@@ -14,9 +14,9 @@ from contextvars import Context
 from typing import Any, TypedDict, TypeVar, TypeVarTuple, Unpack, final
 
 from _typeshed import FileDescriptorLike
-from typing_extensions import disjoint_base
+from typing_extensions import Self, disjoint_base
 
-__all__ = ["DatagramTransport", "Handle", "LoopCore", "StreamTransport", "TimerHandle", "getaddrinfo_literal", "install_tls_methods", "install_transport_methods"]
+__all__ = ["DatagramTransport", "Handle", "LoopCore", "StreamTransport", "TimerHandle", "TlsProtocolState", "_panic_for_tests", "getaddrinfo_literal", "install_tls_methods", "install_transport_methods"]
 
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
@@ -178,6 +178,9 @@ class TimerHandle(Handle):
     @property
     def _scheduled(self) -> bool: ...
 
+def _panic_for_tests(message: str) -> None:
+    """Panics in Rust with ``message`` (raises ``pyo3_runtime.PanicException``): for tests."""
+
 def getaddrinfo_literal(
     host: bytes | str | None,
     port: bytes | str | int | None,
@@ -263,6 +266,38 @@ class DatagramTransport:
     def writing_watched(self) -> bool: ...
 
 def install_transport_methods(cls: type, names: list[str] | None = None) -> None: ...
+@disjoint_base
+class TlsProtocolState:
+    """The attributes of asyncio's ``SSLProtocol`` that oxloop's native TLS record path reads,
+    held natively (the first base of ``oxloop._tls.TLSProtocol``)."""
+
+    def __new__(cls, *_args: object, **_kwargs: object) -> Self: ...
+    _state: Any
+    _incoming: Any
+    _outgoing: Any
+    @property
+    def _sslobj(self) -> Any: ...
+    @_sslobj.setter
+    def _sslobj(self, value: Any) -> None: ...
+    _app_protocol: Any
+    _app_protocol_is_buffer: bool
+    _app_reading_paused: bool
+    _app_writing_paused: bool
+    _ssl_reading_paused: bool
+    _ssl_writing_paused: bool
+    _write_backlog: Any
+    _write_buffer_size: int
+    @property
+    def _transport(self) -> Any: ...
+    @_transport.setter
+    def _transport(self, value: Any) -> None: ...
+    _ssl_buffer: Any
+    _ssl_buffer_view: Any
+    _incoming_high_water: int
+    _incoming_low_water: int
+    _outgoing_high_water: int
+    _outgoing_low_water: int
+
 def install_tls_methods(
     protocol_class: type, transport_class: type, base: type, wrapped: object, again_errors: object
 ) -> None: ...

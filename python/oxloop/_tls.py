@@ -7,7 +7,9 @@ asyncio's own code. ``TLSProtocol`` replaces what runs per record: ``get_buffer`
 ``bytes`` for ``data_received``, sending the records produced) and the application
 transport's ``write`` (encrypting and sending at once). They are native method descriptors
 (``_core.install_tls_methods``); in any state but plain "wrapped" they use asyncio's own
-methods. If asyncio's ``SSLProtocol`` lacks what they rely on (a Python whose ``sslproto`` is
+methods. The protocol attributes they read (``_state``, ``_incoming``, ``_sslobj``, the
+flow-control flags and marks...) are native fields of its first base,
+``_core.TlsProtocolState``, which asyncio's code sets and reads by their usual names. If asyncio's ``SSLProtocol`` lacks what they rely on (a Python whose ``sslproto`` is
 laid out differently), ``PROTOCOL_CLASS`` is asyncio's own class, unchanged.
 """
 
@@ -27,8 +29,9 @@ class SSLAppTransport(sslproto._SSLProtocolTransport):
     """The transport the application protocol of a TLS connection sees (``write`` native)."""
 
 
-class TLSProtocol(sslproto.SSLProtocol):
-    """asyncio's ``SSLProtocol`` with native per-record methods (see the module note)."""
+class TLSProtocol(_core.TlsProtocolState, sslproto.SSLProtocol):
+    """asyncio's ``SSLProtocol`` with native per-record methods (see the module note); the
+    attributes those methods read are kept in native fields (``_core.TlsProtocolState``)."""
 
     def _get_app_transport(self):
         if self._app_transport is None:

@@ -18,10 +18,13 @@
 //!   the next poll.
 //! - One iteration runs exactly the callbacks that were ready when it started (asyncio's rule);
 //!   if a callback raises `KeyboardInterrupt` or `SystemExit`, the rest of the batch is put back
-//!   at the head of the queue before the exception leaves the loop.
+//!   at the head of the queue before the exception leaves the loop. A panic (ours, or a
+//!   `PanicException` a callback raised) is caught around the iteration and leaves the loop
+//!   the same way, as a `PanicException`; the reactor's lock is not poisoned by it.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -33,6 +36,7 @@ use oxloop_core::ready::ReadyQueue;
 use oxloop_core::timers::TimerHeap;
 use pyo3::exceptions::{PyAttributeError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
+use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyInt, PyTuple, PyWeakrefReference};
@@ -631,6 +635,26 @@ impl LoopCore {
         Self::flush_transports(slf, buffers)
     }
 
+    /// Runs one iteration, turning a panic into a `PanicException`: a panic of ours, or a
+    /// `PanicException` that a callback raised (PyO3 resumes those as panics when it fetches
+    /// them). The callbacks of the batch not yet run go back to the queue, and the reactor's
+    /// lock is held outside the unwinding (not poisoned), so the loop can run again or close,
+    /// as after a `KeyboardInterrupt`.
+    fn run_once_catching_panics(slf: &Bound<'_, Self>, reactor: &mut Reactor, buffers: &mut IterationBuffers) -> PyResult<()> {
+        match catch_unwind(AssertUnwindSafe(|| Self::run_once(slf, reactor, buffers))) {
+            Ok(result) => result,
+            Err(payload) => {
+                slf.get().lock().ready.requeue_front(&mut buffers.batch);
+                let message = payload
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| payload.downcast_ref::<&str>().copied())
+                    .unwrap_or("Rust panic in the event loop");
+                Err(PanicException::new_err(message.to_owned()))
+            }
+        }
+    }
+
     /// Runs a transport's read or flush; in debug mode, reports it if it was slow (as
     /// asyncio reports the transport's `_read_ready` handle).
     fn run_stream_event(slf: &Bound<'_, Self>, transport: &Bound<'_, StreamTransport>, debug: bool, run: fn(&Bound<'_, StreamTransport>) -> PyResult<()>, name: &str) -> PyResult<()> {
@@ -887,7 +911,7 @@ impl LoopCore {
         let reactor = reactor.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
         let mut buffers = IterationBuffers::default();
         let result = loop {
-            if let Err(err) = Self::run_once(slf, reactor, &mut buffers) {
+            if let Err(err) = Self::run_once_catching_panics(slf, reactor, &mut buffers) {
                 break Err(err);
             }
             if this.stopping.load(Ordering::Relaxed) {
@@ -904,7 +928,7 @@ impl LoopCore {
         let mut reactor = this.lock_reactor()?;
         let reactor = reactor.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
         let mut buffers = IterationBuffers::default();
-        let result = Self::run_once(slf, reactor, &mut buffers);
+        let result = Self::run_once_catching_panics(slf, reactor, &mut buffers);
         this.lock().counters.callbacks_run += buffers.callbacks_run;
         result
     }

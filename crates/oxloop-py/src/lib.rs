@@ -19,6 +19,14 @@ mod tls;
 mod transport;
 mod transport_methods;
 
+/// Panics with `message`. It exists so the test suite can check that a panic in oxloop's
+/// native code surfaces as a Python exception (`pyo3_runtime.PanicException`, a
+/// `BaseException`) and never aborts the interpreter.
+#[pyfunction]
+fn _panic_for_tests(message: &str) -> PyResult<()> {
+    panic!("{message}")
+}
+
 /// The extension module.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -32,5 +40,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     transport_methods::register(m)?;
     tls::register(m)?;
     dns::register(m)?;
+    m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     Ok(())
 }

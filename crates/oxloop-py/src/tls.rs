@@ -23,12 +23,13 @@
 use std::ffi::{c_char, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use pyo3::exceptions::{PyAttributeError, PyException, PyTypeError};
+use pyo3::exceptions::{PyAttributeError, PyException, PyOverflowError, PyTypeError};
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyType};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyTuple, PyType};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::fastcall::into_c_result;
 use crate::transport::StreamTransport;
@@ -53,9 +54,9 @@ extern "C" {
 }
 
 /// An object's instance attributes, read straight from its `__dict__`. asyncio's
-/// `SSLProtocol` and its application transport keep their state there and define no
-/// descriptors of those names, so this reads the same values as `getattr` while skipping the
-/// lookup in the type, which is most of `getattr`'s cost.
+/// application transport keeps its state there and defines no descriptors of those names, so
+/// this reads the same values as `getattr` while skipping the lookup in the type, which is
+/// most of `getattr`'s cost.
 struct InstanceDict<'py>(Bound<'py, PyDict>);
 
 impl<'py> InstanceDict<'py> {
@@ -74,6 +75,173 @@ impl<'py> InstanceDict<'py> {
     }
 }
 
+/// The attributes of asyncio's `SSLProtocol` that the record path reads, held natively:
+/// `oxloop._tls.TLSProtocol` has this class as its first base, so asyncio's code, which sets
+/// and reads them by their usual names (`self._state = ...`), goes through these fields'
+/// descriptors, and the native methods read them without a dictionary lookup. Two values are
+/// derived when set: the `_ssl._SSLSocket` inside `_sslobj`, and the native half of
+/// `_transport` when it is an oxloop stream transport.
+///
+/// The fields are borrowed only to copy them out, never across a call into Python (which may
+/// set them).
+#[pyclass(subclass, module = "oxloop._core")]
+pub(crate) struct TlsProtocolState {
+    #[pyo3(get, set, name = "_state")]
+    state: Py<PyAny>,
+    #[pyo3(get, set, name = "_incoming")]
+    incoming: Py<PyAny>,
+    #[pyo3(get, set, name = "_outgoing")]
+    outgoing: Py<PyAny>,
+    #[pyo3(get, name = "_sslobj")]
+    ssl_object: Py<PyAny>,
+    /// `_sslobj._sslobj`, the `_ssl._SSLSocket` doing the work (None without one).
+    ssl_socket: Option<Py<PyAny>>,
+    #[pyo3(get, set, name = "_app_protocol")]
+    app_protocol: Py<PyAny>,
+    #[pyo3(get, set, name = "_app_protocol_is_buffer")]
+    app_protocol_is_buffer: bool,
+    #[pyo3(get, set, name = "_app_reading_paused")]
+    app_reading_paused: bool,
+    #[pyo3(get, set, name = "_app_writing_paused")]
+    app_writing_paused: bool,
+    #[pyo3(get, set, name = "_ssl_reading_paused")]
+    ssl_reading_paused: bool,
+    #[pyo3(get, set, name = "_ssl_writing_paused")]
+    ssl_writing_paused: bool,
+    #[pyo3(get, set, name = "_write_backlog")]
+    write_backlog: Py<PyAny>,
+    #[pyo3(get, set, name = "_write_buffer_size")]
+    write_buffer_size: usize,
+    #[pyo3(get, name = "_transport")]
+    transport: Py<PyAny>,
+    /// The native half of `_transport`, when it is an oxloop stream transport.
+    transport_core: Option<Py<StreamTransport>>,
+    #[pyo3(get, set, name = "_ssl_buffer")]
+    ssl_buffer: Py<PyAny>,
+    #[pyo3(get, set, name = "_ssl_buffer_view")]
+    ssl_buffer_view: Py<PyAny>,
+    #[pyo3(get, set, name = "_incoming_high_water")]
+    incoming_high_water: usize,
+    #[pyo3(get, set, name = "_incoming_low_water")]
+    incoming_low_water: usize,
+    #[pyo3(get, set, name = "_outgoing_high_water")]
+    outgoing_high_water: usize,
+    #[pyo3(get, set, name = "_outgoing_low_water")]
+    outgoing_low_water: usize,
+}
+
+#[pymethods]
+impl TlsProtocolState {
+    /// Every field None, False or 0 until asyncio's `SSLProtocol.__init__` sets it (the
+    /// arguments are that `__init__`'s).
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(py: Python<'_>, _args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        TlsProtocolState {
+            state: py.None(),
+            incoming: py.None(),
+            outgoing: py.None(),
+            ssl_object: py.None(),
+            ssl_socket: None,
+            app_protocol: py.None(),
+            app_protocol_is_buffer: false,
+            app_reading_paused: false,
+            app_writing_paused: false,
+            ssl_reading_paused: false,
+            ssl_writing_paused: false,
+            write_backlog: py.None(),
+            write_buffer_size: 0,
+            transport: py.None(),
+            transport_core: None,
+            ssl_buffer: py.None(),
+            ssl_buffer_view: py.None(),
+            incoming_high_water: 0,
+            incoming_low_water: 0,
+            outgoing_high_water: 0,
+            outgoing_low_water: 0,
+        }
+    }
+
+    /// Sets `_sslobj` (an `ssl.SSLObject` or None) and the `_ssl._SSLSocket` inside it.
+    #[setter(_sslobj)]
+    fn set_ssl_object(&mut self, value: Bound<'_, PyAny>) {
+        let py = value.py();
+        self.ssl_socket = if value.is_none() { None } else { value.getattr(intern!(py, "_sslobj")).ok().map(Bound::unbind) };
+        self.ssl_object = value.unbind();
+    }
+
+    /// Sets `_transport` and, for an oxloop stream transport, its native half.
+    #[setter(_transport)]
+    fn set_transport(&mut self, value: Bound<'_, PyAny>) {
+        let py = value.py();
+        self.transport_core = value.getattr(intern!(py, "_core")).ok().and_then(|core| core.cast_into::<StreamTransport>().ok()).map(Bound::unbind);
+        self.transport = value.unbind();
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for object in [
+            &self.state,
+            &self.incoming,
+            &self.outgoing,
+            &self.ssl_object,
+            &self.app_protocol,
+            &self.write_backlog,
+            &self.transport,
+            &self.ssl_buffer,
+            &self.ssl_buffer_view,
+        ] {
+            visit.call(object)?;
+        }
+        if let Some(socket) = &self.ssl_socket {
+            visit.call(socket)?;
+        }
+        if let Some(core) = &self.transport_core {
+            visit.call(core)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self, py: Python<'_>) {
+        for object in [
+            &mut self.state,
+            &mut self.incoming,
+            &mut self.outgoing,
+            &mut self.ssl_object,
+            &mut self.app_protocol,
+            &mut self.write_backlog,
+            &mut self.transport,
+            &mut self.ssl_buffer,
+            &mut self.ssl_buffer_view,
+        ] {
+            *object = py.None();
+        }
+        self.ssl_socket = None;
+        self.transport_core = None;
+    }
+}
+
+/// The native state of `protocol`, on which a native method was called.
+fn state_of<'a, 'py>(protocol: &'a Bound<'py, PyAny>) -> &'a Bound<'py, TlsProtocolState> {
+    // SAFETY: the methods are installed only on `oxloop._tls.TLSProtocol`, a subclass of
+    // `TlsProtocolState`, and a method descriptor checks the type of its `self`.
+    unsafe { protocol.cast_unchecked::<TlsProtocolState>() }
+}
+
+/// An `int` as a size (TypeError for other types, OverflowError when negative or too big).
+fn as_size(value: &Bound<'_, PyAny>) -> PyResult<usize> {
+    // SAFETY: the GIL is held and `value` is alive.
+    let size = unsafe { ffi::PyLong_AsSsize_t(value.as_ptr()) };
+    if size < 0 {
+        return Err(PyErr::take(value.py()).unwrap_or_else(|| PyOverflowError::new_err("size must not be negative")));
+    }
+    Ok(size as usize)
+}
+
+/// What a memory BIO holds (its `pending` attribute).
+fn pending(bio: &Bound<'_, PyAny>) -> PyResult<usize> {
+    as_size(&bio.getattr(intern!(bio.py(), "pending"))?)
+}
+
 /// A memoryview of `len` bytes at `ptr`, readable or writable (`flags`).
 ///
 /// # Safety
@@ -89,7 +257,7 @@ fn get_buffer<'py>(protocol: &Bound<'py, PyAny>, n: &Bound<'py, PyAny>) -> PyRes
     let wanted: isize = n.extract()?;
     if wanted <= 0 {
         // The whole buffer, which is never smaller than max_size.
-        return InstanceDict::of(protocol)?.get(intern!(py, "_ssl_buffer_view"));
+        return Ok(state_of(protocol).borrow().ssl_buffer_view.clone_ref(py).into_bound(py));
     }
     let base = constants(py)?.base.bind(py);
     base.getattr(intern!(py, "get_buffer"))?.call1((protocol, n))
@@ -98,28 +266,31 @@ fn get_buffer<'py>(protocol: &Bound<'py, PyAny>, n: &Bound<'py, PyAny>) -> PyRes
 /// `protocol.buffer_updated(nbytes)`: feed the received bytes to TLS, then read records.
 fn buffer_updated(protocol: &Bound<'_, PyAny>, nbytes: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = protocol.py();
-    let count: usize = nbytes.extract()?;
-    let attrs = InstanceDict::of(protocol)?;
-    let buffer = attrs.get(intern!(py, "_ssl_buffer"))?.cast_into::<PyByteArray>()?;
+    let count = as_size(nbytes)?;
+    let this = state_of(protocol);
+    let (buffer, incoming, wrapped, plain) = {
+        let fields = this.borrow();
+        let wrapped = fields.state.bind(py).is(constants(py)?.wrapped.bind(py));
+        let plain = !fields.app_reading_paused && !fields.app_protocol_is_buffer && fields.ssl_socket.is_some();
+        (fields.ssl_buffer.clone_ref(py).into_bound(py), fields.incoming.clone_ref(py).into_bound(py), wrapped, plain)
+    };
+    let buffer = buffer.cast_into::<PyByteArray>()?;
     if count > buffer.len() {
         return Err(PyTypeError::new_err("buffer_updated() count exceeds the buffer"));
     }
     // SAFETY: the bytearray is alive (held by `buffer`) and not resized during the call;
     // MemoryBIO.write copies the bytes before returning.
     let received = unsafe { view_of(py, buffer.data().cast(), count, ffi::PyBUF_READ)? };
-    let incoming = attrs.get(intern!(py, "_incoming"))?;
     incoming.call_method1(intern!(py, "write"), (received,))?;
-    let state = attrs.get(intern!(py, "_state"))?;
-    if !state.is(constants(py)?.wrapped.bind(py)) {
+    if !wrapped {
         // Handshake, flushing or shutdown: asyncio's code.
         return protocol.call_method0(intern!(py, "_after_incoming")).map(drop);
     }
-    let paused = attrs.get(intern!(py, "_app_reading_paused"))?.is_truthy()?;
-    let buffered = attrs.get(intern!(py, "_app_protocol_is_buffer"))?.is_truthy()?;
-    if paused || buffered {
+    if !plain {
+        // Reading paused, or a buffered application protocol: asyncio's code.
         return protocol.call_method0(intern!(py, "_do_read")).map(drop);
     }
-    match read_records(protocol, &attrs, &incoming, &buffer) {
+    match read_records(protocol, this, &incoming, &buffer) {
         Ok(()) => Ok(()),
         Err(err) => report(protocol, err, "Fatal error on SSL protocol"),
     }
@@ -138,12 +309,14 @@ fn report(protocol: &Bound<'_, PyAny>, err: PyErr, message: &str) -> PyResult<()
 /// asyncio's `_do_read` + `_do_read__copied` for a plain application protocol: every
 /// complete record is decrypted straight into one `bytes`, delivered with one
 /// `data_received`; then the outgoing records are sent and reading flow control checked.
-fn read_records<'py>(protocol: &Bound<'py, PyAny>, attrs: &InstanceDict<'py>, incoming: &Bound<'py, PyAny>, scratch: &Bound<'py, PyByteArray>) -> PyResult<()> {
+fn read_records<'py>(protocol: &Bound<'py, PyAny>, this: &Bound<'py, TlsProtocolState>, incoming: &Bound<'py, PyAny>, scratch: &Bound<'py, PyByteArray>) -> PyResult<()> {
     let py = protocol.py();
-    let ssl_object = attrs.get(intern!(py, "_sslobj"))?.getattr(intern!(py, "_sslobj"))?;
-    let (data, end_of_stream) = decrypt_available(&ssl_object, incoming, scratch)?;
+    let Some(ssl_socket) = this.borrow().ssl_socket.as_ref().map(|socket| socket.clone_ref(py).into_bound(py)) else {
+        return protocol.call_method0(intern!(py, "_do_read")).map(drop);
+    };
+    let (data, end_of_stream) = decrypt_available(&ssl_socket, incoming, scratch)?;
     if let Some(data) = data {
-        let app_protocol = attrs.get(intern!(py, "_app_protocol"))?;
+        let app_protocol = this.borrow().app_protocol.clone_ref(py).into_bound(py);
         app_protocol.call_method1(intern!(py, "data_received"), (data,))?;
     }
     if end_of_stream {
@@ -151,12 +324,13 @@ fn read_records<'py>(protocol: &Bound<'py, PyAny>, attrs: &InstanceDict<'py>, in
         protocol.call_method0(intern!(py, "_call_eof_received"))?;
         protocol.call_method0(intern!(py, "_start_shutdown"))?;
     }
-    if attrs.get(intern!(py, "_write_backlog"))?.is_truthy()? {
+    let backlog = this.borrow().write_backlog.clone_ref(py).into_bound(py);
+    if backlog.is_truthy()? {
         protocol.call_method0(intern!(py, "_do_write"))?;
     } else {
-        process_outgoing(protocol, attrs)?;
+        process_outgoing(this)?;
     }
-    control_ssl_reading(protocol, attrs, incoming)
+    control_ssl_reading(this, incoming)
 }
 
 /// The most plaintext one TLS record carries.
@@ -184,19 +358,19 @@ enum Stop {
 ///
 /// # Safety
 /// `start` must be writable for `capacity` bytes during the call.
-unsafe fn read_loop(ssl_object: &Bound<'_, PyAny>, incoming: &Bound<'_, PyAny>, start: *mut c_char, capacity: usize, mut filled: usize) -> (usize, Stop) {
-    let py = ssl_object.py();
+unsafe fn read_loop(ssl_socket: &Bound<'_, PyAny>, incoming: &Bound<'_, PyAny>, start: *mut c_char, capacity: usize, mut filled: usize) -> (usize, Stop) {
+    let py = ssl_socket.py();
     let again = match constants(py) {
         Ok(constants) => constants.again_errors.bind(py),
         Err(err) => return (filled, Stop::Failed(err)),
     };
     loop {
         if filled > 0 {
-            let more = incoming.getattr(intern!(py, "pending")).and_then(|p| p.extract::<usize>()).and_then(|ciphertext| {
+            let more = pending(incoming).and_then(|ciphertext| {
                 if ciphertext > 0 {
                     Ok(true)
                 } else {
-                    Ok(ssl_object.call_method0(intern!(py, "pending"))?.extract::<usize>()? > 0)
+                    Ok(as_size(&ssl_socket.call_method0(intern!(py, "pending"))?)? > 0)
                 }
             });
             match more {
@@ -209,8 +383,8 @@ unsafe fn read_loop(ssl_object: &Bound<'_, PyAny>, incoming: &Bound<'_, PyAny>, 
         let room = capacity - filled;
         // SAFETY: `start + filled` is writable for `room` bytes (the caller's guarantee).
         let result = unsafe { view_of(py, start.add(filled), room, ffi::PyBUF_WRITE) }
-            .and_then(|view| ssl_object.call_method1(intern!(py, "read"), (room, view)))
-            .and_then(|n| n.extract::<usize>());
+            .and_then(|view| ssl_socket.call_method1(intern!(py, "read"), (room, view)))
+            .and_then(|n| as_size(&n));
         match result {
             Ok(0) => return (filled, Stop::EndOfStream),
             Ok(n) => filled += n,
@@ -222,16 +396,16 @@ unsafe fn read_loop(ssl_object: &Bound<'_, PyAny>, incoming: &Bound<'_, PyAny>, 
 
 /// Decrypts every complete record available: the plaintext (None if there was none) and
 /// whether the peer's close_notify was read. `scratch` is the protocol's receive buffer.
-fn decrypt_available<'py>(ssl_object: &Bound<'py, PyAny>, incoming: &Bound<'py, PyAny>, scratch: &Bound<'py, PyByteArray>) -> PyResult<(Option<Bound<'py, PyBytes>>, bool)> {
-    let py = ssl_object.py();
+fn decrypt_available<'py>(ssl_socket: &Bound<'py, PyAny>, incoming: &Bound<'py, PyAny>, scratch: &Bound<'py, PyByteArray>) -> PyResult<(Option<Bound<'py, PyBytes>>, bool)> {
+    let py = ssl_socket.py();
     // The plaintext is no longer than the ciphertext it comes from, plus what TLS already
     // holds: decrypted bytes, and the start of a record it took from the BIO earlier (at
     // most one record). More room is made if that was not enough.
-    let ciphertext: usize = incoming.getattr(intern!(py, "pending"))?.extract()?;
+    let ciphertext = pending(incoming)?;
     let expected = ciphertext + MAX_RECORD_PLAINTEXT;
     let (start_data, mut filled, mut stop) = if expected <= SCRATCH_LIMIT.min(scratch.len()) {
         // SAFETY: the bytearray is held by the protocol and not resized during the loop.
-        let (filled, stop) = unsafe { read_loop(ssl_object, incoming, scratch.data().cast(), scratch.len(), 0) };
+        let (filled, stop) = unsafe { read_loop(ssl_socket, incoming, scratch.data().cast(), scratch.len(), 0) };
         if !matches!(stop, Stop::Full) {
             let data = match stop {
                 Stop::Failed(err) => return Err(err),
@@ -265,7 +439,7 @@ fn decrypt_available<'py>(ssl_object: &Bound<'py, PyAny>, incoming: &Bound<'py, 
                     return Err(PyErr::fetch(py));
                 }
             }
-            let (now_filled, now_stop) = read_loop(ssl_object, incoming, ffi::PyBytes_AsString(object), capacity, filled);
+            let (now_filled, now_stop) = read_loop(ssl_socket, incoming, ffi::PyBytes_AsString(object), capacity, filled);
             filled = now_filled;
             stop = now_stop;
             if !matches!(stop, Stop::Full) {
@@ -285,54 +459,60 @@ fn decrypt_available<'py>(ssl_object: &Bound<'py, PyAny>, incoming: &Bound<'py, 
 
 /// asyncio's `_process_outgoing`: hand the encrypted records to the socket transport, then
 /// check writing flow control.
-fn process_outgoing<'py>(protocol: &Bound<'py, PyAny>, attrs: &InstanceDict<'py>) -> PyResult<()> {
-    let py = protocol.py();
-    let outgoing = attrs.get(intern!(py, "_outgoing"))?;
-    if !attrs.get(intern!(py, "_ssl_writing_paused"))?.is_truthy()? && outgoing.getattr(intern!(py, "pending"))?.extract::<usize>()? > 0 {
+fn process_outgoing(this: &Bound<'_, TlsProtocolState>) -> PyResult<()> {
+    let py = this.py();
+    let (outgoing, writing_paused, transport, core) = {
+        let fields = this.borrow();
+        (fields.outgoing.clone_ref(py).into_bound(py), fields.ssl_writing_paused, fields.transport.clone_ref(py).into_bound(py), fields.transport_core.as_ref().map(|core| core.clone_ref(py).into_bound(py)))
+    };
+    let mut still_pending = pending(&outgoing)?;
+    if !writing_paused && still_pending > 0 {
         let records = outgoing.call_method0(intern!(py, "read"))?;
-        let transport = attrs.get(intern!(py, "_transport"))?;
-        // oxloop's socket transport: straight to its native half.
-        match transport.getattr(intern!(py, "_core")).ok().and_then(|core| core.cast_into::<StreamTransport>().ok()) {
+        still_pending = 0; // `read()` takes everything
+        match core {
+            // oxloop's socket transport: straight to its native half.
             Some(core) => StreamTransport::write(&core, &records)?,
             None => {
                 transport.call_method1(intern!(py, "write"), (records,))?;
             }
         }
     }
-    control_app_writing(protocol, attrs, &outgoing)
+    control_app_writing(this, still_pending)
 }
 
-/// asyncio's `_control_app_writing`, entered only when a threshold is crossed.
-fn control_app_writing<'py>(protocol: &Bound<'py, PyAny>, attrs: &InstanceDict<'py>, outgoing: &Bound<'py, PyAny>) -> PyResult<()> {
-    let py = protocol.py();
-    let paused = attrs.get(intern!(py, "_app_writing_paused"))?.is_truthy()?;
-    let pending: usize = outgoing.getattr(intern!(py, "pending"))?.extract()?;
-    // The native path runs only with an empty backlog, so with nothing pending the size is
-    // zero, which crosses only a zero high-water mark.
-    let size = if pending == 0 && !paused { 0 } else { pending + attrs.get(intern!(py, "_write_buffer_size"))?.extract::<usize>()? };
-    let crossing = if paused {
-        size <= attrs.get(intern!(py, "_outgoing_low_water"))?.extract::<usize>()?
-    } else {
-        size >= attrs.get(intern!(py, "_outgoing_high_water"))?.extract::<usize>()?
+/// asyncio's `_control_app_writing`, entered only when a threshold is crossed;
+/// `outgoing_pending` is what the outgoing BIO holds.
+fn control_app_writing(this: &Bound<'_, TlsProtocolState>, outgoing_pending: usize) -> PyResult<()> {
+    let py = this.py();
+    let crossing = {
+        let fields = this.borrow();
+        let size = outgoing_pending + fields.write_buffer_size;
+        if fields.app_writing_paused {
+            size <= fields.outgoing_low_water
+        } else {
+            size >= fields.outgoing_high_water
+        }
     };
     if crossing {
-        protocol.call_method0(intern!(py, "_control_app_writing"))?;
+        this.call_method0(intern!(py, "_control_app_writing"))?;
     }
     Ok(())
 }
 
 /// asyncio's `_control_ssl_reading`, entered only when a threshold is crossed.
-fn control_ssl_reading<'py>(protocol: &Bound<'py, PyAny>, attrs: &InstanceDict<'py>, incoming: &Bound<'py, PyAny>) -> PyResult<()> {
-    let py = protocol.py();
-    let size: usize = incoming.getattr(intern!(py, "pending"))?.extract()?;
-    let paused = attrs.get(intern!(py, "_ssl_reading_paused"))?.is_truthy()?;
-    let crossing = if paused {
-        size <= attrs.get(intern!(py, "_incoming_low_water"))?.extract::<usize>()?
-    } else {
-        size >= attrs.get(intern!(py, "_incoming_high_water"))?.extract::<usize>()?
+fn control_ssl_reading(this: &Bound<'_, TlsProtocolState>, incoming: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = this.py();
+    let size = pending(incoming)?;
+    let crossing = {
+        let fields = this.borrow();
+        if fields.ssl_reading_paused {
+            size <= fields.incoming_low_water
+        } else {
+            size >= fields.incoming_high_water
+        }
     };
     if crossing {
-        protocol.call_method0(intern!(py, "_control_ssl_reading"))?;
+        this.call_method0(intern!(py, "_control_ssl_reading"))?;
     }
     Ok(())
 }
@@ -349,12 +529,18 @@ fn app_write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<
         return Ok(());
     }
     let protocol = InstanceDict::of(transport)?.get(intern!(py, "_ssl_protocol"))?;
-    let attrs = InstanceDict::of(&protocol)?;
-    let wrapped = attrs.get(intern!(py, "_state"))?.is(constants(py)?.wrapped.bind(py));
-    if !wrapped || attrs.get(intern!(py, "_write_backlog"))?.is_truthy()? {
+    let Ok(this) = protocol.cast::<TlsProtocolState>() else {
         return protocol.call_method1(intern!(py, "_write_appdata"), ((data,),)).map(drop);
-    }
-    match encrypt(&protocol, &attrs, data, length) {
+    };
+    let ssl_socket = {
+        let fields = this.borrow();
+        let plain = fields.state.bind(py).is(constants(py)?.wrapped.bind(py)) && !fields.write_backlog.bind(py).is_truthy()?;
+        plain.then(|| fields.ssl_socket.as_ref().map(|socket| socket.clone_ref(py).into_bound(py))).flatten()
+    };
+    let Some(ssl_socket) = ssl_socket else {
+        return protocol.call_method1(intern!(py, "_write_appdata"), ((data,),)).map(drop);
+    };
+    match encrypt(this, &ssl_socket, data, length) {
         Ok(()) => Ok(()),
         Err(err) => report(&protocol, err, "Fatal error on SSL protocol"),
     }
@@ -362,16 +548,15 @@ fn app_write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<
 
 /// Encrypts `data` (`length` bytes) and sends the records; what TLS cannot take now goes to
 /// asyncio's backlog.
-fn encrypt<'py>(protocol: &Bound<'py, PyAny>, attrs: &InstanceDict<'py>, data: &Bound<'py, PyAny>, length: usize) -> PyResult<()> {
-    let py = protocol.py();
-    let ssl_object = attrs.get(intern!(py, "_sslobj"))?.getattr(intern!(py, "_sslobj"))?;
-    match ssl_object.call_method1(intern!(py, "write"), (data,)).and_then(|n| n.extract::<usize>()) {
-        Ok(written) if written >= length => process_outgoing(protocol, attrs),
+fn encrypt<'py>(this: &Bound<'py, TlsProtocolState>, ssl_socket: &Bound<'py, PyAny>, data: &Bound<'py, PyAny>, length: usize) -> PyResult<()> {
+    let py = this.py();
+    match ssl_socket.call_method1(intern!(py, "write"), (data,)).and_then(|n| as_size(&n)) {
+        Ok(written) if written >= length => process_outgoing(this),
         Ok(written) => {
             let rest = PyMemoryView::from(data)?.get_item(pyo3::types::PySlice::new(py, written as isize, length as isize, 1))?;
-            protocol.call_method1(intern!(py, "_write_appdata"), ((rest,),)).map(drop)
+            this.call_method1(intern!(py, "_write_appdata"), ((rest,),)).map(drop)
         }
-        Err(err) if err.is_instance(py, constants(py)?.again_errors.bind(py)) => protocol.call_method1(intern!(py, "_write_appdata"), ((data,),)).map(drop),
+        Err(err) if err.is_instance(py, constants(py)?.again_errors.bind(py)) => this.call_method1(intern!(py, "_write_appdata"), ((data,),)).map(drop),
         Err(err) => Err(err),
     }
 }
@@ -446,5 +631,6 @@ fn install_tls_methods(protocol_class: &Bound<'_, PyType>, transport_class: &Bou
 
 /// Adds `install_tls_methods` to the module.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<TlsProtocolState>()?;
     m.add_function(wrap_pyfunction!(install_tls_methods, m)?)
 }
