@@ -581,7 +581,10 @@ impl LoopCore {
         if let Wait::Poll(timeout) = wait {
             let started = Instant::now();
             let io_events = &mut buffers.io_events;
-            let outcome = py.detach(|| reactor.poll(timeout.map(Duration::from_secs_f64), io_events));
+            let timeout = timeout.map(Duration::from_secs_f64);
+            // A zero-timeout poll does not block: the GIL is kept (releasing and taking it
+            // back would cost more than the system call).
+            let outcome = if timeout == Some(Duration::ZERO) { reactor.poll(timeout, io_events) } else { py.detach(|| reactor.poll(timeout, io_events)) };
             let waited = started.elapsed();
             {
                 let mut state = this.lock();
