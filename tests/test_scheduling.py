@@ -536,3 +536,25 @@ def test_timer_handles_compare_and_hash_by_deadline(loop):
     assert twin != early
     early.cancel()
     late.cancel()
+
+
+def test_a_cycle_through_a_handles_context_is_collected(loop):
+    """A handle's own context copy, once handed out (``_context``; ``get_context()`` from
+    Python 3.12), is visible to the garbage collector: a reference cycle through it is freed (oxloop keeps that copy out of
+    the collector's sight only while the handle alone holds it)."""
+    var = contextvars.ContextVar("var")
+
+    class Holder:
+        pass
+
+    handle = loop.call_soon(lambda: None)
+    holder = Holder()
+    holder.context = handle._context
+    holder.context.run(var.set, holder)  # context -> holder -> context
+    alive = weakref.ref(holder)
+    handle.cancel()
+    del handle, holder
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    gc.collect()
+    assert alive() is None

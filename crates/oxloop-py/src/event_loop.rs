@@ -43,7 +43,7 @@ use pyo3::types::{PyDict, PyInt, PyTuple, PyWeakrefReference};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::futures;
-use crate::handles::{handle_context, Callback, Handle, TimerHandle};
+use crate::handles::{Callback, Handle, HandleContext, TimerHandle};
 use crate::transport::{StreamTransport, MAX_READ};
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: the longest single wait, in seconds.
@@ -475,7 +475,7 @@ impl LoopCore {
     /// Creates a handle for `callback(*args)` in `context`.
     fn new_handle(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, one_shot: bool, traceback: Option<Py<PyAny>>) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        let context = handle_context(py, context)?;
+        let context = HandleContext::given_or_copied(py, context)?;
         Py::new(py, Handle::new(slf.get().shared_with_handles(slf)?, Callback::new(callback, args), context, one_shot, traceback))
     }
 
@@ -1101,7 +1101,7 @@ impl LoopCore {
         let this = slf.get();
         this.check_closed()?;
         let traceback = Self::debug_checks(slf, &callback, method, true)?;
-        let context = handle_context(py, context)?;
+        let context = HandleContext::given_or_copied(py, context)?;
         let handle = Handle::new(this.shared_with_handles(slf)?, Callback::new(callback, args), context, true, traceback);
         let init = PyClassInitializer::from(handle).add_subclass(TimerHandle::new(when));
         let timer = Py::new(py, init)?;
