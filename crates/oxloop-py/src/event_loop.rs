@@ -408,6 +408,9 @@ pub struct LoopCore {
     /// The waiting half of the reactor; None once the loop is closed.
     reactor: Mutex<Option<Reactor>>,
     clock_resolution: f64,
+    /// Whether the clock is the real one (`Clock::Monotonic`), which is read without taking
+    /// the state lock; set when the loop is made.
+    real_time: bool,
     closed: AtomicBool,
     stopping: AtomicBool,
     /// `threading.get_ident()` of the thread running the loop, 0 when not running.
@@ -700,6 +703,9 @@ impl LoopCore {
 
     /// The loop's clock.
     pub(crate) fn now(&self) -> f64 {
+        if self.real_time {
+            return Clock::Monotonic.now();
+        }
         self.lock().clock.now()
     }
 
@@ -805,6 +811,7 @@ impl LoopCore {
         let clock = Clock::Monotonic;
         Ok(LoopCore {
             clock_resolution: clock.resolution(),
+            real_time: clock == Clock::Monotonic,
             shared: Arc::new(LoopShared {
                 debug: AtomicBool::new(false),
                 loop_object: PyOnceLock::new(),
