@@ -59,6 +59,11 @@ impl<T> ReadyQueue<T> {
         }
     }
 
+    /// The queued items, head first (for the garbage collector's traversal).
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.items.iter()
+    }
+
     /// Removes and returns every queued item (used when the loop closes).
     pub fn drain_all(&mut self) -> Vec<T> {
         self.items.drain(..).collect()

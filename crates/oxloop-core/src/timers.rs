@@ -196,6 +196,11 @@ impl<T> TimerHeap<T> {
         due.extend(std::iter::once(entry.item));
     }
 
+    /// The items, in no particular order (for the garbage collector's traversal).
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.heap.iter().map(|entry| &entry.item)
+    }
+
     /// Removes and returns every entry (used when the loop closes).
     pub fn drain_all(&mut self) -> Vec<T> {
         self.cancelled = 0;

@@ -879,18 +879,58 @@ impl LoopCore {
         Ok(())
     }
 
+    /// Shows the collector what the loop holds: the task factory, its stream transports,
+    /// and the callbacks of the handles only it refers to (queued, timers, fd watchers).
+    /// Handles are invisible to the collector (see `handles.rs`); a handle someone else also
+    /// holds is not looked into, so what it refers to counts as reachable from outside. The
+    /// loop itself is long-lived, so this runs only in the rare full collections. Skipped
+    /// (conservatively) if the state is locked.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Ok(factory) = self.task_factory.try_lock() {
             if let Some(factory) = factory.as_ref() {
                 visit.call(factory)?;
             }
         }
+        let Ok(state) = self.shared.state.try_lock() else {
+            return Ok(());
+        };
+        let visit_handle = |handle: &Handle, object: *mut ffi::PyObject| {
+            // SAFETY: the collector runs with the GIL held; `object` is a live handle.
+            if unsafe { ffi::Py_REFCNT(object) } == 1 {
+                handle.traverse_contents(&visit)
+            } else {
+                Ok(())
+            }
+        };
+        for item in state.ready.iter() {
+            match item {
+                Runnable::Callback(handle) => visit_handle(handle.get(), handle.as_ptr())?,
+                Runnable::StreamRead(transport) | Runnable::StreamWrite(transport) => visit.call(transport)?,
+            }
+        }
+        // SAFETY: the collector calls `tp_traverse` with the GIL held; the token is only used
+        // to view timers as their `Handle` base (a pointer cast, no call into Python).
+        let py = unsafe { Python::assume_attached() };
+        for timer in state.timers.iter() {
+            visit_handle(timer.bind(py).as_super().get(), timer.as_ptr())?;
+        }
+        for watcher in state.fd_callbacks.values() {
+            for handle in watcher.reader.iter().chain(watcher.writer.iter()) {
+                visit_handle(handle.get(), handle.as_ptr())?;
+            }
+        }
+        for transport in state.streams.values().chain(state.flush_queue.iter()) {
+            visit.call(transport)?;
+        }
         Ok(())
     }
 
-    fn __clear__(&self) {
+    /// Breaks the cycles the loop is part of when it is garbage: drops the task factory and
+    /// everything pending (as closing does, without closing transports).
+    fn __clear__(&self, py: Python<'_>) {
         let old = self.task_factory.lock().map(|mut f| f.take()).ok().flatten();
         drop(old);
+        self.shared.release_everything(py);
     }
 
     /// Asks the loop to stop after the current iteration.

@@ -31,6 +31,7 @@ use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::event_loop::LoopShared;
 
@@ -213,6 +214,18 @@ impl Handle {
         if self.one_shot {
             self.release_callback();
         }
+    }
+
+    /// Visits what the handle refers to (callback, arguments, context), for the traversal of
+    /// a loop that holds the handle's only reference (see `LoopCore::__traverse__`).
+    pub(crate) fn traverse_contents(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Ok(callback) = self.callback.try_lock() {
+            if let Some(callback) = callback.as_ref() {
+                visit.call(&callback.func)?;
+                visit.call(&callback.args)?;
+            }
+        }
+        visit.call(&self.context.0)
     }
 
     /// Drops the callback, its arguments and its context (the handle is done or abandoned).

@@ -253,6 +253,8 @@ struct StreamState {
     watching_peer: bool,
     /// Writes a closed write pipe dropped (asyncio's count for its warning).
     dropped_writes: u32,
+    /// The loop closed (or was freed) while the transport was open (`abandon`).
+    loop_closed: bool,
 }
 
 impl StreamState {
@@ -633,10 +635,14 @@ impl StreamTransport {
     }
 
     /// Schedules `SocketTransport._call_connection_lost(exc)` with `call_soon`, in the
-    /// transport's context.
+    /// transport's context. Once the loop is closed, this fails as asyncio's `call_soon`
+    /// does (the transport is left closing, its socket for its finalizer to close).
     fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        if this.lock().loop_closed {
+            return Err(PyRuntimeError::new_err("Event loop is closed"));
+        }
         let (transport, _) = this.transport_and_protocol(py);
         let (Some(transport), Some(event_loop)) = (transport, this.shared.loop_object(py)) else {
             return Ok(());
@@ -825,6 +831,7 @@ impl StreamTransport {
         let dropped = {
             let mut state = self.lock();
             state.watched = false;
+            state.loop_closed = true;
             (state.protocol.take(), state.transport.take(), state.buffer.clear(), state.empty_waiter.take())
         };
         self.reading.store(false, Ordering::Relaxed);
@@ -881,6 +888,7 @@ impl StreamTransport {
                     watched: false,
                     watching_peer: false,
                     dropped_writes: 0,
+                    loop_closed: false,
                 }),
             },
         )?;
