@@ -268,6 +268,9 @@ pub(crate) struct LoopShared {
     /// Where stream transports read before copying into `bytes` (allocated on first use;
     /// only the loop's thread reads).
     read_buffer: Mutex<Vec<u8>>,
+    /// Whether `state.flush_queue` may hold transports: set when one is queued, so that an
+    /// iteration with nothing to flush does not take the lock to find out.
+    flush_queued: AtomicBool,
 }
 
 impl LoopShared {
@@ -355,6 +358,7 @@ impl LoopShared {
     /// Queues a stream transport for the end-of-iteration flush.
     pub(crate) fn queue_flush(&self, transport: Py<StreamTransport>) {
         self.lock().flush_queue.push(transport);
+        self.flush_queued.store(true, Ordering::Relaxed);
     }
 
     /// The stream transport using `fd`, if any.
@@ -514,18 +518,21 @@ impl LoopCore {
     /// Sends what was written to stream transports during the iteration.
     fn flush_transports(slf: &Bound<'_, Self>, buffers: &mut IterationBuffers) -> PyResult<()> {
         let py = slf.py();
+        let shared = &slf.get().shared;
+        if !shared.flush_queued.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         {
-            let mut state = slf.get().lock();
-            if state.flush_queue.is_empty() {
-                return Ok(());
-            }
+            let mut state = shared.lock();
+            shared.flush_queued.store(false, Ordering::Relaxed);
             std::mem::swap(&mut state.flush_queue, &mut buffers.flushes);
         }
         let mut pending = buffers.flushes.drain(..);
         while let Some(transport) = pending.next() {
             if let Err(err) = StreamTransport::flush_queued(transport.bind(py)) {
                 let rest: Vec<_> = pending.collect();
-                slf.get().lock().flush_queue.extend(rest);
+                shared.lock().flush_queue.extend(rest);
+                shared.flush_queued.store(true, Ordering::Relaxed);
                 return Err(err);
             }
         }
@@ -816,6 +823,7 @@ impl LoopCore {
                 debug: AtomicBool::new(false),
                 loop_object: PyOnceLock::new(),
                 read_buffer: Mutex::new(Vec::new()),
+                flush_queued: AtomicBool::new(false),
                 state: Mutex::new(LoopState {
                 ready: ReadyQueue::new(),
                 timers: TimerHeap::new(),
