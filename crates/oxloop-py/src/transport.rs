@@ -1322,18 +1322,21 @@ fn read_into(fd: RawFd, buffer: &Bound<'_, PyAny>) -> Result<Received, ReceiveIn
 }
 
 /// One `sendmsg` of the given pieces on a socket (`MSG_NOSIGNAL`: a closed peer gives
-/// `EPIPE`, never a `SIGPIPE`), or one `writev` on a pipe (Python ignores `SIGPIPE`).
+/// `EPIPE`, never a `SIGPIPE`) — a plain `send` when there is one piece, which the kernel
+/// handles with less work — or one `writev` on a pipe (Python ignores `SIGPIPE`).
 fn send_vectored(role: Role, fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
     // SAFETY: a zeroed msghdr is valid (no name, no control data); `iov` points to `len`
     // valid iovecs describing live buffers for the duration of the call.
     let sent = unsafe {
-        if role == Role::Socket {
-            let mut message: libc::msghdr = std::mem::zeroed();
-            message.msg_iov = iov.as_ptr() as *mut libc::iovec;
-            message.msg_iovlen = iov.len() as _;
-            libc::sendmsg(fd, &message, libc::MSG_NOSIGNAL)
-        } else {
-            libc::writev(fd, iov.as_ptr(), iov.len() as c_int)
+        match (role, iov) {
+            (Role::Socket, [one]) => libc::send(fd, one.iov_base, one.iov_len, libc::MSG_NOSIGNAL),
+            (Role::Socket, _) => {
+                let mut message: libc::msghdr = std::mem::zeroed();
+                message.msg_iov = iov.as_ptr() as *mut libc::iovec;
+                message.msg_iovlen = iov.len() as _;
+                libc::sendmsg(fd, &message, libc::MSG_NOSIGNAL)
+            }
+            _ => libc::writev(fd, iov.as_ptr(), iov.len() as c_int),
         }
     };
     if sent < 0 {
