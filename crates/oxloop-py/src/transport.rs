@@ -710,8 +710,9 @@ impl StreamTransport {
     }
 
     /// Appends `data` (a bytes-like object) to the buffer, queues the flush, and sends at
-    /// once when the buffer would otherwise pause the protocol.
-    fn write_data(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// once when the buffer would otherwise pause the protocol — unless `more_follows` (a
+    /// piece of `writelines` before its last, which decides for all of them).
+    fn write_data(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>, more_follows: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         check_bytes_like(data)?;
@@ -758,7 +759,7 @@ impl StreamTransport {
                 // A pipe is written at once, as asyncio does (its reader may be waiting in
                 // a blocking read); a socket at the end of the iteration, or at once above
                 // the high-water mark.
-                let send_now = !pending && (this.role == Role::WritePipe || state.buffer.len > state.high_water);
+                let send_now = !pending && !more_follows && (this.role == Role::WritePipe || state.buffer.len > state.high_water);
                 let queue_flush = !send_now && !state.flush_queued && !pending;
                 if queue_flush {
                     state.flush_queued = true;
@@ -932,16 +933,25 @@ impl StreamTransport {
 
     /// `transport.write(data)`.
     pub(crate) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        Self::write_data(slf, data)
+        Self::write_data(slf, data, false)
     }
 
     /// `transport.writelines(list_of_data)`: the pieces are buffered in order and sent
-    /// together.
+    /// together. As asyncio's (which joins them and calls `write()`), nothing is written if a
+    /// piece is not bytes-like, and an empty list still raises after `write_eof()`.
     pub(crate) fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
-        for data in list_of_data.try_iter()? {
-            Self::write_data(slf, &data?)?;
+        let mut pieces = list_of_data.try_iter()?.collect::<PyResult<Vec<_>>>()?;
+        for piece in &pieces {
+            check_bytes_like(piece)?;
         }
-        Ok(())
+        pieces.retain(|piece| piece.len().map_or(true, |len| len > 0));
+        let Some((last, first)) = pieces.split_last() else {
+            return Self::write_data(slf, PyBytes::new(slf.py(), b"").as_any(), false);
+        };
+        for piece in first {
+            Self::write_data(slf, piece, true)?;
+        }
+        Self::write_data(slf, last, false)
     }
 
     /// Whether the transport is closing or closed.
@@ -1009,6 +1019,13 @@ impl StreamTransport {
     #[pyo3(signature = (exc=None))]
     fn force_close(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let this = slf.get();
+        if exc.is_none() && this.role == Role::Socket && !this.write_pending.load(Ordering::Relaxed) && this.lock().conn_lost == 0 {
+            // `abort()`. asyncio's `write()` has already sent what the kernel takes, and abort
+            // drops only the rest; small writes wait here for the end of the iteration, so
+            // they are offered to the kernel now. What it refuses (or an error) is dropped,
+            // as asyncio drops it.
+            let _ = this.send_buffer(slf.py());
+        }
         let dropped = {
             let mut state = this.lock();
             if state.conn_lost > 0 {
