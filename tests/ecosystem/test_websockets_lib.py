@@ -56,6 +56,14 @@ class EchoServer:
         else:
             self.closed.append(ws.close_exc)
 
+    async def wait_for_a_closed_connection(self):
+        """Waits (up to a second) until a handler has returned: the closing handshake is
+        over on the server's side."""
+        for _ in range(100):
+            if self.closed:
+                return
+            await asyncio.sleep(0.01)
+
 
 @contextlib.asynccontextmanager
 async def serving(handler, **kwargs):
@@ -168,10 +176,7 @@ def test_close_from_the_client_with_code_and_reason(loop):
                     await ws.recv()
                 assert info.value.sent.code == 4000
             # the server's handler has returned once the closing handshake is over
-            for _ in range(100):
-                if echo.closed:
-                    break
-                await asyncio.sleep(0.01)
+            await echo.wait_for_a_closed_connection()
         return echo.closed
 
     closed = loop.run_until_complete(main())
@@ -217,10 +222,7 @@ def test_normal_close_is_ok_on_both_sides(loop):
                 await ws.close()
                 with pytest.raises(ConnectionClosedOK):
                     await ws.recv()
-            for _ in range(100):
-                if echo.closed:
-                    break
-                await asyncio.sleep(0.01)
+            await echo.wait_for_a_closed_connection()
         return echo.closed
 
     closed = loop.run_until_complete(main())
@@ -243,10 +245,7 @@ def test_abrupt_disconnect_is_an_error_without_close_frame(loop):
                 with pytest.raises(ConnectionClosedError) as info:
                     await ws.recv()
                 assert info.value.rcvd is None
-            for _ in range(100):
-                if echo.closed:
-                    break
-                await asyncio.sleep(0.01)
+            await echo.wait_for_a_closed_connection()
         return echo.closed
 
     closed = loop.run_until_complete(main())
