@@ -15,10 +15,10 @@
 //! - Handles are never tracked by the garbage collector: they define no `__traverse__` (the
 //!   cycles they could be part of are broken by releasing the callback when the handle runs,
 //!   is cancelled or its loop closes), so a collection would visit them for nothing. Fresh
-//!   memory from the generic allocator is untracked at once; recycled memory never is.
+//!   memory comes from `PyObject_GC_New`, which does not track; recycled memory never is.
 //! - Memory leaves a list either to become a new object (`PyObject_Init`, as CPython's own
 //!   free lists do) or, when the list is full, through `PyObject_GC_Del` (the types are GC
-//!   types, so that is the inverse of `PyType_GenericAlloc`).
+//!   types: that is the inverse of `PyObject_GC_New` and of `PyType_GenericAlloc`).
 
 use std::cell::UnsafeCell;
 use std::ffi::c_void;
@@ -67,16 +67,23 @@ impl FreeList {
                 return object;
             }
         }
-        // SAFETY: the generic allocator, as the type would use without this list. It starts
-        // tracking the new object; untracking it is sound because handles hold nothing the
-        // collector could visit (they have no tp_traverse of their own).
-        unsafe {
-            let object = ffi::PyType_GenericAlloc(subtype, nitems);
-            if !object.is_null() && exact_type {
-                ffi::PyObject_GC_UnTrack(object.cast());
+        if nitems == 0 && exact_type {
+            // SAFETY: a new GC object of `subtype`, initialised (type, reference count) but,
+            // unlike `PyType_GenericAlloc`'s, not tracked, which is what handles need: they
+            // hold nothing the collector could visit (they have no tp_traverse of their own).
+            // The rest of it is zeroed as `PyType_GenericAlloc` does.
+            unsafe {
+                let object = ffi::PyObject_GC_New::<ffi::PyObject>(subtype);
+                if !object.is_null() {
+                    let header = std::mem::size_of::<ffi::PyObject>();
+                    std::ptr::write_bytes(object.cast::<u8>().add(header), 0, (*subtype).tp_basicsize as usize - header);
+                }
+                return object;
             }
-            object
         }
+        // SAFETY: the generic allocator, as the type would use without this list (a Python
+        // subclass, if any).
+        unsafe { ffi::PyType_GenericAlloc(subtype, nitems) }
     }
 
     /// `tp_free`: keeps the memory for reuse, or releases it when the list is full.
@@ -90,7 +97,7 @@ impl FreeList {
         if objects.len() < CAPACITY {
             objects.push(object.cast());
         } else {
-            // SAFETY: the memory came from PyType_GenericAlloc of a GC type.
+            // SAFETY: the memory came from PyObject_GC_New or PyType_GenericAlloc of a GC type.
             unsafe { ffi::PyObject_GC_Del(object) };
         }
     }

@@ -888,7 +888,7 @@ impl LoopCore {
     }
 
     /// Shows the collector what the loop holds: the task factory, its stream transports,
-    /// and the callbacks of the handles only it refers to (queued, timers, fd watchers).
+    /// and the callbacks of the timers and fd watchers only it refers to.
     /// Handles are invisible to the collector (see `handles.rs`); a handle someone else also
     /// holds is not looked into, so what it refers to counts as reachable from outside. The
     /// loop itself is long-lived, so this runs only in the rare full collections. Skipped
@@ -911,9 +911,11 @@ impl LoopCore {
             }
         };
         for item in state.ready.iter() {
-            match item {
-                Runnable::Callback(handle) => visit_handle(handle.get(), handle.as_ptr())?,
-                Runnable::StreamRead(transport) | Runnable::StreamWrite(transport) => visit.call(transport)?,
+            // Queued callbacks are not looked into: they run (and let go of what they hold) at
+            // the next iteration, and a young loop with a long queue would make every young
+            // collection walk all of them.
+            if let Runnable::StreamRead(transport) | Runnable::StreamWrite(transport) = item {
+                visit.call(transport)?;
             }
         }
         // SAFETY: the collector calls `tp_traverse` with the GIL held; the token is only used
