@@ -50,6 +50,15 @@ WAVE = 500  # connections open at once
 # --------------------------------------------------------------------------------------------
 
 
+def run_then_check_fds_after_gc(loop, main):
+    """Runs ``main`` (which returns the fd count it started from) with the collector paused,
+    then checks that the count is back to that baseline after a collection too."""
+    with gc_disabled():
+        baseline = loop.run_until_complete(main)
+    gc.collect()
+    assert fd_count() == baseline
+
+
 @pytest.mark.timeout(120)
 def test_10000_tcp_connections_give_back_every_fd(loop):
     """10,000 TCP connections (create_server + create_connection), 500 at a time, each with one
@@ -75,10 +84,7 @@ def test_10000_tcp_connections_give_back_every_fd(loop):
         assert watched_fds(loop) == watched
         return baseline
 
-    with gc_disabled():
-        baseline = loop.run_until_complete(main())
-    gc.collect()
-    assert fd_count() == baseline
+    run_then_check_fds_after_gc(loop, main())
 
 
 @pytest.mark.timeout(120)
@@ -117,10 +123,7 @@ def test_10000_unix_stream_connections_give_back_every_fd(loop, sock_dir):  # no
         assert watched_fds(loop) == watched
         return baseline
 
-    with gc_disabled():
-        baseline = loop.run_until_complete(main())
-    gc.collect()
-    assert fd_count() == baseline
+    run_then_check_fds_after_gc(loop, main())
 
 
 class Endpoint(asyncio.Protocol):
