@@ -143,9 +143,12 @@ impl LoopState {
     /// Moves the timers due now to the ready queue (asyncio: deadline before now plus the
     /// clock's resolution), then takes the whole queue as this iteration's batch.
     fn take_batch(&mut self, py: Python<'_>, resolution: f64, batch: &mut VecDeque<Runnable>) {
-        let end = self.clock.now() + resolution;
-        let mut due = DueTimers { py, ready: &mut self.ready };
-        self.timers.pop_due(end, |t| t.bind(py).as_super().get().is_cancelled(), &mut due);
+        if !self.timers.is_empty() {
+            // The clock is read only when there are timers to compare with it.
+            let end = self.clock.now() + resolution;
+            let mut due = DueTimers { py, ready: &mut self.ready };
+            self.timers.pop_due(end, |t| t.bind(py).as_super().get().is_cancelled(), &mut due);
+        }
         self.ready.take_batch(batch);
     }
 
