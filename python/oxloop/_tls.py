@@ -9,8 +9,9 @@ transport's ``write`` (encrypting and sending at once). They are native method d
 (``_core.install_tls_methods``); in any state but plain "wrapped" they use asyncio's own
 methods. The protocol attributes they read (``_state``, ``_incoming``, ``_sslobj``, the
 flow-control flags and marks...) are native fields of its first base,
-``_core.TlsProtocolState``, which asyncio's code sets and reads by their usual names. If asyncio's ``SSLProtocol`` lacks what they rely on (a Python whose ``sslproto`` is
-laid out differently), ``PROTOCOL_CLASS`` is asyncio's own class, unchanged.
+``_core.TlsProtocolState``, which asyncio's code sets and reads by their usual names. If
+asyncio's ``SSLProtocol`` lacks what they rely on (a Python whose ``sslproto`` is laid out
+differently), ``PROTOCOL_CLASS`` is asyncio's own class, unchanged.
 """
 
 from asyncio import sslproto

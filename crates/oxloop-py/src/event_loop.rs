@@ -306,6 +306,12 @@ impl LoopShared {
         self.loop_object.get(py).and_then(|weak| weak.bind(py).upgrade())
     }
 
+    /// Whether the loop has let go of everything (it was closed, or freed): its registrar is
+    /// gone (`release_everything`).
+    pub(crate) fn is_released(&self) -> bool {
+        self.lock().registrar.is_none()
+    }
+
     /// Runs `f` on the loop's read buffer ([`MAX_READ`] bytes).
     pub(crate) fn with_read_buffer<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> R {
         let mut buffer = self.read_buffer.lock().expect("read buffer lock is never poisoned");

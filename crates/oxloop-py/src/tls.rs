@@ -130,13 +130,9 @@ pub(crate) struct TlsProtocolState {
     outgoing_low_water: usize,
 }
 
-#[pymethods]
 impl TlsProtocolState {
-    /// Every field None, False or 0 until asyncio's `SSLProtocol.__init__` sets it (the
-    /// arguments are that `__init__`'s).
-    #[new]
-    #[pyo3(signature = (*_args, **_kwargs))]
-    fn new(py: Python<'_>, _args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+    /// Every field None, False or 0.
+    fn empty(py: Python<'_>) -> Self {
         TlsProtocolState {
             state: py.None(),
             incoming: py.None(),
@@ -160,6 +156,17 @@ impl TlsProtocolState {
             outgoing_high_water: 0,
             outgoing_low_water: 0,
         }
+    }
+}
+
+#[pymethods]
+impl TlsProtocolState {
+    /// Every field None, False or 0 until asyncio's `SSLProtocol.__init__` sets it (the
+    /// arguments are that `__init__`'s).
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(py: Python<'_>, _args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        Self::empty(py)
     }
 
     /// Sets `_sslobj` (an `ssl.SSLObject` or None) and the `_ssl._SSLSocket` inside it.
@@ -202,21 +209,7 @@ impl TlsProtocolState {
     }
 
     fn __clear__(&mut self, py: Python<'_>) {
-        for object in [
-            &mut self.state,
-            &mut self.incoming,
-            &mut self.outgoing,
-            &mut self.ssl_object,
-            &mut self.app_protocol,
-            &mut self.write_backlog,
-            &mut self.transport,
-            &mut self.ssl_buffer,
-            &mut self.ssl_buffer_view,
-        ] {
-            *object = py.None();
-        }
-        self.ssl_socket = None;
-        self.transport_core = None;
+        *self = Self::empty(py);
     }
 }
 
@@ -268,11 +261,14 @@ fn buffer_updated(protocol: &Bound<'_, PyAny>, nbytes: &Bound<'_, PyAny>) -> PyR
     let py = protocol.py();
     let count = as_size(nbytes)?;
     let this = state_of(protocol);
-    let (buffer, incoming, wrapped, plain) = {
+    let (buffer, incoming, wrapped, ssl_socket) = {
         let fields = this.borrow();
         let wrapped = fields.state.bind(py).is(constants(py)?.wrapped.bind(py));
-        let plain = !fields.app_reading_paused && !fields.app_protocol_is_buffer && fields.ssl_socket.is_some();
-        (fields.ssl_buffer.clone_ref(py).into_bound(py), fields.incoming.clone_ref(py).into_bound(py), wrapped, plain)
+        // The TLS object to read records from, when the application protocol takes them as
+        // they come (not paused, not a buffered protocol).
+        let plain = !fields.app_reading_paused && !fields.app_protocol_is_buffer;
+        let ssl_socket = fields.ssl_socket.as_ref().filter(|_| plain).map(|socket| socket.clone_ref(py).into_bound(py));
+        (fields.ssl_buffer.clone_ref(py).into_bound(py), fields.incoming.clone_ref(py).into_bound(py), wrapped, ssl_socket)
     };
     let buffer = buffer.cast_into::<PyByteArray>()?;
     if count > buffer.len() {
@@ -286,11 +282,11 @@ fn buffer_updated(protocol: &Bound<'_, PyAny>, nbytes: &Bound<'_, PyAny>) -> PyR
         // Handshake, flushing or shutdown: asyncio's code.
         return protocol.call_method0(intern!(py, "_after_incoming")).map(drop);
     }
-    if !plain {
+    let Some(ssl_socket) = ssl_socket else {
         // Reading paused, or a buffered application protocol: asyncio's code.
         return protocol.call_method0(intern!(py, "_do_read")).map(drop);
-    }
-    match read_records(protocol, this, &incoming, &buffer) {
+    };
+    match read_records(protocol, this, &ssl_socket, &incoming, &buffer) {
         Ok(()) => Ok(()),
         Err(err) => report(protocol, err, "Fatal error on SSL protocol"),
     }
@@ -309,12 +305,9 @@ fn report(protocol: &Bound<'_, PyAny>, err: PyErr, message: &str) -> PyResult<()
 /// asyncio's `_do_read` + `_do_read__copied` for a plain application protocol: every
 /// complete record is decrypted straight into one `bytes`, delivered with one
 /// `data_received`; then the outgoing records are sent and reading flow control checked.
-fn read_records<'py>(protocol: &Bound<'py, PyAny>, this: &Bound<'py, TlsProtocolState>, incoming: &Bound<'py, PyAny>, scratch: &Bound<'py, PyByteArray>) -> PyResult<()> {
+fn read_records<'py>(protocol: &Bound<'py, PyAny>, this: &Bound<'py, TlsProtocolState>, ssl_socket: &Bound<'py, PyAny>, incoming: &Bound<'py, PyAny>, scratch: &Bound<'py, PyByteArray>) -> PyResult<()> {
     let py = protocol.py();
-    let Some(ssl_socket) = this.borrow().ssl_socket.as_ref().map(|socket| socket.clone_ref(py).into_bound(py)) else {
-        return protocol.call_method0(intern!(py, "_do_read")).map(drop);
-    };
-    let (data, end_of_stream) = decrypt_available(&ssl_socket, incoming, scratch)?;
+    let (data, end_of_stream) = decrypt_available(ssl_socket, incoming, scratch)?;
     if let Some(data) = data {
         let app_protocol = this.borrow().app_protocol.clone_ref(py).into_bound(py);
         app_protocol.call_method1(intern!(py, "data_received"), (data,))?;

@@ -253,8 +253,6 @@ struct StreamState {
     watching_peer: bool,
     /// Writes a closed write pipe dropped (asyncio's count for its warning).
     dropped_writes: u32,
-    /// The loop closed (or was freed) while the transport was open (`abandon`).
-    loop_closed: bool,
 }
 
 impl StreamState {
@@ -640,7 +638,7 @@ impl StreamTransport {
     fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if this.lock().loop_closed {
+        if this.shared.is_released() {
             return Err(PyRuntimeError::new_err("Event loop is closed"));
         }
         let (transport, _) = this.transport_and_protocol(py);
@@ -832,7 +830,6 @@ impl StreamTransport {
         let dropped = {
             let mut state = self.lock();
             state.watched = false;
-            state.loop_closed = true;
             (state.protocol.take(), state.transport.take(), state.buffer.clear(), state.empty_waiter.take())
         };
         self.reading.store(false, Ordering::Relaxed);
@@ -889,7 +886,6 @@ impl StreamTransport {
                     watched: false,
                     watching_peer: false,
                     dropped_writes: 0,
-                    loop_closed: false,
                 }),
             },
         )?;
