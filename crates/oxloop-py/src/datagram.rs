@@ -8,9 +8,8 @@
 //! cannot take yet are buffered and sent when the socket is writable.
 //!
 //! Invariants:
-//! - Only the loop's thread touches a transport, with the GIL held. The state is behind a
-//!   mutex only because PyO3 requires frozen classes to be `Sync`; it is never held across a
-//!   call into Python or a drop of a Python object.
+//! - Only the loop's thread touches a transport, with the GIL held. The state is in a
+//!   [`GilCell`], never borrowed across a call into Python or a drop of a Python object.
 //! - The Python socket object owns the descriptor; this object borrows its number until
 //!   `detach`, which the Python half calls just before closing the socket.
 //! - The loop watches the descriptor as asyncio's datagram transport has it watched: a reader
@@ -23,14 +22,14 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::event_loop::{os_error, LoopCore, LoopShared};
+use crate::event_loop::{os_error, LoopCore, SharedRef};
+use crate::gil_cell::{GilCell, GilRefMut};
 use crate::handles::is_fatal;
 use crate::sockaddr::RawAddress;
 use crate::transport::{debug_log, warn_log, with_buffer, MAX_READ};
@@ -83,8 +82,8 @@ pub struct DatagramTransport {
     family: libc::c_int,
     /// The socket is connected: datagrams go out with `send`, to its peer.
     connected: bool,
-    shared: Arc<LoopShared>,
-    state: Mutex<DatagramState>,
+    shared: SharedRef,
+    state: GilCell<DatagramState>,
 }
 
 /// How one `send`/`sendto` went.
@@ -99,18 +98,18 @@ enum SendOutcome {
 impl DatagramTransport {
     /// Locks the state (see the module invariants).
     #[inline]
-    fn lock(&self) -> MutexGuard<'_, DatagramState> {
-        self.state.lock().expect("transport lock is never poisoned")
+    fn lock<'a>(&'a self, py: Python<'a>) -> GilRefMut<'a, DatagramState> {
+        self.state.borrow_mut(py)
     }
 
     /// The protocol, unless the transport is detached.
     fn protocol<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        self.lock().protocol.as_ref().map(|p| p.bind(py).clone())
+        self.lock(py).protocol.as_ref().map(|p| p.bind(py).clone())
     }
 
     /// The Python transport, unless detached.
     fn python_transport<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        self.lock().transport.as_ref().map(|t| t.bind(py).clone())
+        self.lock(py).transport.as_ref().map(|t| t.bind(py).clone())
     }
 
     /// `loop.<method>(fd, *args)` (the loop's internal fd watches).
@@ -124,9 +123,10 @@ impl DatagramTransport {
 
     /// Starts watching for readability, unless already watching.
     fn watch_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
         let this = slf.get();
         {
-            let mut state = this.lock();
+            let mut state = this.lock(py);
             if state.reader_watched || state.closing || state.reading_paused {
                 return Ok(());
             }
@@ -138,7 +138,7 @@ impl DatagramTransport {
 
     /// Stops watching for readability.
     fn unwatch_reading(&self, py: Python<'_>) -> PyResult<()> {
-        if !std::mem::replace(&mut self.lock().reader_watched, false) {
+        if !std::mem::replace(&mut self.lock(py).reader_watched, false) {
             return Ok(());
         }
         self.call_loop(py, "_remove_reader", None)
@@ -146,8 +146,9 @@ impl DatagramTransport {
 
     /// Starts watching for writability, unless already watching.
     fn watch_writing(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
         let this = slf.get();
-        if std::mem::replace(&mut this.lock().writer_watched, true) {
+        if std::mem::replace(&mut this.lock(py).writer_watched, true) {
             return Ok(());
         }
         let callback = slf.getattr(pyo3::intern!(slf.py(), "_sendto_ready"))?;
@@ -156,7 +157,7 @@ impl DatagramTransport {
 
     /// Stops watching for writability.
     fn unwatch_writing(&self, py: Python<'_>) -> PyResult<()> {
-        if !std::mem::replace(&mut self.lock().writer_watched, false) {
+        if !std::mem::replace(&mut self.lock(py).writer_watched, false) {
             return Ok(());
         }
         self.call_loop(py, "_remove_writer", None)
@@ -181,22 +182,22 @@ impl DatagramTransport {
 
     /// The Python address of a sender: the last one's tuple again if it is the same sender.
     fn sender_address<'py>(&self, py: Python<'py>, raw: &RawAddress) -> PyResult<Option<Bound<'py, PyAny>>> {
-        if let Some((last, address)) = &self.lock().last_sender {
+        if let Some((last, address)) = &self.lock(py).last_sender {
             if last.same_as(raw) {
                 return Ok(Some(address.bind(py).clone()));
             }
         }
         let Some(address) = raw.to_python(py)? else { return Ok(None) };
-        let previous = self.lock().last_sender.replace((*raw, address.clone().unbind()));
+        let previous = self.lock(py).last_sender.replace((*raw, address.clone().unbind()));
         drop(previous);
         Ok(Some(address))
     }
 
     /// The kernel form of `address` if it is converted natively: the last sender's tuple,
     /// the last destination again, or a numeric address.
-    fn destination(&self, address: &Bound<'_, PyAny>) -> Option<RawAddress> {
+    fn destination(&self, py: Python<'_>, address: &Bound<'_, PyAny>) -> Option<RawAddress> {
         {
-            let state = self.lock();
+            let state = self.lock(py);
             if let Some((raw, sender)) = &state.last_sender {
                 if sender.is(address) {
                     return Some(*raw);
@@ -209,7 +210,7 @@ impl DatagramTransport {
             }
         }
         let raw = RawAddress::from_python(self.family, address)?;
-        let previous = self.lock().last_destination.replace((address.clone().unbind(), raw));
+        let previous = self.lock(py).last_destination.replace((address.clone().unbind(), raw));
         drop(previous);
         Some(raw)
     }
@@ -219,7 +220,7 @@ impl DatagramTransport {
     fn send_one(&self, py: Python<'_>, data: &[u8], address: Option<&Bound<'_, PyAny>>, data_object: &Bound<'_, PyAny>) -> PyResult<SendOutcome> {
         let native = match (self.connected, address) {
             (true, _) => Some(None),
-            (false, Some(address)) => self.destination(address).map(Some),
+            (false, Some(address)) => self.destination(py, address).map(Some),
             (false, None) => None,
         };
         let Some(raw) = native else {
@@ -249,7 +250,7 @@ impl DatagramTransport {
     /// `sock.sendto(data, address)` by the Python socket (host names, unusual forms, and
     /// the errors Python gives for bad addresses).
     fn send_by_python(&self, py: Python<'_>, data: &Bound<'_, PyAny>, address: Option<&Bound<'_, PyAny>>) -> PyResult<SendOutcome> {
-        let Some(sock) = self.lock().sock.as_ref().map(|s| s.bind(py).clone()) else {
+        let Some(sock) = self.lock(py).sock.as_ref().map(|s| s.bind(py).clone()) else {
             return Ok(SendOutcome::Sent);
         };
         let result = match address {
@@ -283,7 +284,7 @@ impl DatagramTransport {
     /// Python.
     fn receive<'py>(&self, py: Python<'py>) -> PyResult<Option<io::Result<(Bound<'py, PyBytes>, Bound<'py, PyAny>)>>> {
         let mut raw = RawAddress::empty();
-        let received = self.shared.with_read_buffer(|buffer| {
+        let received = self.shared.with_read_buffer(py, |buffer| {
             let (address, length) = raw.as_mut_parts();
             // SAFETY: `buffer` is writable for its length; `address`/`length` describe `raw`'s
             // storage; `fd` is open until the transport is detached.
@@ -306,7 +307,7 @@ impl DatagramTransport {
 
     /// `sock.recvfrom(max_size)` by the Python socket (families converted only by Python).
     fn receive_by_python<'py>(&self, py: Python<'py>) -> PyResult<Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
-        let Some(sock) = self.lock().sock.as_ref().map(|s| s.bind(py).clone()) else { return Ok(None) };
+        let Some(sock) = self.lock(py).sock.as_ref().map(|s| s.bind(py).clone()) else { return Ok(None) };
         let (data, address): (Bound<'py, PyAny>, Bound<'py, PyAny>) = sock.call_method1(pyo3::intern!(py, "recvfrom"), (MAX_READ,))?.extract()?;
         Ok(Some((data, address)))
     }
@@ -335,9 +336,9 @@ impl DatagramTransport {
     }
 
     /// Forgets the protocol, the Python objects and the buffer (breaks reference cycles).
-    fn abandon(&self) {
+    fn abandon(&self, py: Python<'_>) {
         let dropped = {
-            let mut state = self.lock();
+            let mut state = self.lock(py);
             state.buffer_size = 0;
             (
                 state.protocol.take(),
@@ -369,7 +370,7 @@ impl DatagramTransport {
             family,
             connected,
             shared,
-            state: Mutex::new(DatagramState {
+            state: GilCell::new(DatagramState {
                 protocol: Some(protocol.unbind()),
                 transport: Some(transport.unbind()),
                 sock: Some(sock.unbind()),
@@ -398,7 +399,7 @@ impl DatagramTransport {
     fn _read_ready(&self, py: Python<'_>) -> PyResult<()> {
         for _ in 0..DATAGRAMS_PER_EVENT {
             {
-                let state = self.lock();
+                let state = self.lock(py);
                 // The protocol may have paused or closed the transport meanwhile.
                 if state.conn_lost > 0 || !state.reader_watched {
                     return Ok(());
@@ -426,7 +427,7 @@ impl DatagramTransport {
         }
         let mut address = addr.filter(|a| !a.is_none());
         let (remote, conn_lost, buffered) = {
-            let state = this.lock();
+            let state = this.lock(py);
             (state.remote.as_ref().map(|r| r.bind(py).clone()), state.conn_lost, !state.buffer.is_empty())
         };
         if let Some(remote) = remote.filter(|r| r.is_truthy().unwrap_or(true)) {
@@ -440,7 +441,7 @@ impl DatagramTransport {
                 if conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
                     warn_log(py, "socket.send() raised exception.")?;
                 }
-                this.lock().conn_lost += 1;
+                this.lock(py).conn_lost += 1;
                 return Ok(());
             }
         }
@@ -464,7 +465,7 @@ impl DatagramTransport {
             Err(_) => with_buffer(data, |view| PyBytes::new(py, view).unbind())?,
         };
         {
-            let mut state = this.lock();
+            let mut state = this.lock(py);
             state.buffer.push_back(Queued { data: copy, address: address.map(Bound::unbind) });
             state.buffer_size += length;
         }
@@ -476,25 +477,25 @@ impl DatagramTransport {
         let py = slf.py();
         let this = slf.get();
         loop {
-            let Some(queued) = this.lock().buffer.pop_front() else { break };
+            let Some(queued) = this.lock(py).buffer.pop_front() else { break };
             let data = queued.data.bind(py);
             let address = queued.address.as_ref().map(|a| a.bind(py).clone());
             let outcome = this.send_one(py, data.as_bytes(), address.as_ref(), data.as_any())?;
             match outcome {
-                SendOutcome::Sent => this.lock().buffer_size -= data.as_bytes().len(),
+                SendOutcome::Sent => this.lock(py).buffer_size -= data.as_bytes().len(),
                 SendOutcome::WouldBlock => {
-                    this.lock().buffer.push_front(queued);
+                    this.lock(py).buffer.push_front(queued);
                     break;
                 }
                 SendOutcome::Failed(error) => {
-                    this.lock().buffer_size -= data.as_bytes().len();
+                    this.lock(py).buffer_size -= data.as_bytes().len();
                     return this.report(py, error, "Fatal write error on datagram transport");
                 }
             }
         }
         this.upcall(py, "_maybe_resume_protocol", ())?;
         let (empty, closing) = {
-            let state = this.lock();
+            let state = this.lock(py);
             (state.buffer.is_empty(), state.closing)
         };
         if empty {
@@ -507,25 +508,25 @@ impl DatagramTransport {
     }
 
     /// Bytes buffered, waiting for the kernel.
-    fn get_write_buffer_size(&self) -> usize {
-        self.lock().buffer_size
+    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
+        self.lock(py).buffer_size
     }
 
     /// Whether the transport is closing or closed.
-    fn is_closing(&self) -> bool {
-        self.lock().closing
+    fn is_closing(&self, py: Python<'_>) -> bool {
+        self.lock(py).closing
     }
 
     /// Whether datagrams are delivered (not paused, not closing).
-    fn is_reading(&self) -> bool {
-        let state = self.lock();
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        let state = self.lock(py);
         !state.reading_paused && !state.closing
     }
 
     /// Stops delivering datagrams until `resume_reading()`.
     fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
         {
-            let mut state = self.lock();
+            let mut state = self.lock(py);
             if state.closing || state.reading_paused {
                 return Ok(());
             }
@@ -545,7 +546,7 @@ impl DatagramTransport {
         let py = slf.py();
         let this = slf.get();
         {
-            let mut state = this.lock();
+            let mut state = this.lock(py);
             if state.closing || !state.reading_paused {
                 return Ok(());
             }
@@ -563,7 +564,7 @@ impl DatagramTransport {
     /// `close()`: stop reading; lose the connection once the buffer is sent.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let lose_now = {
-            let mut state = self.lock();
+            let mut state = self.lock(py);
             if state.closing {
                 return Ok(());
             }
@@ -586,7 +587,7 @@ impl DatagramTransport {
     #[pyo3(signature = (exc=None))]
     fn force_close(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let dropped = {
-            let mut state = self.lock();
+            let mut state = self.lock(py);
             if state.conn_lost > 0 {
                 return Ok(());
             }
@@ -602,43 +603,46 @@ impl DatagramTransport {
     }
 
     /// Sets the protocol that receives the following events.
-    fn set_protocol(&self, protocol: Bound<'_, PyAny>) {
-        let old = self.lock().protocol.replace(protocol.unbind());
+    fn set_protocol(&self, py: Python<'_>, protocol: Bound<'_, PyAny>) {
+        let old = self.lock(py).protocol.replace(protocol.unbind());
         drop(old);
     }
 
     /// The current protocol (None once the transport is done).
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.lock().protocol.as_ref().map(|p| p.clone_ref(py))
+        self.lock(py).protocol.as_ref().map(|p| p.clone_ref(py))
     }
 
     /// asyncio's `_conn_lost`.
     #[getter]
-    fn conn_lost(&self) -> u32 {
-        self.lock().conn_lost
+    fn conn_lost(&self, py: Python<'_>) -> u32 {
+        self.lock(py).conn_lost
     }
 
     /// Whether the loop watches the socket for reading / writing now.
     #[getter]
-    fn reading_watched(&self) -> bool {
-        self.lock().reader_watched
+    fn reading_watched(&self, py: Python<'_>) -> bool {
+        self.lock(py).reader_watched
     }
 
     #[getter]
-    fn writing_watched(&self) -> bool {
-        self.lock().writer_watched
+    fn writing_watched(&self, py: Python<'_>) -> bool {
+        self.lock(py).writer_watched
     }
 
     /// Stops watching and forgets the Python objects: called by the Python half right
     /// before it closes the socket.
     fn detach(&self, py: Python<'_>) -> PyResult<()> {
         let result = self.unwatch_writing(py).and_then(|()| self.unwatch_reading(py));
-        self.abandon();
+        self.abandon(py);
         result
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Ok(state) = self.state.try_lock() {
+        // SAFETY: the collector calls `tp_traverse` with the GIL held; the token only
+        // borrows the state.
+        let py = unsafe { Python::assume_attached() };
+        if let Some(state) = self.state.try_borrow_mut(py) {
             for object in [&state.protocol, &state.transport, &state.sock, &state.remote].into_iter().flatten() {
                 visit.call(object)?;
             }
@@ -658,7 +662,7 @@ impl DatagramTransport {
         Ok(())
     }
 
-    fn __clear__(&self) {
-        self.abandon();
+    fn __clear__(&self, py: Python<'_>) {
+        self.abandon(py);
     }
 }

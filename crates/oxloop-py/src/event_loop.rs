@@ -4,12 +4,13 @@
 //! Invariants:
 //! - Python code (`oxloop.Loop`, a subclass) does the once-per-loop work; everything that runs
 //!   per callback, per timer or per event is here.
-//! - All scheduling state lives in `state`, behind a mutex that is only ever taken with the
-//!   GIL held and never held across a call into Python or a drop of a Python object (a drop can
-//!   run a finalizer that schedules a callback). So it is never contended and never re-entered.
+//! - All scheduling state lives in `state`, a [`GilCell`]: borrowed only with the GIL held and
+//!   never across a call into Python or a drop of a Python object (a drop can run a finalizer
+//!   that schedules a callback). So no other thread sees it mid-change and nothing re-enters it.
 //! - The waiting half of the reactor lives in `reactor`, locked by the thread running the loop
-//!   for the whole run; it waits with the GIL released. Other threads only push to the ready
-//!   queue (under `state`) and trigger the waker, and only when the loop is waiting.
+//!   for the whole run; it waits with the GIL released and without borrowing `state`. Other
+//!   threads (holding the GIL) only push to the ready queue and trigger the waker, and only
+//!   when the loop is waiting.
 //! - The loop owns its epoll instance and waker, never a watched descriptor: `add_reader`
 //!   callers keep theirs open and remove them before closing; a stream transport's socket is
 //!   owned by the transport, which unregisters it before closing it (`transport.rs`).
@@ -27,6 +28,8 @@ use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::gil_cell::{GilCell, GilRefMut};
 use std::time::{Duration, Instant};
 
 use oxloop_core::clock::Clock;
@@ -264,23 +267,47 @@ struct IterationBuffers {
 
 /// The part of a loop its handles share: the scheduling state, the debug flag and a weak
 /// reference to the Python loop object (handles must not keep the loop alive).
+///
+/// A Python object (never exposed) so that the references the loop, its handles and its
+/// transports hold ([`SharedRef`]) are counted by the interpreter's reference count, which
+/// the GIL guards: an `Arc` would cost two atomic instructions per handle.
+#[pyclass(module = "oxloop._core", frozen)]
 pub(crate) struct LoopShared {
-    state: Mutex<LoopState>,
+    state: GilCell<LoopState>,
     debug: AtomicBool,
     loop_object: PyOnceLock<Py<PyWeakrefReference>>,
     /// Where stream transports read before copying into `bytes` (allocated on first use;
     /// only the loop's thread reads).
-    read_buffer: Mutex<Vec<u8>>,
+    read_buffer: GilCell<Vec<u8>>,
     /// Whether `state.flush_queue` may hold transports: set when one is queued, so that an
     /// iteration with nothing to flush does not take the lock to find out.
     flush_queued: AtomicBool,
 }
 
-impl LoopShared {
-    /// Locks the scheduling state (see the module invariants).
+/// A reference to a loop's [`LoopShared`].
+pub(crate) struct SharedRef(Py<LoopShared>);
+
+impl SharedRef {
+    /// Another reference to the same loop.
+    pub(crate) fn clone_ref(&self, py: Python<'_>) -> Self {
+        SharedRef(self.0.clone_ref(py))
+    }
+}
+
+impl std::ops::Deref for SharedRef {
+    type Target = LoopShared;
+
     #[inline]
-    fn lock(&self) -> MutexGuard<'_, LoopState> {
-        self.state.lock().expect("loop state lock is never poisoned")
+    fn deref(&self) -> &LoopShared {
+        self.0.get()
+    }
+}
+
+impl LoopShared {
+    /// Borrows the scheduling state (see the module invariants).
+    #[inline]
+    fn lock<'a>(&'a self, py: Python<'a>) -> GilRefMut<'a, LoopState> {
+        self.state.borrow_mut(py)
     }
 
     /// Whether debug mode is on.
@@ -290,15 +317,15 @@ impl LoopShared {
     }
 
     /// Called by a `TimerHandle` cancelled while still in the heap.
-    pub(crate) fn timer_cancelled(&self) {
-        let mut state = self.lock();
+    pub(crate) fn timer_cancelled(&self, py: Python<'_>) {
+        let mut state = self.lock(py);
         state.timers.note_cancelled();
         state.counters.timers_cancelled += 1;
     }
 
     /// Called when a callback's exception goes to the exception handler.
-    pub(crate) fn note_callback_error(&self) {
-        self.lock().counters.callback_errors += 1;
+    pub(crate) fn note_callback_error(&self, py: Python<'_>) {
+        self.lock(py).counters.callback_errors += 1;
     }
 
     /// The Python loop object, if it is still alive.
@@ -308,13 +335,14 @@ impl LoopShared {
 
     /// Whether the loop has let go of everything (it was closed, or freed): its registrar is
     /// gone (`release_everything`).
-    pub(crate) fn is_released(&self) -> bool {
-        self.lock().registrar.is_none()
+    pub(crate) fn is_released(&self, py: Python<'_>) -> bool {
+        self.lock(py).registrar.is_none()
     }
 
     /// Runs `f` on the loop's read buffer ([`MAX_READ`] bytes).
-    pub(crate) fn with_read_buffer<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> R {
-        let mut buffer = self.read_buffer.lock().expect("read buffer lock is never poisoned");
+    /// `f` must not run Python code (see the module invariants).
+    pub(crate) fn with_read_buffer<R>(&self, py: Python<'_>, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        let mut buffer = self.read_buffer.borrow_mut(py);
         if buffer.is_empty() {
             buffer.resize(MAX_READ, 0);
         }
@@ -323,8 +351,8 @@ impl LoopShared {
 
     /// Registers a stream transport's descriptor: watched edge-triggered for reading (and
     /// for writing only while a send would block: see [`Self::watch_stream_writable`]).
-    pub(crate) fn register_stream(&self, fd: RawFd, transport: Py<StreamTransport>) -> PyResult<()> {
-        let mut state = self.lock();
+    pub(crate) fn register_stream(&self, py: Python<'_>, fd: RawFd, transport: Py<StreamTransport>) -> PyResult<()> {
+        let mut state = self.lock(py);
         if state.fd_callbacks.contains_key(&fd) || state.streams.contains_key(&fd) {
             drop(state);
             drop(transport);
@@ -339,8 +367,8 @@ impl LoopShared {
     /// Adds or removes writability to a stream transport's watch. Writability is watched only
     /// while a send would block, as libuv does: a socket watched for it all the time wakes
     /// the poller each time the peer's acknowledgements free buffer space.
-    pub(crate) fn watch_stream_writable(&self, fd: RawFd, writable: bool) -> PyResult<()> {
-        let mut state = self.lock();
+    pub(crate) fn watch_stream_writable(&self, py: Python<'_>, fd: RawFd, writable: bool) -> PyResult<()> {
+        let mut state = self.lock(py);
         if !state.streams.contains_key(&fd) {
             return Ok(());
         }
@@ -350,8 +378,8 @@ impl LoopShared {
 
     /// Stops watching a stream transport's descriptor; returns the loop's reference to the
     /// transport (to be dropped by the caller, outside the lock).
-    pub(crate) fn unregister_stream(&self, fd: RawFd) -> Option<Py<StreamTransport>> {
-        let mut state = self.lock();
+    pub(crate) fn unregister_stream(&self, py: Python<'_>, fd: RawFd) -> Option<Py<StreamTransport>> {
+        let mut state = self.lock(py);
         let transport = state.streams.remove(&fd)?;
         if let Some(registrar) = state.registrar.as_mut() {
             registrar.unwatch(fd);
@@ -360,26 +388,26 @@ impl LoopShared {
     }
 
     /// Queues a read of a stream transport for the next iteration.
-    pub(crate) fn schedule_stream_read(&self, transport: Py<StreamTransport>) {
-        self.lock().ready.push(Runnable::StreamRead(transport));
+    pub(crate) fn schedule_stream_read(&self, py: Python<'_>, transport: Py<StreamTransport>) {
+        self.lock(py).ready.push(Runnable::StreamRead(transport));
     }
 
     /// Queues a stream transport for the end-of-iteration flush.
-    pub(crate) fn queue_flush(&self, transport: Py<StreamTransport>) {
-        self.lock().flush_queue.push(transport);
+    pub(crate) fn queue_flush(&self, py: Python<'_>, transport: Py<StreamTransport>) {
+        self.lock(py).flush_queue.push(transport);
         self.flush_queued.store(true, Ordering::Relaxed);
     }
 
     /// The stream transport using `fd`, if any.
     fn stream_on(&self, py: Python<'_>, fd: RawFd) -> Option<Py<StreamTransport>> {
-        self.lock().streams.get(&fd).map(|t| t.clone_ref(py))
+        self.lock(py).streams.get(&fd).map(|t| t.clone_ref(py))
     }
 
     /// Removes every pending callback, timer and fd watch, and drops their callbacks (the
     /// loop is closing or being freed). Nothing is dropped under the lock.
     fn release_everything(&self, py: Python<'_>) {
         let (ready, timers, watchers, streams, flushes) = {
-            let mut state = self.lock();
+            let mut state = self.lock(py);
             // Dropping the registrar and the waker closes their descriptors (the epoll
             // instance itself closes with the reactor, in `_close_core`).
             if let Some(mut registrar) = state.registrar.take() {
@@ -393,21 +421,21 @@ impl LoopShared {
         };
         for item in &ready {
             if let Runnable::Callback(handle) = item {
-                handle.get().release_callback();
+                handle.get().release_callback(py);
             }
         }
         // Transports are not closed (as with asyncio, an unclosed transport warns when it is
         // freed), but they let go of their protocols so that nothing stays in a cycle.
         for transport in &streams {
-            transport.get().abandon();
+            transport.get().abandon(py);
         }
         for timer in &timers {
             timer.get().set_scheduled(false);
-            timer.bind(py).as_super().get().release_callback();
+            timer.bind(py).as_super().get().release_callback(py);
         }
         for watcher in &watchers {
             for handle in watcher.reader.iter().chain(watcher.writer.iter()) {
-                handle.get().release_callback();
+                handle.get().release_callback(py);
             }
         }
         drop((ready, timers, watchers, streams, flushes));
@@ -417,7 +445,7 @@ impl LoopShared {
 /// The native half of `oxloop.Loop`.
 #[pyclass(module = "oxloop._core", subclass, weakref, frozen)]
 pub struct LoopCore {
-    shared: Arc<LoopShared>,
+    shared: SharedRef,
     /// The waiting half of the reactor; None once the loop is closed.
     reactor: Mutex<Option<Reactor>>,
     clock_resolution: f64,
@@ -429,7 +457,7 @@ pub struct LoopCore {
     /// `threading.get_ident()` of the thread running the loop, 0 when not running.
     thread_id: AtomicU64,
     /// `set_task_factory()`'s factory.
-    task_factory: Mutex<Option<Py<PyAny>>>,
+    task_factory: GilCell<Option<Py<PyAny>>>,
 }
 
 impl Drop for LoopCore {
@@ -440,10 +468,10 @@ impl Drop for LoopCore {
 }
 
 impl LoopCore {
-    /// Locks the scheduling state (see the module invariants).
+    /// Borrows the scheduling state (see the module invariants).
     #[inline]
-    fn lock(&self) -> MutexGuard<'_, LoopState> {
-        self.shared.lock()
+    fn lock<'a>(&'a self, py: Python<'a>) -> GilRefMut<'a, LoopState> {
+        self.shared.lock(py)
     }
 
     /// Takes the waiting half of the reactor: only one thread may run the loop.
@@ -496,7 +524,7 @@ impl LoopCore {
     }
 
     /// The shared part, for a new stream transport of the loop `slf`.
-    pub(crate) fn shared_for_transport(slf: &Bound<'_, Self>) -> PyResult<Arc<LoopShared>> {
+    pub(crate) fn shared_for_transport(slf: &Bound<'_, Self>) -> PyResult<SharedRef> {
         slf.get().check_closed()?;
         slf.get().shared_with_handles(slf)
     }
@@ -532,7 +560,7 @@ impl LoopCore {
             return Ok(());
         }
         {
-            let mut state = shared.lock();
+            let mut state = shared.lock(py);
             shared.flush_queued.store(false, Ordering::Relaxed);
             std::mem::swap(&mut state.flush_queue, &mut buffers.flushes);
         }
@@ -540,7 +568,7 @@ impl LoopCore {
         while let Some(transport) = pending.next() {
             if let Err(err) = StreamTransport::flush_queued(transport.bind(py)) {
                 let rest: Vec<_> = pending.collect();
-                shared.lock().flush_queue.extend(rest);
+                shared.lock(py).flush_queue.extend(rest);
                 shared.flush_queued.store(true, Ordering::Relaxed);
                 return Err(err);
             }
@@ -549,15 +577,15 @@ impl LoopCore {
     }
 
     /// The shared part, for a new handle; records the loop object on first use.
-    fn shared_with_handles(&self, slf: &Bound<'_, Self>) -> PyResult<Arc<LoopShared>> {
+    fn shared_with_handles(&self, slf: &Bound<'_, Self>) -> PyResult<SharedRef> {
         self.shared.loop_object.get_or_try_init(slf.py(), || PyWeakrefReference::new(slf).map(Bound::unbind))?;
-        Ok(Arc::clone(&self.shared))
+        Ok(self.shared.clone_ref(slf.py()))
     }
 
     /// Appends a handle to the ready queue; wakes the poller if `threadsafe` and it waits.
     #[inline]
-    fn push_ready(&self, handle: Py<Handle>, threadsafe: bool) -> PyResult<()> {
-        let mut state = self.lock();
+    fn push_ready(&self, py: Python<'_>, handle: Py<Handle>, threadsafe: bool) -> PyResult<()> {
+        let mut state = self.lock(py);
         state.ready.push(Runnable::Callback(handle));
         if threadsafe && state.waiting {
             if let Some(waker) = &state.waker {
@@ -575,7 +603,7 @@ impl LoopCore {
         let is_cancelled = |t: &Py<TimerHandle>| t.bind(py).as_super().get().is_cancelled();
         Self::flush_transports(slf, buffers)?;
         let wait = {
-            let mut state = this.lock();
+            let mut state = this.lock(py);
             state.counters.iterations += 1;
             state.counters.callbacks_run += std::mem::take(&mut buffers.callbacks_run);
             state.timers.purge_cancelled(is_cancelled, &mut buffers.released_timers);
@@ -606,7 +634,7 @@ impl LoopCore {
             let outcome = if timeout == Some(Duration::ZERO) { reactor.poll(timeout, io_events) } else { py.detach(|| reactor.poll(timeout, io_events)) };
             let waited = started.elapsed();
             {
-                let mut state = this.lock();
+                let mut state = this.lock(py);
                 state.waiting = false;
                 state.counters.polls += 1;
                 state.counters.poll_wait_ns += waited.as_nanos() as u64;
@@ -618,14 +646,14 @@ impl LoopCore {
             }
             buffers.released_handles.clear(); // dropped outside the lock
             if let Err(err) = outcome {
-                this.lock().ready.requeue_front(&mut buffers.batch);
+                this.lock(py).ready.requeue_front(&mut buffers.batch);
                 return Err(err.into());
             }
         }
         // Outside the lock: a signal handler may schedule callbacks. Fails only by raising
         // (KeyboardInterrupt): the batch goes back to the queue first.
         if let Err(err) = py.check_signals() {
-            this.lock().ready.requeue_front(&mut buffers.batch);
+            this.lock(py).ready.requeue_front(&mut buffers.batch);
             return Err(err);
         }
 
@@ -648,7 +676,7 @@ impl LoopCore {
             };
             buffers.callbacks_run += 1;
             if let Err(err) = result {
-                let mut state = this.lock();
+                let mut state = this.lock(py);
                 state.counters.callbacks_run += std::mem::take(&mut buffers.callbacks_run);
                 state.ready.requeue_front(&mut buffers.batch);
                 return Err(err);
@@ -666,7 +694,7 @@ impl LoopCore {
         match catch_unwind(AssertUnwindSafe(|| Self::run_once(slf, reactor, buffers))) {
             Ok(result) => result,
             Err(payload) => {
-                slf.get().lock().ready.requeue_front(&mut buffers.batch);
+                slf.get().lock(slf.py()).ready.requeue_front(&mut buffers.batch);
                 let message = payload
                     .downcast_ref::<String>()
                     .map(String::as_str)
@@ -683,10 +711,10 @@ impl LoopCore {
         if !debug {
             return run(transport);
         }
-        let started = slf.get().now();
-        run(transport)?;
-        let elapsed = slf.get().now() - started;
         let py = slf.py();
+        let started = slf.get().now(py);
+        run(transport)?;
+        let elapsed = slf.get().now(py) - started;
         let slow: f64 = slf.getattr(pyo3::intern!(py, "slow_callback_duration"))?.extract()?;
         if elapsed >= slow {
             if let Some(owner) = transport.get().python_transport(py) {
@@ -702,9 +730,9 @@ impl LoopCore {
     fn run_handle_debug(slf: &Bound<'_, Self>, handle: &Bound<'_, Handle>) -> PyResult<()> {
         let py = slf.py();
         slf.setattr(pyo3::intern!(py, "_current_handle"), handle)?;
-        let started = slf.get().now();
+        let started = slf.get().now(py);
         let result = Handle::run(handle, false);
-        let elapsed = slf.get().now() - started;
+        let elapsed = slf.get().now(py) - started;
         slf.setattr(pyo3::intern!(py, "_current_handle"), py.None())?;
         let logged = result.and_then(|()| {
             let slow: f64 = slf.getattr(pyo3::intern!(py, "slow_callback_duration"))?.extract()?;
@@ -713,16 +741,16 @@ impl LoopCore {
             }
             Ok(())
         });
-        handle.get().finish();
+        handle.get().finish(py);
         logged
     }
 
     /// The loop's clock.
-    pub(crate) fn now(&self) -> f64 {
+    pub(crate) fn now(&self, py: Python<'_>) -> f64 {
         if self.real_time {
             return Clock::Monotonic.now();
         }
-        self.lock().clock.now()
+        self.lock(py).clock.now()
     }
 
     /// `add_reader`/`add_writer` (`checked`: refused for a transport's fd, as the public
@@ -736,7 +764,7 @@ impl LoopCore {
             Self::ensure_fd_no_transport(slf, fileobj, fd)?;
         }
         let handle = Self::new_handle(slf, callback, args, None, false, None)?;
-        let previous = this.lock().set_fd_callback(fd, side, Some(handle.clone_ref(py)))?;
+        let previous = this.lock(py).set_fd_callback(fd, side, Some(handle.clone_ref(py)))?;
         if let Some(previous) = previous {
             previous.bind(py).call_method0("cancel")?;
         }
@@ -756,7 +784,7 @@ impl LoopCore {
             Self::ensure_fd_no_transport(slf, fileobj, fd)?;
         }
         let previous = {
-            let mut state = this.lock();
+            let mut state = this.lock(py);
             let registered = state.fd_callbacks.get(&fd).is_some_and(|e| match side {
                 Side::Read => e.reader.is_some(),
                 Side::Write => e.writer.is_some(),
@@ -822,42 +850,42 @@ impl LoopCore {
     /// A new, empty loop core on the real monotonic clock.
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
-    fn py_new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+    fn py_new(py: Python<'_>, _args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
         let (reactor, registrar, waker) = reactor::new()?;
         let clock = Clock::Monotonic;
         Ok(LoopCore {
             clock_resolution: clock.resolution(),
             real_time: clock == Clock::Monotonic,
-            shared: Arc::new(LoopShared {
+            shared: SharedRef(Py::new(py, LoopShared {
                 debug: AtomicBool::new(false),
                 loop_object: PyOnceLock::new(),
-                read_buffer: Mutex::new(Vec::new()),
+                read_buffer: GilCell::new(Vec::new()),
                 flush_queued: AtomicBool::new(false),
-                state: Mutex::new(LoopState {
-                ready: ReadyQueue::new(),
-                timers: TimerHeap::new(),
-                registrar: Some(registrar),
-                waker: Some(waker),
-                fd_callbacks: HashMap::new(),
-                streams: HashMap::new(),
-                flush_queue: Vec::new(),
-                clock,
-                counters: Counters::default(),
-                waiting: false,
-                wakeup_reader: None,
+                state: GilCell::new(LoopState {
+                    ready: ReadyQueue::new(),
+                    timers: TimerHeap::new(),
+                    registrar: Some(registrar),
+                    waker: Some(waker),
+                    fd_callbacks: HashMap::new(),
+                    streams: HashMap::new(),
+                    flush_queue: Vec::new(),
+                    clock,
+                    counters: Counters::default(),
+                    waiting: false,
+                    wakeup_reader: None,
                 }),
-            }),
+            })?),
             reactor: Mutex::new(Some(reactor)),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             thread_id: AtomicU64::new(0),
-            task_factory: Mutex::new(None),
+            task_factory: GilCell::new(None),
         })
     }
 
     /// The loop's time: `time.monotonic()`.
-    fn time(&self) -> f64 {
-        self.now()
+    fn time(&self, py: Python<'_>) -> f64 {
+        self.now(py)
     }
 
     /// A new `asyncio.Future` attached to this loop.
@@ -871,7 +899,7 @@ impl LoopCore {
     fn create_task<'py>(slf: &Bound<'py, Self>, coro: &Bound<'py, PyAny>, name: Option<&Bound<'py, PyAny>>, context: Option<&Bound<'py, PyAny>>, kwargs: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         slf.get().check_closed()?;
-        let factory = slf.get().task_factory.lock().expect("task factory lock is never poisoned").as_ref().map(|f| f.bind(py).clone());
+        let factory = slf.get().task_factory.borrow_mut(py).as_ref().map(|f| f.bind(py).clone());
         let none = py.None().into_bound(py);
         futures::create_task(slf.as_any(), factory, coro, name.unwrap_or(&none), context.unwrap_or(&none), kwargs)
     }
@@ -884,14 +912,15 @@ impl LoopCore {
     /// The task factory, or None (asyncio's `_task_factory` attribute).
     #[getter(_task_factory)]
     fn get_task_factory_attr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.task_factory.lock().expect("task factory lock is never poisoned").as_ref().map(|f| f.clone_ref(py))
+        self.task_factory.borrow_mut(py).as_ref().map(|f| f.clone_ref(py))
     }
 
     #[setter(_task_factory)]
     fn set_task_factory_attr(&self, factory: Bound<'_, PyAny>) -> PyResult<()> {
         futures::check_task_factory(&factory)?;
+        let py = factory.py();
         let new = (!factory.is_none()).then(|| factory.unbind());
-        let old = std::mem::replace(&mut *self.task_factory.lock().expect("task factory lock is never poisoned"), new);
+        let old = std::mem::replace(&mut *self.task_factory.borrow_mut(py), new);
         drop(old);
         Ok(())
     }
@@ -903,18 +932,22 @@ impl LoopCore {
     /// loop itself is long-lived, so this runs only in the rare full collections. Skipped
     /// (conservatively) if the state is locked.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Ok(factory) = self.task_factory.try_lock() {
+        // SAFETY: the collector calls `tp_traverse` with the GIL held; the token is only used
+        // to borrow the state and to view timers as their `Handle` base (a pointer cast, no
+        // call into Python).
+        let py = unsafe { Python::assume_attached() };
+        if let Some(factory) = self.task_factory.try_borrow_mut(py) {
             if let Some(factory) = factory.as_ref() {
                 visit.call(factory)?;
             }
         }
-        let Ok(state) = self.shared.state.try_lock() else {
+        let Some(state) = self.shared.state.try_borrow_mut(py) else {
             return Ok(());
         };
         let visit_handle = |handle: &Handle, object: *mut ffi::PyObject| {
             // SAFETY: the collector runs with the GIL held; `object` is a live handle.
             if unsafe { ffi::Py_REFCNT(object) } == 1 {
-                handle.traverse_contents(&visit)
+                handle.traverse_contents(py, &visit)
             } else {
                 Ok(())
             }
@@ -927,9 +960,6 @@ impl LoopCore {
                 visit.call(transport)?;
             }
         }
-        // SAFETY: the collector calls `tp_traverse` with the GIL held; the token is only used
-        // to view timers as their `Handle` base (a pointer cast, no call into Python).
-        let py = unsafe { Python::assume_attached() };
         for timer in state.timers.iter() {
             visit_handle(timer.bind(py).as_super().get(), timer.as_ptr())?;
         }
@@ -947,7 +977,7 @@ impl LoopCore {
     /// Breaks the cycles the loop is part of when it is garbage: drops the task factory and
     /// everything pending (as closing does, without closing transports).
     fn __clear__(&self, py: Python<'_>) {
-        let old = self.task_factory.lock().map(|mut f| f.take()).ok().flatten();
+        let old = self.task_factory.borrow_mut(py).take();
         drop(old);
         self.shared.release_everything(py);
     }
@@ -987,7 +1017,7 @@ impl LoopCore {
                 break Ok(());
             }
         };
-        this.lock().counters.callbacks_run += buffers.callbacks_run;
+        this.lock(slf.py()).counters.callbacks_run += buffers.callbacks_run;
         result
     }
 
@@ -998,7 +1028,7 @@ impl LoopCore {
         let reactor = reactor.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
         let mut buffers = IterationBuffers::default();
         let result = Self::run_once_catching_panics(slf, reactor, &mut buffers);
-        this.lock().counters.callbacks_run += buffers.callbacks_run;
+        this.lock(slf.py()).counters.callbacks_run += buffers.callbacks_run;
         result
     }
 
@@ -1013,8 +1043,8 @@ impl LoopCore {
 
     /// Watches the read end of the signal wakeup pipe: it ends a wait when a signal arrives
     /// and is drained natively (signal handlers themselves run from Python's signal module).
-    fn _set_wakeup_reader(&self, fd: RawFd) -> PyResult<()> {
-        let mut state = self.lock();
+    fn _set_wakeup_reader(&self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
+        let mut state = self.lock(py);
         let registrar = state.registrar.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
         registrar.set_watch(fd, Watch { readable: true, writable: false, trigger: Trigger::Edge }).map_err(os_error)?;
         state.wakeup_reader = Some(fd);
@@ -1076,7 +1106,7 @@ impl LoopCore {
     /// The loop's counters, for live metrics.
     fn _counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let (counters, ready, timers, fds, transports) = {
-            let state = self.lock();
+            let state = self.lock(py);
             (state.counters, state.ready.len(), state.timers.len(), state.registrar.as_ref().map_or(0, Registrar::len), state.streams.len())
         };
         let dict = PyDict::new(py);
@@ -1156,7 +1186,7 @@ impl LoopCore {
             (true, false) => Self::debug_checks(slf, &callback, "call_soon", true)?,
         };
         let handle = Self::new_handle(slf, callback, args, context, true, traceback)?;
-        this.push_ready(handle.clone_ref(slf.py()), threadsafe)?;
+        this.push_ready(slf.py(), handle.clone_ref(slf.py()), threadsafe)?;
         Ok(handle)
     }
 
@@ -1172,7 +1202,7 @@ impl LoopCore {
         let init = PyClassInitializer::from(handle).add_subclass(TimerHandle::new(when));
         let timer = Py::new(py, init)?;
         timer.get().set_scheduled(true);
-        let mut state = this.lock();
+        let mut state = this.lock(py);
         state.timers.push(timer.get().deadline(), timer.clone_ref(py));
         state.counters.timers_scheduled += 1;
         Ok(timer)

@@ -136,7 +136,7 @@ unsafe fn schedule_from_vectorcall(
                 }
                 let mut when: f64 = time.extract()?;
                 if method == Method::CallLater {
-                    when += slf.get().now();
+                    when += slf.get().now(py);
                 }
                 LoopCore::schedule_timer(&slf, when, callback, rest, context, "call_at").map(Py::into_any)
             }

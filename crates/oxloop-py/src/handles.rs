@@ -2,9 +2,8 @@
 //!
 //! Invariants:
 //! - Handles are only touched with the GIL held (every method is called from Python, and the
-//!   loop runs them holding the GIL). The callback lives behind a mutex only because PyO3
-//!   requires frozen classes to be `Sync`; the lock is held for a few loads and never across
-//!   a call into Python, so it is never contended.
+//!   loop runs them holding the GIL). The callback lives in a [`GilCell`], borrowed for a few
+//!   loads and never across a call into Python.
 //! - `cancel()` drops the callback and its arguments at once (a cancelled
 //!   `wait_for(..., 3600)` holds no memory for an hour); the entry left in the timer heap is an
 //!   empty shell purged lazily.
@@ -16,14 +15,13 @@
 //!   stays in a reference cycle once it is done: a one-shot handle drops its callback when it
 //!   has run (after the exception handler has seen it, if it raised), every handle drops it
 //!   when cancelled, and the loop drops the callbacks of everything still pending when it
-//!   closes or is freed. A handle refers to its loop through [`LoopShared`], never to the Python loop
+//!   closes or is freed. A handle refers to its loop through [`SharedRef`], never to the Python loop
 //!   object, so an unclosed loop is still collected (and warns, as asyncio's does).
 //! - The context copy a handle makes for itself is untracked by the collector while the
 //!   handle holds it (see [`HandleContext`]).
 
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
@@ -33,7 +31,8 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::event_loop::LoopShared;
+use crate::event_loop::SharedRef;
+use crate::gil_cell::GilCell;
 
 /// What a handle calls: the callback and its positional arguments.
 pub(crate) struct Callback {
@@ -156,30 +155,30 @@ fn format_callback_source<'py>(py: Python<'py>, func: &Py<PyAny>, args: &Py<PyTu
 /// A callback scheduled on the loop: returned by `call_soon`, `add_reader` and friends.
 #[pyclass(module = "oxloop._core", subclass, weakref, frozen)]
 pub struct Handle {
-    callback: Mutex<Option<Callback>>,
+    callback: GilCell<Option<Callback>>,
     /// The `contextvars.Context` the callback runs in; kept after cancellation, as asyncio does.
     context: HandleContext,
     cancelled: AtomicBool,
     /// Dropped after the first run (`call_soon`, timers) rather than kept (fd watchers).
     one_shot: bool,
-    shared: Arc<LoopShared>,
+    shared: SharedRef,
     /// Where the handle was created (debug mode only): asyncio's `_source_traceback`.
     source_traceback: Option<Py<PyAny>>,
     /// The repr captured when a handle is cancelled in debug mode, as asyncio keeps it.
-    cancelled_repr: Mutex<Option<String>>,
+    cancelled_repr: GilCell<Option<String>>,
 }
 
 impl Handle {
     /// A new, not yet scheduled handle.
-    pub(crate) fn new(shared: Arc<LoopShared>, callback: Callback, context: HandleContext, one_shot: bool, source_traceback: Option<Py<PyAny>>) -> Self {
+    pub(crate) fn new(shared: SharedRef, callback: Callback, context: HandleContext, one_shot: bool, source_traceback: Option<Py<PyAny>>) -> Self {
         Handle {
-            callback: Mutex::new(Some(callback)),
+            callback: GilCell::new(Some(callback)),
             context,
             cancelled: AtomicBool::new(false),
             one_shot,
             shared,
             source_traceback,
-            cancelled_repr: Mutex::new(None),
+            cancelled_repr: GilCell::new(None),
         }
     }
 
@@ -191,7 +190,7 @@ impl Handle {
 
     /// The callback's parts, as new references (so that no lock is held during the call).
     fn callback_parts<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
-        let guard = self.callback.lock().expect("handle lock is never poisoned");
+        let guard = self.callback.borrow_mut(py);
         guard.as_ref().map(|cb| (cb.func.bind(py).clone(), cb.args.bind(py).clone()))
     }
 
@@ -203,23 +202,23 @@ impl Handle {
         }
         if this.shared.debug_enabled() {
             let text = Self::render_repr(slf)?;
-            *this.cancelled_repr.lock().expect("handle lock is never poisoned") = Some(text);
+            *this.cancelled_repr.borrow_mut(slf.py()) = Some(text);
         }
-        this.release_callback();
+        this.release_callback(slf.py());
         Ok(true)
     }
 
     /// After the loop ran the handle: a one-shot handle drops its callback.
-    pub(crate) fn finish(&self) {
+    pub(crate) fn finish(&self, py: Python<'_>) {
         if self.one_shot {
-            self.release_callback();
+            self.release_callback(py);
         }
     }
 
     /// Visits what the handle refers to (callback, arguments, context), for the traversal of
     /// a loop that holds the handle's only reference (see `LoopCore::__traverse__`).
-    pub(crate) fn traverse_contents(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Ok(callback) = self.callback.try_lock() {
+    pub(crate) fn traverse_contents(&self, py: Python<'_>, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(callback) = self.callback.try_borrow_mut(py) {
             if let Some(callback) = callback.as_ref() {
                 visit.call(&callback.func)?;
                 visit.call(&callback.args)?;
@@ -229,9 +228,9 @@ impl Handle {
     }
 
     /// Drops the callback, its arguments and its context (the handle is done or abandoned).
-    pub(crate) fn release_callback(&self) {
-        let dropped = self.callback.lock().expect("handle lock is never poisoned").take();
-        drop(dropped); // after the lock is released: dropping may run arbitrary finalizers
+    pub(crate) fn release_callback(&self, py: Python<'_>) {
+        let dropped = self.callback.borrow_mut(py).take();
+        drop(dropped); // after the borrow ends: dropping may run arbitrary finalizers
     }
 
     /// Runs the callback in its context. Exceptions other than `SystemExit` and
@@ -245,7 +244,7 @@ impl Handle {
         let this = slf.get();
         let consumed = consume && this.one_shot;
         let parts = if consumed {
-            this.callback.lock().expect("handle lock is never poisoned").take().map(|cb| (cb.func.into_bound(py), cb.args.into_bound(py)))
+            this.callback.borrow_mut(py).take().map(|cb| (cb.func.into_bound(py), cb.args.into_bound(py)))
         } else {
             this.callback_parts(py)
         };
@@ -258,12 +257,12 @@ impl Handle {
                 if is_fatal(py, &err) {
                     return Err(err);
                 }
-                this.shared.note_callback_error();
+                this.shared.note_callback_error(py);
                 let (func, args) = (func.unbind(), args.unbind());
                 let source = format_callback_source(py, &func, &args)?;
                 if consumed {
                     // The exception handler sees the handle as asyncio shows it: with its callback.
-                    *this.callback.lock().expect("handle lock is never poisoned") = Some(Callback { func, args });
+                    *this.callback.borrow_mut(py) = Some(Callback { func, args });
                 }
                 let context = PyDict::new(py);
                 context.set_item("message", format!("Exception in callback {source}"))?;
@@ -282,7 +281,7 @@ impl Handle {
                     }
                 };
                 if consumed {
-                    this.release_callback();
+                    this.release_callback(py);
                 }
                 reported
             }
@@ -313,7 +312,7 @@ impl Handle {
 
     /// `<Handle callback(args) at file:line>`, or the repr captured at cancellation.
     fn render_repr(slf: &Bound<'_, Self>) -> PyResult<String> {
-        if let Some(text) = slf.get().cancelled_repr.lock().expect("handle lock is never poisoned").clone() {
+        if let Some(text) = slf.get().cancelled_repr.borrow_mut(slf.py()).clone() {
             return Ok(text);
         }
         let mut info = Self::repr_info(slf)?;
@@ -351,14 +350,14 @@ impl Handle {
     /// The callback, or None once cancelled.
     #[getter]
     fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        let guard = self.callback.lock().expect("handle lock is never poisoned");
+        let guard = self.callback.borrow_mut(py);
         guard.as_ref().map(|cb| cb.func.clone_ref(py))
     }
 
     /// The positional arguments, or None once cancelled.
     #[getter]
     fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
-        let guard = self.callback.lock().expect("handle lock is never poisoned");
+        let guard = self.callback.borrow_mut(py);
         guard.as_ref().map(|cb| cb.args.clone_ref(py))
     }
 
@@ -422,7 +421,7 @@ impl TimerHandle {
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
         let base = slf.as_super();
         if Handle::cancel_base(base)? && slf.get().scheduled.load(Ordering::Relaxed) {
-            base.get().shared.timer_cancelled();
+            base.get().shared.timer_cancelled(slf.py());
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ mod dns;
 mod event_loop;
 mod fastcall;
 mod futures;
+mod gil_cell;
 mod handles;
 mod sockaddr;
 mod tls;

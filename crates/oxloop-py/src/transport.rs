@@ -8,10 +8,9 @@
 //! connection (set-up, `connection_lost`, error reporting) is Python's.
 //!
 //! Invariants:
-//! - Only the loop's thread touches a transport, with the GIL held. The state lives behind a
-//!   mutex only because PyO3 requires frozen classes to be `Sync`; it is never held across a
-//!   call into Python or the drop of an object whose deallocation could run Python code (the
-//!   buffered chunks it drops are exact `bytes`), so it is never contended or re-entered.
+//! - Only the loop's thread touches a transport, with the GIL held. The state lives in a
+//!   [`GilCell`], never borrowed across a call into Python or the drop of an object whose
+//!   deallocation could run Python code (the buffered chunks it drops are exact `bytes`).
 //! - The Python socket (or pipe) object owns the descriptor; this object only borrows its
 //!   number, from registration until [`StreamTransport::detach`], which the Python half calls
 //!   just before closing it. From registration to detach the loop watches the descriptor
@@ -20,7 +19,7 @@
 //!   from the peer). So a read that did not drain the socket, or a resumed transport,
 //!   schedules its own next read.
 //! - `reading` and `write_pending` mirror the state for the loop's event dispatch, which
-//!   consults them without taking this transport's lock.
+//!   consults them without borrowing this transport's state.
 //! - A non-empty write buffer is always either queued for the end-of-iteration flush
 //!   (`flush_queued`) or waiting for writability (`write_pending`): data is never stranded.
 //! - `connection_lost` is scheduled exactly once: every path that schedules it first checks
@@ -34,7 +33,6 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::ffi;
@@ -43,7 +41,8 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::event_loop::{os_error, LoopCore, LoopShared};
+use crate::event_loop::{os_error, LoopCore, SharedRef};
+use crate::gil_cell::{GilCell, GilRefMut};
 use crate::handles::{copy_current_context, is_fatal};
 
 /// The most one read asks for (asyncio's `max_size`).
@@ -282,7 +281,7 @@ enum FlushOutcome {
 pub struct StreamTransport {
     fd: RawFd,
     role: Role,
-    shared: Arc<LoopShared>,
+    shared: SharedRef,
     /// The `contextvars.Context` protocol callbacks run in (a copy of the one current when
     /// the transport was made, as asyncio's reader handle has).
     context: Py<PyAny>,
@@ -299,14 +298,14 @@ pub struct StreamTransport {
     /// The poller accepts the descriptor. A character device it refuses (`/dev/null`) is
     /// always ready: reads reschedule themselves, writes that would block are retried.
     pollable: AtomicBool,
-    state: Mutex<StreamState>,
+    state: GilCell<StreamState>,
 }
 
 impl StreamTransport {
     /// Locks the state (see the module invariants).
     #[inline]
-    fn lock(&self) -> MutexGuard<'_, StreamState> {
-        self.state.lock().expect("transport lock is never poisoned")
+    fn lock<'a>(&'a self, py: Python<'a>) -> GilRefMut<'a, StreamState> {
+        self.state.borrow_mut(py)
     }
 
     /// For event dispatch: whether a readable event should run a read.
@@ -322,9 +321,9 @@ impl StreamTransport {
     }
 
     /// Clears `write_pending`, and the watch for writability it implied.
-    fn stop_watching_writable(&self) -> PyResult<()> {
+    fn stop_watching_writable(&self, py: Python<'_>) -> PyResult<()> {
         if self.write_pending.swap(false, Ordering::Relaxed) {
-            self.shared.watch_stream_writable(self.fd, false)?;
+            self.shared.watch_stream_writable(py, self.fd, false)?;
         }
         Ok(())
     }
@@ -352,7 +351,7 @@ impl StreamTransport {
 
     /// The Python transport and protocol, for error reports.
     fn transport_and_protocol(&self, py: Python<'_>) -> (Option<Py<PyAny>>, Option<Py<PyAny>>) {
-        let state = self.lock();
+        let state = self.lock(py);
         (state.transport.as_ref().map(|t| t.clone_ref(py)), state.protocol.as_ref().map(|p| p.clone_ref(py)))
     }
 
@@ -400,7 +399,7 @@ impl StreamTransport {
     /// Queues a read attempt for the next iteration (a resumed transport, or a read that may
     /// not have drained the socket: with edge-triggered watching no new event would come).
     fn schedule_read(slf: &Bound<'_, Self>) {
-        slf.get().shared.schedule_stream_read(slf.clone().unbind());
+        slf.get().shared.schedule_stream_read(slf.py(), slf.clone().unbind());
     }
 
     /// Runs one read: called by the loop for a readable event or a scheduled read.
@@ -414,7 +413,7 @@ impl StreamTransport {
         }
         let py = slf.py();
         let (protocol, buffered) = {
-            let state = this.lock();
+            let state = this.lock(py);
             match &state.protocol {
                 Some(protocol) => (protocol.clone_ref(py).into_bound(py), state.buffered),
                 None => return Ok(()),
@@ -438,7 +437,7 @@ impl StreamTransport {
         let received = if this.large_reads.load(Ordering::Relaxed) {
             read_into_new_bytes(py, this.fd)
         } else {
-            this.shared.with_read_buffer(|buffer| {
+            this.shared.with_read_buffer(py, |buffer| {
                 // SAFETY: `buffer` is a valid writable region of its length; `fd` is
                 // registered (open) while this transport reads. (`read` is `recv` without
                 // flags on a socket, and works on pipes.)
@@ -515,7 +514,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         {
-            let mut state = this.lock();
+            let mut state = this.lock(py);
             state.eof_received = true;
             this.sync_reading(&state);
         }
@@ -536,7 +535,7 @@ impl StreamTransport {
 
     /// Sends as much of the buffer as the kernel takes now.
     fn send_buffer(&self, py: Python<'_>) -> FlushOutcome {
-        let mut state = self.lock();
+        let mut state = self.lock(py);
         let mut iov = [const { MaybeUninit::<libc::iovec>::uninit() }; MAX_IOVECS];
         loop {
             if state.buffer.is_empty() {
@@ -561,24 +560,24 @@ impl StreamTransport {
         match this.send_buffer(py) {
             FlushOutcome::WouldBlock if !this.pollable.load(Ordering::Relaxed) => {
                 // No writable event will come: try again at the end of the iteration.
-                let mut state = this.lock();
+                let mut state = this.lock(py);
                 if !state.flush_queued {
                     state.flush_queued = true;
                     drop(state);
-                    this.shared.queue_flush(slf.clone().unbind());
+                    this.shared.queue_flush(py, slf.clone().unbind());
                 }
                 Ok(())
             }
             FlushOutcome::WouldBlock => {
                 if !this.write_pending.swap(true, Ordering::Relaxed) {
-                    this.shared.watch_stream_writable(this.fd, true)?;
+                    this.shared.watch_stream_writable(py, this.fd, true)?;
                 }
                 Self::maybe_resume_protocol(slf)
             }
             FlushOutcome::Failed(err) => {
-                this.stop_watching_writable()?;
+                this.stop_watching_writable(py)?;
                 let error = os_error(err);
-                let waiter = this.lock().empty_waiter.as_ref().map(|w| w.clone_ref(py));
+                let waiter = this.lock(py).empty_waiter.as_ref().map(|w| w.clone_ref(py));
                 if let Some(waiter) = waiter {
                     let waiter = waiter.bind(py);
                     if !waiter.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
@@ -588,10 +587,10 @@ impl StreamTransport {
                 Self::fatal_error(slf, error, this.role.write_error_message())
             }
             FlushOutcome::Emptied => {
-                this.stop_watching_writable()?;
+                this.stop_watching_writable(py)?;
                 Self::maybe_resume_protocol(slf)?;
                 let (waiter, lose_connection, shut_down) = {
-                    let mut state = this.lock();
+                    let mut state = this.lock(py);
                     let waiter = state.empty_waiter.as_ref().map(|w| w.clone_ref(py));
                     let lose_connection = state.closing && state.conn_lost == 0;
                     if lose_connection {
@@ -624,8 +623,9 @@ impl StreamTransport {
 
     /// Called by the loop at the end of an iteration for a transport that was written to.
     pub(crate) fn flush_queued(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
         let this = slf.get();
-        this.lock().flush_queued = false;
+        this.lock(py).flush_queued = false;
         if this.write_pending.load(Ordering::Relaxed) {
             return Ok(()); // the writable event will flush
         }
@@ -638,7 +638,7 @@ impl StreamTransport {
     fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if this.shared.is_released() {
+        if this.shared.is_released(py) {
             return Err(PyRuntimeError::new_err("Event loop is closed"));
         }
         let (transport, _) = this.transport_and_protocol(py);
@@ -657,7 +657,7 @@ impl StreamTransport {
     fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let protocol = {
-            let mut state = slf.get().lock();
+            let mut state = slf.get().lock(py);
             if state.buffer.len <= state.high_water || state.writing_paused {
                 return Ok(());
             }
@@ -675,7 +675,7 @@ impl StreamTransport {
     fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let protocol = {
-            let mut state = slf.get().lock();
+            let mut state = slf.get().lock(py);
             if !state.writing_paused || state.buffer.len > state.low_water {
                 return Ok(());
             }
@@ -725,7 +725,7 @@ impl StreamTransport {
         };
         let len = bytes.map_or_else(|| copy.as_ref().map_or(0, Vec::len), |b| b.as_bytes().len());
         let (warn_dropped, queue_flush, send_now) = {
-            let mut state = this.lock();
+            let mut state = this.lock(py);
             if state.eof_requested {
                 return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
             }
@@ -773,7 +773,7 @@ impl StreamTransport {
             return Ok(());
         }
         if queue_flush {
-            this.shared.queue_flush(slf.clone().unbind());
+            this.shared.queue_flush(py, slf.clone().unbind());
         }
         if send_now {
             Self::flush(slf)?;
@@ -788,9 +788,10 @@ impl StreamTransport {
 
     /// `close()`: stop reading; lose the connection once the buffer is sent.
     fn close_transport(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
         let this = slf.get();
         let lose_now = {
-            let mut state = this.lock();
+            let mut state = this.lock(py);
             if state.closing {
                 return Ok(());
             }
@@ -810,15 +811,15 @@ impl StreamTransport {
     }
 
     /// Unregisters the descriptor from the loop (if registered).
-    fn unwatch(&self) -> Option<Py<StreamTransport>> {
+    fn unwatch(&self, py: Python<'_>) -> Option<Py<StreamTransport>> {
         let was_watched = {
-            let mut state = self.lock();
+            let mut state = self.lock(py);
             std::mem::replace(&mut state.watched, false)
         };
         self.reading.store(false, Ordering::Relaxed);
         self.write_pending.store(false, Ordering::Relaxed);
         if was_watched {
-            self.shared.unregister_stream(self.fd)
+            self.shared.unregister_stream(py, self.fd)
         } else {
             None
         }
@@ -826,9 +827,9 @@ impl StreamTransport {
 
     /// Forgets the protocol, the Python transport and the buffer: the transport is done, or
     /// its loop closed (breaks the reference cycles through the protocol).
-    pub(crate) fn abandon(&self) {
+    pub(crate) fn abandon(&self, py: Python<'_>) {
         let dropped = {
-            let mut state = self.lock();
+            let mut state = self.lock(py);
             state.watched = false;
             (state.protocol.take(), state.transport.take(), state.buffer.clear(), state.empty_waiter.take())
         };
@@ -839,7 +840,7 @@ impl StreamTransport {
 
     /// The Python transport, until the transport is detached.
     pub(crate) fn python_transport(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.lock().transport.as_ref().map(|t| t.clone_ref(py))
+        self.lock(py).transport.as_ref().map(|t| t.clone_ref(py))
     }
 }
 
@@ -861,13 +862,13 @@ impl StreamTransport {
                 fd,
                 role,
                 pollable: AtomicBool::new(true),
-                shared: Arc::clone(&shared),
+                shared: shared.clone_ref(py),
                 context: copy_current_context(py)?,
                 reading: AtomicBool::new(false),
                 write_pending: AtomicBool::new(false),
                 peer_closed: AtomicBool::new(false),
                 large_reads: AtomicBool::new(false),
-                state: Mutex::new(StreamState {
+                state: GilCell::new(StreamState {
                     protocol: Some(protocol.unbind()),
                     buffered,
                     transport: Some(transport.unbind()),
@@ -889,8 +890,8 @@ impl StreamTransport {
                 }),
             },
         )?;
-        match shared.register_stream(fd, this.clone_ref(py)) {
-            Ok(()) => this.get().lock().watched = true,
+        match shared.register_stream(py, fd, this.clone_ref(py)) {
+            Ok(()) => this.get().lock(py).watched = true,
             // A pipe end the poller refuses (a character device such as /dev/null) is used
             // unwatched, as always ready; a socket must be watchable.
             Err(err) if role != Role::Socket && err.value(py).is_instance_of::<pyo3::exceptions::PyPermissionError>() => {
@@ -903,9 +904,10 @@ impl StreamTransport {
 
     /// Starts reading (scheduled by the Python half after `connection_made`).
     fn _start_reading(slf: &Bound<'_, Self>) {
+        let py = slf.py();
         let this = slf.get();
         {
-            let mut state = this.lock();
+            let mut state = this.lock(py);
             state.started = true;
             this.sync_reading(&state);
         }
@@ -915,9 +917,10 @@ impl StreamTransport {
     /// A write pipe: from now on, the reader going away closes the transport (scheduled by
     /// the Python half after `connection_made`, for pipes and sockets, as asyncio does).
     fn _watch_peer_close(slf: &Bound<'_, Self>) {
+        let py = slf.py();
         let this = slf.get();
         {
-            let mut state = this.lock();
+            let mut state = this.lock(py);
             state.watching_peer = true;
             this.sync_reading(&state);
         }
@@ -951,26 +954,27 @@ impl StreamTransport {
     }
 
     /// Whether the transport is closing or closed.
-    pub(crate) fn is_closing(&self) -> bool {
-        self.lock().closing
+    pub(crate) fn is_closing(&self, py: Python<'_>) -> bool {
+        self.lock(py).closing
     }
 
     /// Bytes written but not yet accepted by the kernel.
-    pub(crate) fn get_write_buffer_size(&self) -> usize {
-        self.lock().buffer.len
+    pub(crate) fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
+        self.lock(py).buffer.len
     }
 
     /// Whether the transport delivers incoming data (not paused, not closing).
-    pub(crate) fn is_reading(&self) -> bool {
-        let state = self.lock();
+    pub(crate) fn is_reading(&self, py: Python<'_>) -> bool {
+        let state = self.lock(py);
         !state.reading_paused && !state.closing
     }
 
     /// Stops delivering data until `resume_reading()`; does nothing if not reading.
     pub(crate) fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
         let this = slf.get();
         let changed = {
-            let mut state = this.lock();
+            let mut state = this.lock(py);
             let changed = !state.reading_paused && !state.closing;
             if changed {
                 state.reading_paused = true;
@@ -986,9 +990,10 @@ impl StreamTransport {
 
     /// Delivers data again after `pause_reading()`; does nothing if not paused or closing.
     pub(crate) fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
         let this = slf.get();
         let changed = {
-            let mut state = this.lock();
+            let mut state = this.lock(py);
             let changed = state.reading_paused && !state.closing;
             if changed {
                 state.reading_paused = false;
@@ -1014,8 +1019,9 @@ impl StreamTransport {
     /// connection now, unless it is already lost.
     #[pyo3(signature = (exc=None))]
     fn force_close(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
         let this = slf.get();
-        if exc.is_none() && this.role == Role::Socket && !this.write_pending.load(Ordering::Relaxed) && this.lock().conn_lost == 0 {
+        if exc.is_none() && this.role == Role::Socket && !this.write_pending.load(Ordering::Relaxed) && this.lock(py).conn_lost == 0 {
             // `abort()`. asyncio's `write()` has already sent what the kernel takes, and abort
             // drops only the rest; small writes wait here for the end of the iteration, so
             // they are offered to the kernel now. What it refuses (or an error) is dropped,
@@ -1023,7 +1029,7 @@ impl StreamTransport {
             let _ = this.send_buffer(slf.py());
         }
         let dropped = {
-            let mut state = this.lock();
+            let mut state = this.lock(py);
             if state.conn_lost > 0 {
                 return Ok(());
             }
@@ -1039,9 +1045,9 @@ impl StreamTransport {
     }
 
     /// `write_eof()`: shut down the write side once the buffer is sent.
-    fn write_eof(&self) -> PyResult<()> {
+    fn write_eof(&self, py: Python<'_>) -> PyResult<()> {
         let shut_down_now = {
-            let mut state = self.lock();
+            let mut state = self.lock(py);
             if state.closing || state.eof_requested {
                 return Ok(());
             }
@@ -1057,15 +1063,15 @@ impl StreamTransport {
 
     /// Whether `write_eof()` was called.
     #[getter]
-    fn eof_requested(&self) -> bool {
-        self.lock().eof_requested
+    fn eof_requested(&self, py: Python<'_>) -> bool {
+        self.lock(py).eof_requested
     }
 
     /// Sets the protocol that receives the following events.
-    fn set_protocol(&self, protocol: Bound<'_, PyAny>) -> PyResult<()> {
+    fn set_protocol(&self, py: Python<'_>, protocol: Bound<'_, PyAny>) -> PyResult<()> {
         let buffered = is_buffered_protocol(&protocol)?;
         let old = {
-            let mut state = self.lock();
+            let mut state = self.lock(py);
             state.buffered = buffered;
             state.protocol.replace(protocol.unbind())
         };
@@ -1075,13 +1081,14 @@ impl StreamTransport {
 
     /// The current protocol (None once the transport is done).
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.lock().protocol.as_ref().map(|p| p.clone_ref(py))
+        self.lock(py).protocol.as_ref().map(|p| p.clone_ref(py))
     }
 
     /// Sets validated flow-control limits and pauses the protocol if already above.
     fn set_write_buffer_limits(slf: &Bound<'_, Self>, high: usize, low: usize) -> PyResult<()> {
+        let py = slf.py();
         {
-            let mut state = slf.get().lock();
+            let mut state = slf.get().lock(py);
             state.high_water = high;
             state.low_water = low;
         }
@@ -1090,8 +1097,8 @@ impl StreamTransport {
 
     /// Whether `pause_writing()` is in effect (asyncio's `_protocol_paused`).
     #[getter]
-    fn writing_paused(&self) -> bool {
-        self.lock().writing_paused
+    fn writing_paused(&self, py: Python<'_>) -> bool {
+        self.lock(py).writing_paused
     }
 
     /// Whether a send waits for the socket to become writable.
@@ -1102,8 +1109,8 @@ impl StreamTransport {
 
     /// asyncio's `_conn_lost`.
     #[getter]
-    fn conn_lost(&self) -> u32 {
-        self.lock().conn_lost
+    fn conn_lost(&self, py: Python<'_>) -> u32 {
+        self.lock(py).conn_lost
     }
 
     /// Whether the loop watches the descriptor for reading now.
@@ -1114,9 +1121,9 @@ impl StreamTransport {
 
     /// Sets (or clears, with None) `sendfile`'s waiter for the buffer to drain; it is resolved
     /// at once if the buffer is already empty.
-    fn set_empty_waiter(&self, waiter: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    fn set_empty_waiter(&self, py: Python<'_>, waiter: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let empty = {
-            let mut state = self.lock();
+            let mut state = self.lock(py);
             state.empty_waiter = waiter.as_ref().map(|w| w.clone().unbind());
             state.buffer.is_empty()
         };
@@ -1128,25 +1135,26 @@ impl StreamTransport {
 
     /// Whether `sendfile` has a waiter set.
     #[getter]
-    fn has_empty_waiter(&self) -> bool {
-        self.lock().empty_waiter.is_some()
+    fn has_empty_waiter(&self, py: Python<'_>) -> bool {
+        self.lock(py).empty_waiter.is_some()
     }
 
     /// Stops watching the descriptor (`sendfile` drives it directly meanwhile).
-    fn suspend_watching(&self) {
-        let registered = self.unwatch();
+    fn suspend_watching(&self, py: Python<'_>) {
+        let registered = self.unwatch(py);
         drop(registered);
     }
 
     /// Watches the descriptor again after `suspend_watching()`.
     fn resume_watching(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
         let this = slf.get();
-        if this.lock().watched {
+        if this.lock(py).watched {
             return Ok(());
         }
-        this.shared.register_stream(this.fd, slf.clone().unbind())?;
+        this.shared.register_stream(py, this.fd, slf.clone().unbind())?;
         {
-            let mut state = this.lock();
+            let mut state = this.lock(py);
             state.watched = true;
             this.sync_reading(&state);
         }
@@ -1156,15 +1164,18 @@ impl StreamTransport {
 
     /// Stops watching and forgets the protocol and Python transport: called by the Python
     /// half right before it closes the socket.
-    fn detach(&self) {
-        let registered = self.unwatch();
-        self.abandon();
+    fn detach(&self, py: Python<'_>) {
+        let registered = self.unwatch(py);
+        self.abandon(py);
         drop(registered);
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.context)?;
-        if let Ok(state) = self.state.try_lock() {
+        // SAFETY: the collector calls `tp_traverse` with the GIL held; the token only
+        // borrows the state.
+        let py = unsafe { Python::assume_attached() };
+        if let Some(state) = self.state.try_borrow_mut(py) {
             for object in [&state.protocol, &state.transport, &state.empty_waiter].into_iter().flatten() {
                 visit.call(object)?;
             }
@@ -1172,8 +1183,8 @@ impl StreamTransport {
         Ok(())
     }
 
-    fn __clear__(&self) {
-        self.abandon();
+    fn __clear__(&self, py: Python<'_>) {
+        self.abandon(py);
     }
 }
 
@@ -1189,7 +1200,7 @@ impl StreamTransport {
         if this.shared.debug_enabled() {
             Self::log_transport(slf, "%r was closed by peer")?;
         }
-        let error = if this.lock().buffer.is_empty() { None } else { Some(pyo3::exceptions::PyBrokenPipeError::new_err(()).into_value(py).into_bound(py).into_any()) };
+        let error = if this.lock(py).buffer.is_empty() { None } else { Some(pyo3::exceptions::PyBrokenPipeError::new_err(()).into_value(py).into_bound(py).into_any()) };
         Self::force_close(slf, error)
     }
 

@@ -83,9 +83,9 @@ unsafe fn call_forwarded(py: Python<'_>, slf: *mut ffi::PyObject, args: *const *
         match index {
             0 => StreamTransport::write(&core, &argument.expect("checked above")).and_then(|()| none()),
             1 => StreamTransport::writelines(&core, &argument.expect("checked above")).and_then(|()| none()),
-            2 => Ok(core.get().is_closing().into_pyobject(py)?.to_owned().into_any().unbind()),
-            3 => Ok(core.get().get_write_buffer_size().into_pyobject(py)?.into_any().unbind()),
-            4 => Ok(core.get().is_reading().into_pyobject(py)?.to_owned().into_any().unbind()),
+            2 => Ok(core.get().is_closing(py).into_pyobject(py)?.to_owned().into_any().unbind()),
+            3 => Ok(core.get().get_write_buffer_size(py).into_pyobject(py)?.into_any().unbind()),
+            4 => Ok(core.get().is_reading(py).into_pyobject(py)?.to_owned().into_any().unbind()),
             5 => StreamTransport::pause_reading(&core).and_then(|()| none()),
             _ => StreamTransport::resume_reading(&core).and_then(|()| none()),
         }
