@@ -893,17 +893,6 @@ impl LoopCore {
         futures::create_future(slf.as_any())
     }
 
-    /// Wraps the coroutine `coro` in an `asyncio.Task` (or what the task factory makes) and
-    /// schedules its first step. Extra keywords go to the task class or factory.
-    #[pyo3(signature = (coro, *, name=None, context=None, **kwargs))]
-    fn create_task<'py>(slf: &Bound<'py, Self>, coro: &Bound<'py, PyAny>, name: Option<&Bound<'py, PyAny>>, context: Option<&Bound<'py, PyAny>>, kwargs: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        slf.get().check_closed()?;
-        let factory = slf.get().task_factory.borrow_mut(py).as_ref().map(|f| f.bind(py).clone());
-        let none = py.None().into_bound(py);
-        futures::create_task(slf.as_any(), factory, coro, name.unwrap_or(&none), context.unwrap_or(&none), kwargs)
-    }
-
     /// Whether debug mode is on.
     fn get_debug(&self) -> bool {
         self.debug_enabled()
@@ -1188,6 +1177,18 @@ impl LoopCore {
         let handle = Self::new_handle(slf, callback, args, context, true, traceback)?;
         this.push_ready(slf.py(), handle.clone_ref(slf.py()), threadsafe)?;
         Ok(handle)
+    }
+
+    /// `create_task` after argument parsing (its entry point is a hand-written vectorcall
+    /// function in `fastcall`): wraps the coroutine `coro` in an `asyncio.Task` (or what the
+    /// task factory makes), which schedules its first step. Extra keywords go to the task class
+    /// or factory.
+    pub(crate) fn spawn_task<'py>(slf: &Bound<'py, Self>, coro: &Bound<'py, PyAny>, name: Option<Bound<'py, PyAny>>, context: Option<Bound<'py, PyAny>>, extra: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        slf.get().check_closed()?;
+        let factory = slf.get().task_factory.borrow_mut(py).as_ref().map(|f| f.bind(py).clone());
+        let none = py.None().into_bound(py);
+        futures::create_task(slf.as_any(), factory, coro, name.as_ref().unwrap_or(&none), context.as_ref().unwrap_or(&none), extra)
     }
 
     /// `call_at` after argument parsing (the entry points of `call_at` and `call_later` are

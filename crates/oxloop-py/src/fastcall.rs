@@ -1,11 +1,11 @@
-//! Hand-written vectorcall entry points for `call_soon`, `call_soon_threadsafe`, `call_later`
-//! and `call_at`.
+//! Hand-written vectorcall entry points for `call_soon`, `call_soon_threadsafe`, `call_later`,
+//! `call_at` and `create_task`.
 //!
-//! These are called for every callback and timer asyncio schedules (by every task step and
-//! future completion, from C), so their argument parsing matters: PyO3's generic parser for
-//! `(callback, *args, context=None)` costs more than the rest of the call. These functions
+//! These are called for every callback, timer and task asyncio schedules (by every task step
+//! and future completion, from C), so their argument parsing matters: PyO3's generic parser
+//! for `(callback, *args, context=None)` costs more than the rest of the call. These functions
 //! read the vectorcall arguments directly and then call the loop's implementation
-//! (`LoopCore::schedule_soon` / `LoopCore::schedule_timer`).
+//! (`LoopCore::schedule_soon` / `LoopCore::schedule_timer` / `LoopCore::spawn_task`).
 //!
 //! Invariants: CPython calls them with the GIL held (they are `METH_FASTCALL | METH_KEYWORDS`
 //! methods installed on `LoopCore` at module initialisation, with a method definition that
@@ -19,7 +19,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
-use pyo3::types::{PyString, PyTuple, PyType};
+use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 
 use crate::event_loop::LoopCore;
 
@@ -177,6 +177,63 @@ unsafe extern "C" fn schedule_entry<const METHOD: u8>(
     into_c_result(py, outcome)
 }
 
+/// Parses `(coro, *, name=None, context=None, **kwargs)` and creates the task.
+///
+/// # Safety
+/// As for [`schedule_from_vectorcall`].
+unsafe fn create_task_from_vectorcall(
+    py: Python<'_>,
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<Py<PyAny>> {
+    // SAFETY (whole block): pointers come from CPython's vectorcall protocol, see above.
+    unsafe {
+        let slf = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopCore>();
+        if nargs > 1 {
+            return Err(PyTypeError::new_err(format!("create_task() takes 1 positional argument but {nargs} were given")));
+        }
+        let mut coro = (nargs == 1).then(|| Bound::from_borrowed_ptr(py, *args));
+        let (mut name, mut context, mut extra) = (None, None, None::<Bound<'_, PyDict>>);
+        if !kwnames.is_null() {
+            let names = Bound::from_borrowed_ptr(py, kwnames).cast_into::<PyTuple>()?;
+            let values = std::slice::from_raw_parts(args.add(nargs as usize), names.len());
+            for (keyword, &value) in names.iter().zip(values) {
+                let value = Bound::from_borrowed_ptr(py, value);
+                let slot = match keyword.cast::<PyString>().map(|k| k.to_str()) {
+                    Ok(Ok("coro")) => &mut coro,
+                    Ok(Ok("name")) => &mut name,
+                    Ok(Ok("context")) => &mut context,
+                    _ => {
+                        extra.get_or_insert_with(|| PyDict::new(py)).set_item(keyword, value)?;
+                        continue;
+                    }
+                };
+                if slot.replace(value).is_some() {
+                    return Err(PyTypeError::new_err(format!("create_task() got multiple values for argument '{keyword}'")));
+                }
+            }
+        }
+        let coro = coro.ok_or_else(|| PyTypeError::new_err("create_task() missing 1 required positional argument: 'coro'"))?;
+        LoopCore::spawn_task(&slf, &coro, name, context, extra.as_ref()).map(Bound::unbind)
+    }
+}
+
+/// The entry point of `create_task`.
+unsafe extern "C" fn create_task_entry(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls methods with the GIL held; arguments as `schedule_from_vectorcall`
+    // documents.
+    let py = unsafe { Python::assume_attached() };
+    let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { create_task_from_vectorcall(py, slf, args, nargs, kwnames) }));
+    into_c_result(py, outcome)
+}
+
 /// One method to install: its name, its C function and its docstring (with the text signature
 /// `inspect.signature` reads).
 struct FastMethod {
@@ -185,7 +242,7 @@ struct FastMethod {
     doc: &'static CStr,
 }
 
-const METHODS: [FastMethod; 4] = [
+const METHODS: [FastMethod; 5] = [
     FastMethod {
         name: c"call_soon",
         function: schedule_entry::<0>,
@@ -205,6 +262,11 @@ const METHODS: [FastMethod; 4] = [
         name: c"call_at",
         function: schedule_entry::<3>,
         doc: c"call_at($self, when, callback, *args, context=None)\n--\n\nSchedule callback(*args) at when on the loop's clock; return its TimerHandle.",
+    },
+    FastMethod {
+        name: c"create_task",
+        function: create_task_entry,
+        doc: c"create_task($self, coro, *, name=None, context=None, **kwargs)\n--\n\nWrap the coroutine coro in a Task (or what the task factory makes) and schedule its first step.",
     },
 ];
 

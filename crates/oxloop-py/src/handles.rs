@@ -152,34 +152,53 @@ fn format_callback_source<'py>(py: Python<'py>, func: &Py<PyAny>, args: &Py<PyTu
     format.call1((func, args))?.extract()
 }
 
+/// What a handle records only in debug mode (boxed: most handles never have any).
+#[derive(Default)]
+struct DebugRecord {
+    /// Where the handle was created: asyncio's `_source_traceback`.
+    source_traceback: Option<Py<PyAny>>,
+    /// The repr captured when the handle was cancelled, as asyncio keeps it.
+    cancelled_repr: Option<String>,
+}
+
+/// The part of a handle that changes: its callback goes when it has run or is cancelled.
+struct HandleState {
+    callback: Option<Callback>,
+    debug: Option<Box<DebugRecord>>,
+}
+
 /// A callback scheduled on the loop: returned by `call_soon`, `add_reader` and friends.
+///
+/// Small on purpose (a pending `call_soon` is this object and its context copy): with many
+/// callbacks pending, their memory is what the loop spends its time on.
 #[pyclass(module = "oxloop._core", subclass, weakref, frozen)]
 pub struct Handle {
-    callback: GilCell<Option<Callback>>,
+    state: GilCell<HandleState>,
     /// The `contextvars.Context` the callback runs in; kept after cancellation, as asyncio does.
     context: HandleContext,
+    shared: SharedRef,
     cancelled: AtomicBool,
     /// Dropped after the first run (`call_soon`, timers) rather than kept (fd watchers).
     one_shot: bool,
-    shared: SharedRef,
-    /// Where the handle was created (debug mode only): asyncio's `_source_traceback`.
-    source_traceback: Option<Py<PyAny>>,
-    /// The repr captured when a handle is cancelled in debug mode, as asyncio keeps it.
-    cancelled_repr: GilCell<Option<String>>,
 }
 
 impl Handle {
     /// A new, not yet scheduled handle.
     pub(crate) fn new(shared: SharedRef, callback: Callback, context: HandleContext, one_shot: bool, source_traceback: Option<Py<PyAny>>) -> Self {
+        let debug = source_traceback.map(|tb| Box::new(DebugRecord { source_traceback: Some(tb), cancelled_repr: None }));
         Handle {
-            callback: GilCell::new(Some(callback)),
+            state: GilCell::new(HandleState { callback: Some(callback), debug }),
             context,
+            shared,
             cancelled: AtomicBool::new(false),
             one_shot,
-            shared,
-            source_traceback,
-            cancelled_repr: GilCell::new(None),
         }
+    }
+
+    /// asyncio's `_source_traceback`: where the handle was created, in debug mode.
+    fn source_traceback<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        let state = self.state.borrow_mut(py);
+        state.debug.as_ref().and_then(|d| d.source_traceback.as_ref()).map(|tb| tb.bind(py).clone())
     }
 
     /// Whether `cancel()` was called.
@@ -190,19 +209,20 @@ impl Handle {
 
     /// The callback's parts, as new references (so that no lock is held during the call).
     fn callback_parts<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
-        let guard = self.callback.borrow_mut(py);
-        guard.as_ref().map(|cb| (cb.func.bind(py).clone(), cb.args.bind(py).clone()))
+        let state = self.state.borrow_mut(py);
+        state.callback.as_ref().map(|cb| (cb.func.bind(py).clone(), cb.args.bind(py).clone()))
     }
 
     /// Marks the handle cancelled and drops its callback. Returns whether it was live.
     fn cancel_base(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let this = slf.get();
-        if this.cancelled.swap(true, Ordering::Relaxed) {
+        if this.is_cancelled() {
             return Ok(false);
         }
+        this.cancelled.store(true, Ordering::Relaxed);
         if this.shared.debug_enabled() {
             let text = Self::render_repr(slf)?;
-            *this.cancelled_repr.borrow_mut(slf.py()) = Some(text);
+            this.state.borrow_mut(slf.py()).debug.get_or_insert_default().cancelled_repr = Some(text);
         }
         this.release_callback(slf.py());
         Ok(true)
@@ -218,8 +238,8 @@ impl Handle {
     /// Visits what the handle refers to (callback, arguments, context), for the traversal of
     /// a loop that holds the handle's only reference (see `LoopCore::__traverse__`).
     pub(crate) fn traverse_contents(&self, py: Python<'_>, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Some(callback) = self.callback.try_borrow_mut(py) {
-            if let Some(callback) = callback.as_ref() {
+        if let Some(state) = self.state.try_borrow_mut(py) {
+            if let Some(callback) = state.callback.as_ref() {
                 visit.call(&callback.func)?;
                 visit.call(&callback.args)?;
             }
@@ -229,7 +249,7 @@ impl Handle {
 
     /// Drops the callback, its arguments and its context (the handle is done or abandoned).
     pub(crate) fn release_callback(&self, py: Python<'_>) {
-        let dropped = self.callback.borrow_mut(py).take();
+        let dropped = self.state.borrow_mut(py).callback.take();
         drop(dropped); // after the borrow ends: dropping may run arbitrary finalizers
     }
 
@@ -244,7 +264,7 @@ impl Handle {
         let this = slf.get();
         let consumed = consume && this.one_shot;
         let parts = if consumed {
-            this.callback.borrow_mut(py).take().map(|cb| (cb.func.into_bound(py), cb.args.into_bound(py)))
+            this.state.borrow_mut(py).callback.take().map(|cb| (cb.func.into_bound(py), cb.args.into_bound(py)))
         } else {
             this.callback_parts(py)
         };
@@ -262,14 +282,14 @@ impl Handle {
                 let source = format_callback_source(py, &func, &args)?;
                 if consumed {
                     // The exception handler sees the handle as asyncio shows it: with its callback.
-                    *this.callback.borrow_mut(py) = Some(Callback { func, args });
+                    this.state.borrow_mut(py).callback = Some(Callback { func, args });
                 }
                 let context = PyDict::new(py);
                 context.set_item("message", format!("Exception in callback {source}"))?;
                 context.set_item("exception", err.value(py))?;
                 context.set_item("handle", slf)?;
-                if let Some(tb) = &this.source_traceback {
-                    if tb.bind(py).is_truthy()? {
+                if let Some(tb) = this.source_traceback(py) {
+                    if tb.is_truthy()? {
                         context.set_item("source_traceback", tb)?;
                     }
                 }
@@ -300,8 +320,7 @@ impl Handle {
         if let Some((func, args)) = parts {
             info.push(format_callback_source(py, &func.unbind(), &args.unbind())?);
         }
-        if let Some(tb) = &this.source_traceback {
-            let tb = tb.bind(py);
+        if let Some(tb) = this.source_traceback(py) {
             if tb.is_truthy()? {
                 let frame = tb.get_item(-1)?;
                 info.push(format!("created at {}:{}", frame.get_item(0)?, frame.get_item(1)?));
@@ -312,7 +331,8 @@ impl Handle {
 
     /// `<Handle callback(args) at file:line>`, or the repr captured at cancellation.
     fn render_repr(slf: &Bound<'_, Self>) -> PyResult<String> {
-        if let Some(text) = slf.get().cancelled_repr.borrow_mut(slf.py()).clone() {
+        let cancelled_repr = slf.get().state.borrow_mut(slf.py()).debug.as_ref().and_then(|d| d.cancelled_repr.clone());
+        if let Some(text) = cancelled_repr {
             return Ok(text);
         }
         let mut info = Self::repr_info(slf)?;
@@ -350,15 +370,15 @@ impl Handle {
     /// The callback, or None once cancelled.
     #[getter]
     fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        let guard = self.callback.borrow_mut(py);
-        guard.as_ref().map(|cb| cb.func.clone_ref(py))
+        let state = self.state.borrow_mut(py);
+        state.callback.as_ref().map(|cb| cb.func.clone_ref(py))
     }
 
     /// The positional arguments, or None once cancelled.
     #[getter]
     fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
-        let guard = self.callback.borrow_mut(py);
-        guard.as_ref().map(|cb| cb.args.clone_ref(py))
+        let state = self.state.borrow_mut(py);
+        state.callback.as_ref().map(|cb| cb.args.clone_ref(py))
     }
 
     /// Whether the call was cancelled (asyncio's attribute).
@@ -381,8 +401,8 @@ impl Handle {
 
     /// Where the handle was created, in debug mode; None otherwise.
     #[getter]
-    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
+    fn _source_traceback<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.source_traceback(py)
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
