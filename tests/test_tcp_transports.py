@@ -698,6 +698,86 @@ def test_pause_reading_stops_delivery_until_resume_reading(loop, kind, sock_dir)
     loop.run_until_complete(main())
 
 
+class PausingRecorder(Recorder):
+    """A Recorder that pauses reading from data_received once it has ``limit`` bytes."""
+
+    def __init__(self, loop, transport, limit):
+        super().__init__(loop)
+        self.transport = transport
+        self.limit = limit
+        self.paused_at = None
+        self.data_while_paused = 0
+
+    def data_received(self, data):
+        if self.paused_at is not None:
+            self.data_while_paused += len(data)
+        super().data_received(data)
+        if self.limit is not None and len(self.data) >= self.limit:
+            self.limit = None
+            self.paused_at = len(self.data)
+            self.transport.pause_reading()
+
+
+def test_pause_reading_in_data_received_holds_back_the_rest_of_a_large_transfer(loop, kind, sock_dir):
+    # A large transfer is read in several reads per readiness event: pausing between two of
+    # them must stop the next one.
+    data = os.urandom(8 * MiB)
+
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            protocol = PausingRecorder(loop, conn.transport, limit=MiB)
+            conn.transport.set_protocol(protocol)
+            conn.protocol = protocol
+            send = asyncio.ensure_future(loop.sock_sendall(conn.peer, data))
+            while protocol.paused_at is None:
+                await asyncio.sleep(0.001)
+            await poll_rounds(loop, 5)
+            assert protocol.data_while_paused == 0
+            assert len(protocol.data) == protocol.paused_at
+            protocol.paused_at = None
+            conn.transport.resume_reading()
+            received = await protocol.wait_data(len(data))
+            await send
+            assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
+
+    loop.run_until_complete(main())
+
+
+class SwitchingRecorder(Recorder):
+    """A Recorder that hands the transport to ``successor`` once it has ``limit`` bytes."""
+
+    def __init__(self, loop, transport, limit, successor):
+        super().__init__(loop)
+        self.transport = transport
+        self.limit = limit
+        self.successor = successor
+
+    def data_received(self, data):
+        assert self.limit is not None, "data_received after set_protocol"
+        super().data_received(data)
+        if len(self.data) >= self.limit:
+            self.limit = None
+            self.transport.set_protocol(self.successor)
+
+
+def test_set_protocol_in_data_received_sends_the_rest_of_a_large_transfer_to_the_new_protocol(loop, kind, sock_dir):
+    data = os.urandom(8 * MiB)
+
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            second = Recorder(loop)
+            first = SwitchingRecorder(loop, conn.transport, MiB, second)
+            conn.transport.set_protocol(first)
+            conn.protocol = second
+            send = asyncio.ensure_future(loop.sock_sendall(conn.peer, data))
+            await send
+            rest = await second.wait_data(len(data) - len(first.data))
+            assert len(first.data) >= MiB
+            assert bytes(first.data) + rest == data
+
+    loop.run_until_complete(main())
+
+
 def test_pause_and_resume_reading_are_no_ops_after_close(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
