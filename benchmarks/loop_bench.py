@@ -1,12 +1,14 @@
 """Runs the same workloads on several asyncio event loops, interleaved, and reports medians.
 
     python benchmarks/loop_bench.py [--quick] [--rounds R] [--only NAME,...]
-                                    [--loops NAME,...] [--json PATH]
+                                    [--loops NAME,...] [--no-gc] [--json PATH]
 
 Loops: stock asyncio, uvloop, rloop and oxloop; a loop whose package cannot be imported is
 skipped with a note. Each measurement runs one workload on a fresh loop, in this process,
-with a full garbage collection before it and the collector disabled while it runs. Every
-round runs every loop once, in an order rotated from round to round, so that drift (other
+with a full garbage collection before it and the collector running during it, as it does in
+programs (``--no-gc`` disables it while a workload runs: the collections a loop's
+per-callback objects cause are then left out, and the numbers are steadier). Every round
+runs every loop once, in an order rotated from round to round, so that drift (other
 processes, CPU frequency) hits all loops alike; one warm-up run per loop precedes the rounds.
 
 The Markdown report goes to stdout, progress to stderr. Nothing here judges the numbers.
@@ -91,8 +93,11 @@ class ErrorReportedByLoop(RuntimeError):
     """A callback or task raised during a workload; the loop passed it to its exception handler."""
 
 
-def measure_once(loop: AvailableLoop, workload: Workload, n: int) -> float:
+def measure_once(loop: AvailableLoop, workload: Workload, n: int, collector: bool) -> float:
     """Runs ``workload`` once on a fresh ``loop`` and returns the time its work took.
+
+    The garbage collector starts from a full collection, and runs during the workload only if
+    ``collector`` is true.
 
     An error the loop reports to its exception handler (which would otherwise only be logged,
     and could leave the workload waiting forever) stops the loop and fails the measurement.
@@ -107,7 +112,8 @@ def measure_once(loop: AvailableLoop, workload: Workload, n: int) -> float:
     try:
         event_loop.set_exception_handler(stop_on_error)
         gc.collect()
-        gc.disable()
+        if not collector:
+            gc.disable()
         try:
             return workload.run(event_loop, n)
         finally:
@@ -150,7 +156,7 @@ class WorkloadResult:
 
 
 def run_workload(
-    workload: Workload, n: int, loops: list[AvailableLoop], rounds: int
+    workload: Workload, n: int, loops: list[AvailableLoop], rounds: int, collector: bool
 ) -> WorkloadResult:
     """Warms each loop up once, then runs ``rounds`` rounds of every loop, rotating the order.
 
@@ -162,7 +168,7 @@ def run_workload(
 
     def measure(loop: AvailableLoop, record: bool) -> None:
         try:
-            elapsed = measure_once(loop, workload, n)
+            elapsed = measure_once(loop, workload, n, collector)
         except Exception as error:
             result.errors[loop.name] = f"{type(error).__name__}: {error}"
             result.samples.pop(loop.name, None)
@@ -218,6 +224,7 @@ def markdown_report(
     loops: list[AvailableLoop],
     skipped: dict[str, str],
     rounds: int,
+    collector: bool,
 ) -> str:
     loop_names = [loop.name for loop in loops]
     baselines = compared_baselines(loop_names)
@@ -245,8 +252,9 @@ def markdown_report(
         "",
         f"Python {platform.python_version()} on {platform.system()} "
         f"{platform.machine()}, {os.cpu_count()} CPUs; median of {rounds} interleaved "
-        "rounds per loop; each cell is median time ±median absolute deviation "
-        "· units of work per second.",
+        "rounds per loop; garbage collector "
+        + ("on, as in programs" if collector else "off while a workload runs")
+        + "; each cell is median time ±median absolute deviation · units of work per second.",
         "Loops: " + ", ".join(f"{loop.name} {loop.version}" for loop in loops) + ".",
     ]
     if baselines:
@@ -289,12 +297,14 @@ def json_report(
     loops: list[AvailableLoop],
     skipped: dict[str, str],
     rounds: int,
+    collector: bool,
 ) -> dict:
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "rounds": rounds,
+        "garbage_collector": collector,
         "loops": {loop.name: loop.version for loop in loops},
         "skipped_loops": skipped,
         "target_loop": TARGET_LOOP,
@@ -372,6 +382,13 @@ def parse_arguments() -> argparse.Namespace:
         metavar="NAME,...",
         help=f"loops to run, if importable (default all): {', '.join(loop_names)}",
     )
+    parser.add_argument(
+        "--no-gc",
+        dest="collector",
+        action="store_false",
+        help="disable the garbage collector while a workload runs (default: it runs, as in "
+        "programs)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the full results as JSON")
     return parse_with_rounds(parser, QUICK_ROUNDS, DEFAULT_ROUNDS)
 
@@ -402,7 +419,7 @@ def main() -> None:
         if workload.name not in arguments.only:
             continue
         n = max(1, workload.n // QUICK_WORK_DIVISOR) if arguments.quick else workload.n
-        result = run_workload(workload, n, loops, arguments.rounds)
+        result = run_workload(workload, n, loops, arguments.rounds, arguments.collector)
         results.append(result)
         progress = ", ".join(
             f"{loop.name} {format_seconds(median)}"
@@ -412,10 +429,11 @@ def main() -> None:
         )
         print(f"{workload.name} (n={n:,}): {progress}", file=sys.stderr, flush=True)
 
-    print(markdown_report(results, loops, skipped, arguments.rounds), end="")
+    print(markdown_report(results, loops, skipped, arguments.rounds, arguments.collector), end="")
     if arguments.json:
         with open(arguments.json, "w") as json_file:
-            json.dump(json_report(results, loops, skipped, arguments.rounds), json_file, indent=2)
+            report = json_report(results, loops, skipped, arguments.rounds, arguments.collector)
+            json.dump(report, json_file, indent=2)
             json_file.write("\n")
 
 

@@ -1,6 +1,6 @@
 //! The timer heap: callbacks waiting for a deadline, earliest first, with lazy cancellation.
 //!
-//! Invariants: guarded by its owner (the loop's state lock). Cancelling a timer is O(1): the
+//! Invariants: guarded by its owner (the loop's state cell). Cancelling a timer is O(1): the
 //! owner marks its item cancelled and calls [`TimerHeap::note_cancelled`]; the entry stays in
 //! the heap until it reaches the top or until cancelled entries are both more than
 //! [`PURGE_MIN_TIMERS`] and more than half of the heap, when the heap is rebuilt without them
