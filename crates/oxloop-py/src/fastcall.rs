@@ -145,17 +145,23 @@ unsafe fn schedule_from_vectorcall(
     }
 }
 
-/// Turns the outcome of an entry point into what CPython expects: a new reference, or NULL
-/// with an exception set.
-pub(crate) fn into_c_result(py: Python<'_>, outcome: std::thread::Result<PyResult<Py<PyAny>>>) -> *mut ffi::PyObject {
-    match outcome {
-        Ok(Ok(handle)) => handle.into_ptr(),
+/// Runs the body of a native method CPython called and turns its outcome into what CPython
+/// expects: a new reference, or NULL with an exception set. A Rust panic becomes a
+/// `PanicException` (it never unwinds into C).
+///
+/// # Safety
+/// Only called from a method CPython calls, which holds the GIL.
+pub(crate) unsafe fn run_entry(body: impl FnOnce(Python<'_>) -> PyResult<Py<PyAny>>) -> *mut ffi::PyObject {
+    // SAFETY: the caller's contract: CPython calls methods with the GIL held.
+    let py = unsafe { Python::assume_attached() };
+    match catch_unwind(AssertUnwindSafe(|| body(py))) {
+        Ok(Ok(result)) => result.into_ptr(),
         Ok(Err(err)) => {
             err.restore(py);
             std::ptr::null_mut()
         }
         Err(_) => {
-            PanicException::new_err("Rust panic while scheduling a callback").restore(py);
+            PanicException::new_err("Rust panic in a native method of oxloop").restore(py);
             std::ptr::null_mut()
         }
     }
@@ -170,11 +176,7 @@ unsafe extern "C" fn schedule_entry<const METHOD: u8>(
 ) -> *mut ffi::PyObject {
     // SAFETY: CPython calls methods with the GIL held; arguments as `schedule_from_vectorcall`
     // documents.
-    let py = unsafe { Python::assume_attached() };
-    let outcome = catch_unwind(AssertUnwindSafe(|| unsafe {
-        schedule_from_vectorcall(py, slf, args, nargs, kwnames, Method::from_code(METHOD))
-    }));
-    into_c_result(py, outcome)
+    unsafe { run_entry(|py| schedule_from_vectorcall(py, slf, args, nargs, kwnames, Method::from_code(METHOD))) }
 }
 
 /// Parses `(coro, *, name=None, context=None, **kwargs)` and creates the task.
@@ -229,9 +231,7 @@ unsafe extern "C" fn create_task_entry(
 ) -> *mut ffi::PyObject {
     // SAFETY: CPython calls methods with the GIL held; arguments as `schedule_from_vectorcall`
     // documents.
-    let py = unsafe { Python::assume_attached() };
-    let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { create_task_from_vectorcall(py, slf, args, nargs, kwnames) }));
-    into_c_result(py, outcome)
+    unsafe { run_entry(|py| create_task_from_vectorcall(py, slf, args, nargs, kwnames)) }
 }
 
 /// One method to install: its name, its C function and its docstring (with the text signature

@@ -21,7 +21,6 @@
 //! never an unwind into C. Nothing here owns a file descriptor.
 
 use std::ffi::{c_char, c_int, CStr};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::exceptions::{PyAttributeError, PyException, PyOverflowError, PyTypeError};
 use pyo3::ffi;
@@ -31,7 +30,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::fastcall::into_c_result;
+use crate::fastcall::run_entry;
 use crate::transport::StreamTransport;
 
 /// asyncio's `SSLProtocolState.WRAPPED` and `SSLAgainErrors`, given at installation.
@@ -565,12 +564,12 @@ struct NativeMethod {
 fn method_o(slf: *mut ffi::PyObject, arg: *mut ffi::PyObject, f: fn(&Bound<'_, PyAny>, &Bound<'_, PyAny>) -> PyResult<Py<PyAny>>) -> *mut ffi::PyObject {
     // SAFETY: CPython calls methods with the GIL held, with `slf` and `arg` borrowed live
     // objects.
-    let py = unsafe { Python::assume_attached() };
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        let (slf, arg) = unsafe { (Bound::from_borrowed_ptr(py, slf), Bound::from_borrowed_ptr(py, arg)) };
-        f(&slf, &arg)
-    }));
-    into_c_result(py, outcome)
+    unsafe {
+        run_entry(|py| {
+            let (slf, arg) = (Bound::from_borrowed_ptr(py, slf), Bound::from_borrowed_ptr(py, arg));
+            f(&slf, &arg)
+        })
+    }
 }
 
 unsafe extern "C" fn get_buffer_entry(slf: *mut ffi::PyObject, arg: *mut ffi::PyObject) -> *mut ffi::PyObject {

@@ -14,14 +14,13 @@
 //! `PanicException`, never an unwind into C.
 
 use std::ffi::{c_char, CStr};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple, PyType};
 
-use crate::fastcall::into_c_result;
+use crate::fastcall::run_entry;
 use crate::transport::StreamTransport;
 
 /// One forwarded method.
@@ -95,9 +94,7 @@ unsafe fn call_forwarded(py: Python<'_>, slf: *mut ffi::PyObject, args: *const *
 /// The C entry point of method number `INDEX`.
 unsafe extern "C" fn forwarded_entry<const INDEX: usize>(slf: *mut ffi::PyObject, args: *const *mut ffi::PyObject, nargs: ffi::Py_ssize_t, kwnames: *mut ffi::PyObject) -> *mut ffi::PyObject {
     // SAFETY: CPython calls methods with the GIL held; arguments as `call_forwarded` documents.
-    let py = unsafe { Python::assume_attached() };
-    let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { call_forwarded(py, slf, args, nargs, kwnames, INDEX) }));
-    into_c_result(py, outcome)
+    unsafe { run_entry(|py| call_forwarded(py, slf, args, nargs, kwnames, INDEX)) }
 }
 
 const ENTRIES: [ffi::PyCFunctionFastWithKeywords; 7] = [
