@@ -1,0 +1,57 @@
+"""The loop benchmark harnesses run and report what they measured (benchmarks/loop_bench.py,
+benchmarks/process_bench.py), in their ``--quick`` sizes.
+
+Nothing here looks at a speed: the point is that the harnesses quoted in docs/performance.md
+keep working, measure every workload on every loop asked for, and say in their reports how
+they measured (the garbage collector on, or off with ``--no-gc``). uvloop and rloop are not
+test dependencies, so the runs ask for stock asyncio and oxloop only.
+"""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, child_env
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+LOOPS = "asyncio,oxloop"
+
+
+def run_harness(script: str, json_path: Path, *options: str) -> tuple[str, dict]:
+    """Runs ``benchmarks/<script> --quick`` on LOOPS; returns its Markdown report and JSON."""
+    args = [PYTHON, str(BENCHMARKS / script), "--quick", "--loops", LOOPS, "--json", str(json_path)]
+    args += options
+    done = subprocess.run(args, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout, json.loads(json_path.read_text())
+
+
+@pytest.mark.parametrize("collector", [True, False], ids=["gc-on", "no-gc"])
+def test_loop_bench_measures_every_workload_on_every_loop(tmp_path, collector):
+    options = () if collector else ("--no-gc",)
+    report, results = run_harness("loop_bench.py", tmp_path / "loop.json", *options)
+
+    assert results["garbage_collector"] is collector
+    expected_mode = "garbage collector on" if collector else "garbage collector off"
+    assert expected_mode in report
+    assert set(results["loops"]) == {"asyncio", "oxloop"}
+    assert len(results["workloads"]) == 10
+    for workload in results["workloads"]:
+        assert workload["errors"] == {}, workload["name"]
+        for loop in ("asyncio", "oxloop"):
+            samples = workload["loops"][loop]["samples_seconds"]
+            assert len(samples) == results["rounds"], workload["name"]
+            assert all(seconds > 0 for seconds in samples), workload["name"]
+        assert f"| {workload['name']} |" in report
+
+
+def test_process_bench_spawns_on_every_loop(tmp_path):
+    report, results = run_harness("process_bench.py", tmp_path / "process.json")
+
+    assert results["garbage_collector"] is True
+    assert "## Subprocess benchmarks" in report
+    for workload in results["workloads"]:
+        assert workload["errors"] == {}, workload["name"]
+        assert set(workload["loops"]) == {"asyncio", "oxloop"}, workload["name"]
