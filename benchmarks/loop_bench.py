@@ -93,11 +93,13 @@ class ErrorReportedByLoop(RuntimeError):
     """A callback or task raised during a workload; the loop passed it to its exception handler."""
 
 
-def measure_once(loop: AvailableLoop, workload: Workload, n: int, collector: bool) -> float:
+def measure_once(
+    loop: AvailableLoop, workload: Workload, n: int, collector: bool = True
+) -> float:
     """Runs ``workload`` once on a fresh ``loop`` and returns the time its work took.
 
-    The garbage collector starts from a full collection, and runs during the workload only if
-    ``collector`` is true.
+    The garbage collector starts from a full collection, and runs during the workload unless
+    ``collector`` is false.
 
     An error the loop reports to its exception handler (which would otherwise only be logged,
     and could leave the workload waiting forever) stops the loop and fails the measurement.
@@ -224,7 +226,7 @@ def markdown_report(
     loops: list[AvailableLoop],
     skipped: dict[str, str],
     rounds: int,
-    collector: bool,
+    collector: bool = True,
 ) -> str:
     loop_names = [loop.name for loop in loops]
     baselines = compared_baselines(loop_names)
@@ -297,7 +299,7 @@ def json_report(
     loops: list[AvailableLoop],
     skipped: dict[str, str],
     rounds: int,
-    collector: bool,
+    collector: bool = True,
 ) -> dict:
     return {
         "python": platform.python_version(),

@@ -115,8 +115,8 @@ def run_child(loop_name: str, workload_name: str, n: int) -> None:
         sys.exit(f"{loop_name} is not available: {skipped.get(loop_name, 'unknown loop')}")
     chosen = next(w for w in WORKLOADS if w.name == workload_name)
     try:
-        measure_once(loops[0], chosen, max(1, n // WARM_UP_DIVISOR), collector=True)
-        seconds = measure_once(loops[0], chosen, n, collector=True)
+        measure_once(loops[0], chosen, max(1, n // WARM_UP_DIVISOR))
+        seconds = measure_once(loops[0], chosen, n)
     except Exception as error:
         sys.exit(f"{type(error).__name__}: {error}")
     print(json.dumps({"seconds": seconds}), flush=True)
@@ -170,7 +170,7 @@ def process_report(
     rounds: int,
 ) -> str:
     """``loop_bench``'s report under this benchmark's own heading, saying how it measured."""
-    _, rest = markdown_report(results, loops, skipped, rounds, collector=True).split("\n", 1)
+    _, rest = markdown_report(results, loops, skipped, rounds).split("\n", 1)
     return (
         "## Subprocess benchmarks\n\n"
         "Every measurement ran in a fresh process on one loop, after an unrecorded warm-up run "
@@ -244,8 +244,7 @@ def main() -> None:
     print(process_report(results, loops, skipped, arguments.rounds), end="")
     if arguments.json:
         with open(arguments.json, "w") as json_file:
-            report = json_report(results, loops, skipped, arguments.rounds, collector=True)
-            json.dump(report, json_file, indent=2)
+            json.dump(json_report(results, loops, skipped, arguments.rounds), json_file, indent=2)
             json_file.write("\n")
 
 

@@ -1,11 +1,11 @@
 //! Clocks: the loop's source of time.
 //!
-//! Invariants: a clock is owned by one loop and read on the loop's thread (and by
-//! `call_later` callers, which hold the GIL and borrow the loop's state). [`Clock::Monotonic`] reads
+//! Invariants: a clock is owned by one loop and read on the loop's thread (and by `call_later`
+//! callers, which hold the GIL and borrow the loop's state). [`Clock::Monotonic`] reads
 //! `CLOCK_MONOTONIC`, the clock behind Python's `time.monotonic()`, and converts it exactly as
 //! CPython does, so `loop.time() == time.monotonic()` holds to the last bit. [`Clock::Virtual`]
-//! only moves when the loop tells it to: when the loop would sleep until its next timer, it
-//! jumps there instead, so hours of timers run in microseconds, deterministically.
+//! only moves when the loop tells it to: when the loop would sleep until its next timer, it jumps
+//! there instead, so hours of timers run in microseconds, deterministically.
 
 /// A source of time for one event loop.
 #[derive(Debug, Clone, PartialEq)]

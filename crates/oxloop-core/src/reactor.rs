@@ -4,7 +4,8 @@
 //! - [`Reactor`] owns the epoll instance's event buffer and is used by exactly one thread at a
 //!   time: the loop's, while it waits (with the GIL released by the caller).
 //! - [`Registrar`] owns the bookkeeping of what is watched; its owner guards it (the loop's
-//!   state cell, borrowed with the GIL held). mio's `Registry` is thread-safe, so registering never waits for a poll.
+//!   state cell, borrowed with the GIL held). mio's `Registry` is thread-safe, so registering
+//!   never waits for a poll.
 //! - Neither owns a watched descriptor: the caller keeps it open while it is registered and
 //!   unregisters it before closing it. The waker (an eventfd) is owned by the reactor.
 //! - mio is edge-triggered. A [`Trigger::Level`] watch (asyncio's `add_reader` semantics: called

@@ -1,10 +1,10 @@
 //! The ready queue: callbacks to run in the next loop iteration, first in, first out.
 //!
-//! Invariants: the queue is guarded by its owner (the loop keeps it in its state cell, borrowed only
-//! with the GIL held and never while Python code runs). An iteration takes a *batch*: exactly the items that
-//! were queued when it started ([`ReadyQueue::take_batch`]); items queued while the batch runs
-//! wait for the next iteration. If a batch is interrupted, [`ReadyQueue::requeue_front`] puts
-//! the rest back at the head, in order, so nothing is lost or reordered.
+//! Invariants: the queue is guarded by its owner (the loop keeps it in its state cell, borrowed
+//! only with the GIL held and never while Python code runs). An iteration takes a *batch*: exactly
+//! the items that were queued when it started ([`ReadyQueue::take_batch`]); items queued while the
+//! batch runs wait for the next iteration. If a batch is interrupted, [`ReadyQueue::requeue_front`]
+//! puts the rest back at the head, in order, so nothing is lost or reordered.
 
 use std::collections::VecDeque;
 
