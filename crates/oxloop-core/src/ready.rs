@@ -32,6 +32,11 @@ impl<T> ReadyQueue<T> {
         self.items.push_back(item);
     }
 
+    /// Makes room for `additional` more items at once (rather than growing step by step).
+    pub fn reserve(&mut self, additional: usize) {
+        self.items.reserve(additional);
+    }
+
     /// Number of queued items.
     #[inline]
     pub fn len(&self) -> usize {

@@ -8,9 +8,11 @@
 //! Removed items are handed back to the caller, never dropped here, so a caller holding a
 //! lock can drop them after releasing it.
 //!
-//! An entry's deadline and push order are packed into one integer key, so ordering two
-//! entries is one comparison. When a burst of timers is due at once (a large part of the
-//! heap), they are taken out by one partition and one sort instead of a heap pop each.
+//! An entry is two words: the deadline as an integer key with the same order, and the item.
+//! Equal deadlines are ordered by the push number the heap stores in the item
+//! ([`TimerItem`]), read only for such ties. When a burst of timers is due at once (a large
+//! part of the heap), they are taken out by one partition and one sort instead of a heap pop
+//! each, in place.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -25,6 +27,32 @@ const BURST_MIN_POPPED: usize = 32;
 /// The burst path is taken when the heap holds at most this many entries per entry already
 /// popped in the same call (a partition visits every entry once; a pop costs a heap's depth).
 const BURST_HEAP_PER_POPPED: usize = 8;
+
+/// Reorders `entries` so that those for which `keep` holds come first (in no particular
+/// order); returns how many there are.
+fn partition_kept_first<E>(entries: &mut [E], keep: impl Fn(&E) -> bool) -> usize {
+    // [0, front) are kept, [back, len) are not; each entry is looked at once.
+    let (mut front, mut back) = (0, entries.len());
+    loop {
+        while front < back && keep(&entries[front]) {
+            front += 1;
+        }
+        if front == back {
+            return front;
+        }
+        // entries[front] is not kept: find a kept entry after it to swap it with.
+        let mut last = back - 1;
+        while last > front && !keep(&entries[last]) {
+            last -= 1;
+        }
+        if last == front {
+            return front;
+        }
+        entries.swap(front, last);
+        front += 1;
+        back = last;
+    }
+}
 
 /// A deadline as an unsigned integer with the same order as `f64::total_cmp`.
 fn deadline_key(when: f64) -> u64 {
@@ -41,41 +69,54 @@ fn key_deadline(key: u64) -> f64 {
     f64::from_bits(if key >> 63 == 1 { key & !(1 << 63) } else { !key })
 }
 
-/// One scheduled item: its deadline key (high half) and push sequence number (low half).
+/// What the heap needs of the items it holds: a place to keep the number the heap gives each
+/// item when it is pushed (0, 1, 2, ...). Entries with equal deadlines are ordered by that
+/// number, so they come out in push order; the number is read only to break such ties, so
+/// the heap's entries stay two words (deadline key and item) and cheap to move and compare.
+pub trait TimerItem {
+    /// Records the item's push number (called once, by [`TimerHeap::push`]).
+    fn set_push_number(&self, number: u64);
+    /// The number recorded by [`TimerItem::set_push_number`].
+    fn push_number(&self) -> u64;
+}
+
+/// One scheduled item and its deadline key.
 #[derive(Debug)]
 struct Entry<T> {
-    order: u128,
+    key: u64,
     item: T,
 }
 
-impl<T> Entry<T> {
-    fn new(when: f64, seq: u64, item: T) -> Self {
-        Entry { order: u128::from(deadline_key(when)) << 64 | u128::from(seq), item }
-    }
-
+impl<T: TimerItem> Entry<T> {
     fn when(&self) -> f64 {
-        key_deadline((self.order >> 64) as u64)
+        key_deadline(self.key)
+    }
+
+    /// Earliest deadline first; equal deadlines in push order.
+    #[inline]
+    fn due_order(&self, other: &Self) -> Ordering {
+        self.key.cmp(&other.key).then_with(|| self.item.push_number().cmp(&other.item.push_number()))
     }
 }
 
-impl<T> PartialEq for Entry<T> {
+impl<T: TimerItem> PartialEq for Entry<T> {
     fn eq(&self, other: &Self) -> bool {
-        self.order == other.order
+        self.due_order(other) == Ordering::Equal
     }
 }
 
-impl<T> Eq for Entry<T> {}
+impl<T: TimerItem> Eq for Entry<T> {}
 
-impl<T> PartialOrd for Entry<T> {
+impl<T: TimerItem> PartialOrd for Entry<T> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl<T> Ord for Entry<T> {
+impl<T: TimerItem> Ord for Entry<T> {
     /// Reversed, so that `BinaryHeap` (a max-heap) yields the earliest deadline first.
     fn cmp(&self, other: &Self) -> Ordering {
-        other.order.cmp(&self.order)
+        other.due_order(self)
     }
 }
 
@@ -83,27 +124,27 @@ impl<T> Ord for Entry<T> {
 #[derive(Debug)]
 pub struct TimerHeap<T> {
     heap: BinaryHeap<Entry<T>>,
-    next_seq: u64,
+    next_push_number: u64,
     cancelled: usize,
 }
 
 impl<T> Default for TimerHeap<T> {
     fn default() -> Self {
-        TimerHeap { heap: BinaryHeap::new(), next_seq: 0, cancelled: 0 }
+        TimerHeap { heap: BinaryHeap::new(), next_push_number: 0, cancelled: 0 }
     }
 }
 
-impl<T> TimerHeap<T> {
+impl<T: TimerItem> TimerHeap<T> {
     /// An empty heap.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Schedules `item` for `when`.
+    /// Schedules `item` for `when`, giving it the next push number.
     pub fn push(&mut self, when: f64, item: T) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.heap.push(Entry::new(when, seq, item));
+        item.set_push_number(self.next_push_number);
+        self.next_push_number += 1;
+        self.heap.push(Entry { key: deadline_key(when), item });
     }
 
     /// Number of entries, cancelled ones included.
@@ -136,16 +177,10 @@ impl<T> TimerHeap<T> {
     pub fn purge_cancelled(&mut self, is_cancelled: impl Fn(&T) -> bool, removed: &mut Vec<T>) {
         let total = self.heap.len();
         if total > PURGE_MIN_TIMERS && self.cancelled * 2 > total {
-            let entries = std::mem::take(&mut self.heap).into_vec();
-            let mut kept = Vec::with_capacity(total - self.cancelled);
-            for entry in entries {
-                if is_cancelled(&entry.item) {
-                    removed.push(entry.item);
-                } else {
-                    kept.push(entry);
-                }
-            }
-            self.heap = BinaryHeap::from(kept);
+            let mut entries = std::mem::take(&mut self.heap).into_vec();
+            let kept = partition_kept_first(&mut entries, |entry| !is_cancelled(&entry.item));
+            removed.extend(entries.drain(kept..).map(|entry| entry.item));
+            self.heap = BinaryHeap::from(entries);
             self.cancelled = 0;
         } else {
             while let Some(top) = self.heap.peek() {
@@ -177,15 +212,21 @@ impl<T> TimerHeap<T> {
         }
     }
 
-    /// `pop_due` for the rest of a burst: one pass splits the due entries from the others,
-    /// which become the heap again; the due ones are sorted and handed out.
+    /// `pop_due` for the rest of a burst, in the heap's own buffer (a burst allocates
+    /// nothing): one pass moves the due entries to its end, where they are sorted and handed
+    /// out in one `extend` (which can reserve room for all of them); the entries left are
+    /// made a heap again.
     fn pop_due_burst(&mut self, end: f64, is_cancelled: impl Fn(&T) -> bool, due: &mut impl Extend<T>) {
-        let (mut ready, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.heap).into_vec().into_iter().partition(|entry| entry.when() < end);
-        self.heap = BinaryHeap::from(rest);
-        ready.sort_unstable_by_key(|entry| entry.order);
-        for entry in ready {
-            self.hand_out(entry, &is_cancelled, due);
-        }
+        let mut entries = std::mem::take(&mut self.heap).into_vec();
+        let kept = partition_kept_first(&mut entries, |entry| entry.when() >= end);
+        entries[kept..].sort_unstable_by(Entry::due_order);
+        let mut cancelled_out = 0;
+        due.extend(entries.drain(kept..).map(|entry| {
+            cancelled_out += usize::from(is_cancelled(&entry.item));
+            entry.item
+        }));
+        self.cancelled = self.cancelled.saturating_sub(cancelled_out);
+        self.heap = BinaryHeap::from(entries);
     }
 
     /// Hands a due entry's item to `due`, counting it out of the cancelled ones if it is.
@@ -213,13 +254,40 @@ mod tests {
     use super::*;
     use std::cell::Cell;
 
+    /// A test item: a value and the push number the heap gives it.
+    #[derive(Debug)]
+    struct Item<V> {
+        value: V,
+        number: Cell<u64>,
+    }
+
+    impl<V> TimerItem for Item<V> {
+        fn set_push_number(&self, number: u64) {
+            self.number.set(number);
+        }
+
+        fn push_number(&self) -> u64 {
+            self.number.get()
+        }
+    }
+
+    impl<V: PartialEq> PartialEq<V> for Item<V> {
+        fn eq(&self, other: &V) -> bool {
+            self.value == *other
+        }
+    }
+
+    fn item<V>(value: V) -> Item<V> {
+        Item { value, number: Cell::new(u64::MAX) }
+    }
+
     #[test]
     fn pops_in_deadline_order_then_fifo() {
         let mut heap = TimerHeap::new();
-        heap.push(3.0, "c");
-        heap.push(1.0, "a1");
-        heap.push(2.0, "b");
-        heap.push(1.0, "a2");
+        heap.push(3.0, item("c"));
+        heap.push(1.0, item("a1"));
+        heap.push(2.0, item("b"));
+        heap.push(1.0, item("a2"));
         let mut due = Vec::new();
         heap.pop_due(2.5, |_| false, &mut due);
         assert_eq!(due, vec!["a1", "a2", "b"]);
@@ -229,7 +297,7 @@ mod tests {
     #[test]
     fn deadline_equal_to_end_is_not_due() {
         let mut heap = TimerHeap::new();
-        heap.push(1.0, 1);
+        heap.push(1.0, item(1));
         let mut due = Vec::new();
         heap.pop_due(1.0, |_| false, &mut due);
         assert!(due.is_empty());
@@ -239,9 +307,9 @@ mod tests {
     fn cancelled_top_entries_are_popped_lazily() {
         let mut heap = TimerHeap::new();
         for i in 0..5 {
-            heap.push(i as f64, i);
+            heap.push(i as f64, item(i));
         }
-        let cancelled = |i: &i32| *i < 2;
+        let cancelled = |i: &Item<i32>| i.value < 2;
         heap.note_cancelled();
         heap.note_cancelled();
         let mut removed = Vec::new();
@@ -255,7 +323,7 @@ mod tests {
     fn many_cancelled_entries_trigger_a_rebuild() {
         let mut heap = TimerHeap::new();
         for i in 0..300 {
-            heap.push(i as f64, i);
+            heap.push(i as f64, item(i));
         }
         // Cancel the later two thirds: none of them is at the top.
         for _ in 100..300 {
@@ -266,7 +334,7 @@ mod tests {
         heap.purge_cancelled(
             |i| {
                 calls.set(calls.get() + 1);
-                *i >= 100
+                i.value >= 100
             },
             &mut removed,
         );
@@ -280,15 +348,15 @@ mod tests {
     fn few_cancelled_entries_below_the_top_stay() {
         let mut heap = TimerHeap::new();
         for i in 0..10 {
-            heap.push(i as f64, i);
+            heap.push(i as f64, item(i));
         }
         heap.note_cancelled();
         let mut removed = Vec::new();
-        heap.purge_cancelled(|i| *i == 5, &mut removed);
+        heap.purge_cancelled(|i| i.value == 5, &mut removed);
         assert!(removed.is_empty());
         assert_eq!(heap.cancelled_count(), 1);
         let mut due = Vec::new();
-        heap.pop_due(100.0, |i| *i == 5, &mut due);
+        heap.pop_due(100.0, |i| i.value == 5, &mut due);
         assert_eq!(due.len(), 10);
         assert_eq!(heap.cancelled_count(), 0);
     }
@@ -312,11 +380,11 @@ mod tests {
         let mut expected = Vec::new();
         for i in 0..5000u32 {
             let when = f64::from((i * 7919) % 100);
-            heap.push(when, i);
+            heap.push(when, item(i));
             expected.push((when, i));
         }
         for i in 0..1000u32 {
-            heap.push(1000.0 + f64::from(i), 5000 + i);
+            heap.push(1000.0 + f64::from(i), item(5000 + i));
         }
         expected.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         let mut due = Vec::new();
@@ -330,14 +398,34 @@ mod tests {
     fn cancelled_entries_of_a_burst_are_counted_out() {
         let mut heap = TimerHeap::new();
         for i in 0..1000 {
-            heap.push(f64::from(i % 10), i);
+            heap.push(f64::from(i % 10), item(i));
         }
         for _ in 0..500 {
             heap.note_cancelled();
         }
         let mut due = Vec::new();
-        heap.pop_due(10.0, |i| i % 2 == 0, &mut due);
+        heap.pop_due(10.0, |i| i.value % 2 == 0, &mut due);
         assert_eq!(due.len(), 1000);
         assert_eq!(heap.cancelled_count(), 0);
+    }
+
+    #[test]
+    fn partition_puts_kept_entries_first() {
+        for len in 0..40usize {
+            let mut entries: Vec<usize> = (0..len).map(|i| (i * 7) % 11).collect();
+            let calls = Cell::new(0);
+            let kept = partition_kept_first(&mut entries, |&v| {
+                calls.set(calls.get() + 1);
+                v < 5
+            });
+            assert_eq!(calls.get(), len);
+            assert!(entries[..kept].iter().all(|&v| v < 5), "{entries:?}");
+            assert!(entries[kept..].iter().all(|&v| v >= 5), "{entries:?}");
+            let mut sorted = entries.clone();
+            sorted.sort_unstable();
+            let mut expected: Vec<usize> = (0..len).map(|i| (i * 7) % 11).collect();
+            expected.sort_unstable();
+            assert_eq!(sorted, expected);
+        }
     }
 }

@@ -46,7 +46,7 @@ use pyo3::types::{PyDict, PyInt, PyTuple, PyWeakrefReference};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::futures;
-use crate::handles::{Callback, Handle, HandleContext, TimerHandle};
+use crate::handles::{Callback, Handle, HandleContext, ScheduledTimer, TimerHandle};
 use crate::transport::{StreamTransport, MAX_READ};
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: the longest single wait, in seconds.
@@ -89,7 +89,7 @@ pub(crate) enum Runnable {
 /// Everything the loop schedules. Guarded by `LoopCore::state`.
 struct LoopState {
     ready: ReadyQueue<Runnable>,
-    timers: TimerHeap<Py<TimerHandle>>,
+    timers: TimerHeap<ScheduledTimer>,
     /// Registers fds with the epoll instance; None once the loop is closed.
     registrar: Option<Registrar>,
     /// Wakes a waiting poll; None once the loop is closed.
@@ -236,10 +236,12 @@ struct DueTimers<'a, 'py> {
     ready: &'a mut ReadyQueue<Runnable>,
 }
 
-impl Extend<Py<TimerHandle>> for DueTimers<'_, '_> {
-    fn extend<I: IntoIterator<Item = Py<TimerHandle>>>(&mut self, timers: I) {
-        for timer in timers {
-            timer.get().set_scheduled(false);
+impl Extend<ScheduledTimer> for DueTimers<'_, '_> {
+    fn extend<I: IntoIterator<Item = ScheduledTimer>>(&mut self, timers: I) {
+        let timers = timers.into_iter();
+        self.ready.reserve(timers.size_hint().0);
+        for ScheduledTimer(timer) in timers {
+            timer.get().set_unscheduled();
             self.ready.push(Runnable::Callback(timer.into_bound(self.py).into_super().unbind()));
         }
     }
@@ -251,8 +253,18 @@ enum Wait {
     Poll(Option<f64>),
 }
 
-/// Buffers one run of the loop reuses from iteration to iteration, so that an iteration
-/// allocates nothing. Python objects in them are dropped outside the state lock.
+/// The part of the loop only the thread running it uses: the reactor's waiting half and the
+/// buffers iterations reuse.
+struct Driver {
+    reactor: Reactor,
+    buffers: IterationBuffers,
+}
+
+/// Buffers the loop reuses from iteration to iteration and from one run to the next, so that
+/// an iteration allocates nothing and a run does not start by growing them again (freeing
+/// large buffers hands their pages back to the system, and a page faulted in again costs
+/// about as much as a callback). They are empty between iterations: Python objects in them
+/// are dropped outside the state lock, at the end of the iteration that put them there.
 #[derive(Default)]
 struct IterationBuffers {
     batch: VecDeque<Runnable>,
@@ -260,9 +272,20 @@ struct IterationBuffers {
     flushes: Vec<Py<StreamTransport>>,
     io_events: Vec<Readiness>,
     released_handles: Vec<Py<Handle>>,
-    released_timers: Vec<Py<TimerHandle>>,
+    released_timers: Vec<ScheduledTimer>,
     /// Callbacks run since the counters were last updated (added at the next lock).
     callbacks_run: u64,
+}
+
+impl IterationBuffers {
+    /// Empties what an iteration cut short by a panic may have left in the buffers (its batch
+    /// is put back in the ready queue separately), so that the next run starts clean.
+    fn discard_leftovers(&mut self) {
+        self.flushes.clear();
+        self.io_events.clear();
+        self.released_handles.clear();
+        self.released_timers.clear();
+    }
 }
 
 /// The part of a loop its handles share: the scheduling state, the debug flag and a weak
@@ -430,7 +453,7 @@ impl LoopShared {
             transport.get().abandon(py);
         }
         for timer in &timers {
-            timer.get().set_scheduled(false);
+            timer.get().set_unscheduled();
             timer.bind(py).as_super().get().release_callback(py);
         }
         for watcher in &watchers {
@@ -446,8 +469,8 @@ impl LoopShared {
 #[pyclass(module = "oxloop._core", subclass, weakref, frozen)]
 pub struct LoopCore {
     shared: SharedRef,
-    /// The waiting half of the reactor; None once the loop is closed.
-    reactor: Mutex<Option<Reactor>>,
+    /// What only the thread running the loop uses; None once the loop is closed.
+    driver: Mutex<Option<Driver>>,
     clock_resolution: f64,
     /// Whether the clock is the real one (`Clock::Monotonic`), which is read without taking
     /// the state lock; set when the loop is made.
@@ -474,9 +497,10 @@ impl LoopCore {
         self.shared.lock(py)
     }
 
-    /// Takes the waiting half of the reactor: only one thread may run the loop.
-    fn lock_reactor(&self) -> PyResult<MutexGuard<'_, Option<Reactor>>> {
-        self.reactor.try_lock().map_err(|_| PyRuntimeError::new_err("This event loop is already running"))
+    /// Takes the driver (the reactor's waiting half and the iteration buffers): only one
+    /// thread may run the loop.
+    fn lock_driver(&self) -> PyResult<MutexGuard<'_, Option<Driver>>> {
+        self.driver.try_lock().map_err(|_| PyRuntimeError::new_err("This event loop is already running"))
     }
 
     /// Whether debug mode is on.
@@ -600,7 +624,7 @@ impl LoopCore {
     fn run_once(slf: &Bound<'_, Self>, reactor: &mut Reactor, buffers: &mut IterationBuffers) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let is_cancelled = |t: &Py<TimerHandle>| t.bind(py).as_super().get().is_cancelled();
+        let is_cancelled = |t: &ScheduledTimer| t.bind(py).as_super().get().is_cancelled();
         Self::flush_transports(slf, buffers)?;
         let wait = {
             let mut state = this.lock(py);
@@ -608,7 +632,7 @@ impl LoopCore {
             state.counters.callbacks_run += std::mem::take(&mut buffers.callbacks_run);
             state.timers.purge_cancelled(is_cancelled, &mut buffers.released_timers);
             for timer in &buffers.released_timers {
-                timer.get().set_scheduled(false);
+                timer.get().set_unscheduled();
             }
             if !state.ready.is_empty() || this.stopping.load(Ordering::Relaxed) {
                 if state.poll_can_report() {
@@ -695,6 +719,7 @@ impl LoopCore {
             Ok(result) => result,
             Err(payload) => {
                 slf.get().lock(slf.py()).ready.requeue_front(&mut buffers.batch);
+                buffers.discard_leftovers();
                 let message = payload
                     .downcast_ref::<String>()
                     .map(String::as_str)
@@ -875,7 +900,7 @@ impl LoopCore {
                     wakeup_reader: None,
                 }),
             })?),
-            reactor: Mutex::new(Some(reactor)),
+            driver: Mutex::new(Some(Driver { reactor, buffers: IterationBuffers::default() })),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             thread_id: AtomicU64::new(0),
@@ -995,38 +1020,36 @@ impl LoopCore {
     /// tears down the running-loop state).
     fn _run_until_stopped(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
-        let mut reactor = this.lock_reactor()?;
-        let reactor = reactor.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
-        let mut buffers = IterationBuffers::default();
+        let mut driver = this.lock_driver()?;
+        let Driver { reactor, buffers } = driver.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
         let result = loop {
-            if let Err(err) = Self::run_once_catching_panics(slf, reactor, &mut buffers) {
+            if let Err(err) = Self::run_once_catching_panics(slf, reactor, buffers) {
                 break Err(err);
             }
             if this.stopping.load(Ordering::Relaxed) {
                 break Ok(());
             }
         };
-        this.lock(slf.py()).counters.callbacks_run += buffers.callbacks_run;
+        this.lock(slf.py()).counters.callbacks_run += std::mem::take(&mut buffers.callbacks_run);
         result
     }
 
     /// Runs one iteration (asyncio's `_run_once`).
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
-        let mut reactor = this.lock_reactor()?;
-        let reactor = reactor.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
-        let mut buffers = IterationBuffers::default();
-        let result = Self::run_once_catching_panics(slf, reactor, &mut buffers);
-        this.lock(slf.py()).counters.callbacks_run += buffers.callbacks_run;
+        let mut driver = this.lock_driver()?;
+        let Driver { reactor, buffers } = driver.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
+        let result = Self::run_once_catching_panics(slf, reactor, buffers);
+        this.lock(slf.py()).counters.callbacks_run += std::mem::take(&mut buffers.callbacks_run);
         result
     }
 
     /// Marks the loop closed and releases every pending callback, timer and fd watch.
     fn _close_core(&self, py: Python<'_>) -> PyResult<()> {
-        let mut reactor = self.lock_reactor()?;
+        let mut driver = self.lock_driver()?;
         self.closed.store(true, Ordering::Release);
         self.shared.release_everything(py);
-        *reactor = None; // closes the epoll instance
+        *driver = None; // closes the epoll instance
         Ok(())
     }
 
@@ -1202,9 +1225,8 @@ impl LoopCore {
         let handle = Handle::new(this.shared_with_handles(slf)?, Callback::new(callback, args), context, true, traceback);
         let init = PyClassInitializer::from(handle).add_subclass(TimerHandle::new(when));
         let timer = Py::new(py, init)?;
-        timer.get().set_scheduled(true);
         let mut state = this.lock(py);
-        state.timers.push(timer.get().deadline(), timer.clone_ref(py));
+        state.timers.push(timer.get().deadline(), ScheduledTimer(timer.clone_ref(py)));
         state.counters.timers_scheduled += 1;
         Ok(timer)
     }

@@ -21,7 +21,7 @@
 //!   handle holds it (see [`HandleContext`]).
 
 use std::ffi::c_int;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
@@ -30,6 +30,8 @@ use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
+
+use oxloop_core::timers::TimerItem;
 
 use crate::event_loop::SharedRef;
 use crate::gil_cell::GilCell;
@@ -414,14 +416,15 @@ impl Handle {
 #[pyclass(module = "oxloop._core", extends = Handle, frozen)]
 pub struct TimerHandle {
     when: f64,
-    /// Whether the timer is still in the loop's heap (asyncio's `_scheduled`).
-    scheduled: AtomicBool,
+    /// The push number the loop's heap gave the timer, shifted left by one, and in the low
+    /// bit whether the timer is still in the heap (asyncio's `_scheduled`).
+    heap_state: AtomicU64,
 }
 
 impl TimerHandle {
     /// A timer due at `when` on the loop's clock, not yet in the heap.
     pub(crate) fn new(when: f64) -> Self {
-        TimerHandle { when, scheduled: AtomicBool::new(false) }
+        TimerHandle { when, heap_state: AtomicU64::new(0) }
     }
 
     /// The deadline.
@@ -429,9 +432,36 @@ impl TimerHandle {
         self.when
     }
 
-    /// Records whether the timer is in the heap.
-    pub(crate) fn set_scheduled(&self, scheduled: bool) {
-        self.scheduled.store(scheduled, Ordering::Relaxed);
+    /// Records that the timer has left the heap.
+    pub(crate) fn set_unscheduled(&self) {
+        self.heap_state.fetch_and(!1, Ordering::Relaxed);
+    }
+
+    /// Whether the timer is in the heap.
+    fn is_scheduled(&self) -> bool {
+        self.heap_state.load(Ordering::Relaxed) & 1 == 1
+    }
+}
+
+/// A timer as the loop's heap holds it. Being given a push number is being put in the heap,
+/// so it also marks the timer scheduled.
+pub(crate) struct ScheduledTimer(pub(crate) Py<TimerHandle>);
+
+impl TimerItem for ScheduledTimer {
+    fn set_push_number(&self, number: u64) {
+        self.0.get().heap_state.store(number << 1 | 1, Ordering::Relaxed);
+    }
+
+    fn push_number(&self) -> u64 {
+        self.0.get().heap_state.load(Ordering::Relaxed) >> 1
+    }
+}
+
+impl std::ops::Deref for ScheduledTimer {
+    type Target = Py<TimerHandle>;
+
+    fn deref(&self) -> &Py<TimerHandle> {
+        &self.0
     }
 }
 
@@ -440,7 +470,7 @@ impl TimerHandle {
     /// Cancels the timer; the loop purges it from its heap lazily.
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
         let base = slf.as_super();
-        if Handle::cancel_base(base)? && slf.get().scheduled.load(Ordering::Relaxed) {
+        if Handle::cancel_base(base)? && slf.get().is_scheduled() {
             base.get().shared.timer_cancelled(slf.py());
         }
         Ok(())
@@ -460,7 +490,7 @@ impl TimerHandle {
     /// Whether the timer is still in the loop's heap (asyncio's attribute).
     #[getter]
     fn _scheduled(&self) -> bool {
-        self.scheduled.load(Ordering::Relaxed)
+        self.is_scheduled()
     }
 
     /// `hash(when)`, as asyncio's `TimerHandle`.
