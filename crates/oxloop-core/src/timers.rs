@@ -28,6 +28,11 @@ const BURST_MIN_POPPED: usize = 32;
 /// popped in the same call (a partition visits every entry once; a pop costs a heap's depth).
 const BURST_HEAP_PER_POPPED: usize = 8;
 
+/// On a heap of at least `BURST_MIN_POPPED * BURST_HEAP_PER_POPPED` entries, `pop_due` first
+/// looks at this many entries spread over the heap: if half of them are due, so is a large
+/// part of the heap, and it takes the burst path at once rather than after many pops.
+const BURST_SAMPLES: usize = 8;
+
 /// Reorders `entries` so that those for which `keep` holds come first (in no particular
 /// order); returns how many there are.
 fn partition_kept_first<E>(entries: &mut [E], keep: impl Fn(&E) -> bool) -> usize {
@@ -198,6 +203,9 @@ impl<T: TimerItem> TimerHeap<T> {
     /// Cancelled entries popped here are returned too (the runner skips them); `is_cancelled`
     /// keeps the cancelled count right.
     pub fn pop_due(&mut self, end: f64, is_cancelled: impl Fn(&T) -> bool, due: &mut impl Extend<T>) {
+        if self.heap.peek().is_some_and(|top| top.when() < end) && self.sample_looks_due(end) {
+            return self.pop_due_burst(end, is_cancelled, due);
+        }
         let mut popped = 0;
         while let Some(top) = self.heap.peek() {
             if top.when() >= end {
@@ -212,7 +220,18 @@ impl<T: TimerItem> TimerHeap<T> {
         }
     }
 
-    /// `pop_due` for the rest of a burst, in the heap's own buffer (a burst allocates
+    /// Whether half of [`BURST_SAMPLES`] entries spread over a large heap are due before `end`.
+    fn sample_looks_due(&self, end: f64) -> bool {
+        let entries = self.heap.as_slice();
+        if entries.len() < BURST_MIN_POPPED * BURST_HEAP_PER_POPPED {
+            return false;
+        }
+        let step = entries.len() / BURST_SAMPLES;
+        let due = (0..BURST_SAMPLES).filter(|i| entries[i * step + step / 2].when() < end).count();
+        due * 2 >= BURST_SAMPLES
+    }
+
+    /// `pop_due` for a burst (or its rest), in the heap's own buffer (a burst allocates
     /// nothing): one pass moves the due entries to its end, where they are sorted and handed
     /// out in one `extend` (which can reserve room for all of them); the entries left are
     /// made a heap again.
@@ -427,5 +446,21 @@ mod tests {
             expected.sort_unstable();
             assert_eq!(sorted, expected);
         }
+    }
+
+    #[test]
+    fn a_few_due_timers_of_a_large_heap_are_popped_one_by_one() {
+        // The sample finds no burst: the due entries are popped and the rest stay a heap.
+        let mut heap = TimerHeap::new();
+        for i in 0..1000u32 {
+            heap.push(f64::from((i * 7919) % 1000), item(i));
+        }
+        let mut due = Vec::new();
+        heap.pop_due(10.0, |_| false, &mut due);
+        let mut expected: Vec<u32> = (0..1000u32).filter(|i| (i * 7919) % 1000 < 10).collect();
+        expected.sort_by_key(|i| (i * 7919) % 1000);
+        assert_eq!(due, expected);
+        assert_eq!(heap.len(), 990);
+        assert_eq!(heap.next_deadline(), Some(10.0));
     }
 }
