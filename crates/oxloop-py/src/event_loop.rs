@@ -7,10 +7,11 @@
 //! - All scheduling state lives in `state`, a [`GilCell`]: borrowed only with the GIL held and
 //!   never across a call into Python or a drop of a Python object (a drop can run a finalizer
 //!   that schedules a callback). So no other thread sees it mid-change and nothing re-enters it.
-//! - The waiting half of the reactor lives in `reactor`, locked by the thread running the loop
-//!   for the whole run; it waits with the GIL released and without borrowing `state`. Other
-//!   threads (holding the GIL) only push to the ready queue and trigger the waker, and only
-//!   when the loop is waiting.
+//! - The waiting half of the reactor and the iteration buffers live in `driver`, locked by the
+//!   thread running the loop for the whole run; it waits with the GIL released and without
+//!   borrowing `state`. The buffers are empty between iterations. Other threads (holding
+//!   the GIL) only push to the ready queue and trigger the waker, and only when the loop is
+//!   waiting.
 //! - The loop owns its epoll instance and waker, never a watched descriptor: `add_reader`
 //!   callers keep theirs open and remove them before closing; a stream transport's socket is
 //!   owned by the transport, which unregisters it before closing it (`transport.rs`).
@@ -21,7 +22,7 @@
 //!   if a callback raises `KeyboardInterrupt` or `SystemExit`, the rest of the batch is put back
 //!   at the head of the queue before the exception leaves the loop. A panic (ours, or a
 //!   `PanicException` a callback raised) is caught around the iteration and leaves the loop
-//!   the same way, as a `PanicException`; the reactor's lock is not poisoned by it.
+//!   the same way, as a `PanicException`; the driver's lock is not poisoned by it.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
@@ -711,7 +712,7 @@ impl LoopCore {
 
     /// Runs one iteration, turning a panic into a `PanicException`: a panic of ours, or a
     /// `PanicException` that a callback raised (PyO3 resumes those as panics when it fetches
-    /// them). The callbacks of the batch not yet run go back to the queue, and the reactor's
+    /// them). The callbacks of the batch not yet run go back to the queue, and the driver's
     /// lock is held outside the unwinding (not poisoned), so the loop can run again or close,
     /// as after a `KeyboardInterrupt`.
     fn run_once_catching_panics(slf: &Bound<'_, Self>, reactor: &mut Reactor, buffers: &mut IterationBuffers) -> PyResult<()> {
