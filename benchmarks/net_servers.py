@@ -53,7 +53,6 @@ import resource
 import socket
 import ssl
 import sys
-import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -389,17 +388,37 @@ def _resolve(future: asyncio.Future[None], *_: object) -> None:
 
 
 def watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Future[None]) -> None:
-    """Waits in a thread for standard input to close, then resolves ``stop`` on the loop."""
+    """Resolves ``stop`` once standard input is closed, watching it on the loop itself.
 
-    def wait() -> None:
+    Not from a thread: while a process has a second live thread, the kernel waits for an RCU
+    grace period each time the process's file descriptor table grows (Linux's
+    ``expand_fdtable``: a few milliseconds each, several times over 10,000 connections), and
+    the loop being measured would pay that for the harness. Standard input is made
+    non-blocking here and blocking again by ``restore_stdin``.
+    """
+    fd = sys.stdin.fileno()
+    os.set_blocking(fd, False)
+
+    def readable() -> None:
         try:
-            while os.read(sys.stdin.fileno(), 4096):
-                pass
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
         except (OSError, ValueError):
-            pass
-        loop.call_soon_threadsafe(_resolve, stop)
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            _resolve(stop)
 
-    threading.Thread(target=wait, name="stdin-watcher", daemon=True).start()
+    loop.add_reader(fd, readable)
+
+
+def restore_stdin() -> None:
+    """Makes standard input blocking again (a terminal is shared with the shell)."""
+    try:
+        os.set_blocking(sys.stdin.fileno(), True)
+    except (OSError, ValueError):
+        pass
 
 
 def new_event_loop(name: str) -> asyncio.AbstractEventLoop:
@@ -475,6 +494,7 @@ def main() -> None:
     keep_alive.add_done_callback(lambda _: _resolve(stop))
     loop.run_until_complete(stop)
     print(stats.as_json(), flush=True)
+    restore_stdin()
     # Exit without tearing down thousands of connections and tasks: that is not measured,
     # and a loop under development may not survive it.
     os._exit(0)
