@@ -483,6 +483,20 @@ def test_many_timers_run_in_deadline_order(loop):
     assert fired_whens == sorted(fired_whens)
 
 
+def test_a_burst_of_timers_with_shared_deadlines_runs_in_deadline_order(loop):
+    # Thousands of timers due at once, on a handful of deadlines (call_at with equal `when`s):
+    # all fire, in deadline order.
+    rng = random.Random(7)
+    fired = []
+    base = loop.time()
+    deadlines = [base + k * 1e-4 for k in range(5)]
+    handles = [loop.call_at(rng.choice(deadlines), fired.append, i) for i in range(3000)]
+    loop.call_at(base + 0.01, loop.stop)
+    run_until_stopped(loop)
+    assert sorted(fired) == list(range(3000))
+    assert [handles[i].when() for i in fired] == sorted(handles[i].when() for i in fired)
+
+
 def test_mass_cancellation_of_timers(loop):
     rng = random.Random(99)
     fired = []
