@@ -75,14 +75,17 @@ fn key_deadline(key: u64) -> f64 {
 }
 
 /// What the heap needs of the items it holds: a place to keep the number the heap gives each
-/// item when it is pushed (0, 1, 2, ...). Entries with equal deadlines are ordered by that
-/// number, so they come out in push order; the number is read only to break such ties, so
-/// the heap's entries stay two words (deadline key and item) and cheap to move and compare.
+/// item when it is pushed (0, 1, 2, ...), and to be told when it leaves. Entries with equal
+/// deadlines are ordered by that number, so they come out in push order; the number is read
+/// only to break such ties, so the heap's entries stay two words (deadline key and item) and
+/// cheap to move and compare.
 pub trait TimerItem {
-    /// Records the item's push number (called once, by [`TimerHeap::push`]).
+    /// Records the item's push number: it is now in the heap (called by [`TimerHeap::push`]).
     fn set_push_number(&self, number: u64);
     /// The number recorded by [`TimerItem::set_push_number`].
     fn push_number(&self) -> u64;
+    /// The item has left the heap: popped as due, purged as cancelled, or drained.
+    fn left_heap(&self);
 }
 
 /// One scheduled item and its deadline key.
@@ -95,6 +98,12 @@ struct Entry<T> {
 impl<T: TimerItem> Entry<T> {
     fn when(&self) -> f64 {
         key_deadline(self.key)
+    }
+
+    /// The item, taken out of the heap.
+    fn into_item(self) -> T {
+        self.item.left_heap();
+        self.item
     }
 
     /// Earliest deadline first; equal deadlines in push order.
@@ -184,7 +193,7 @@ impl<T: TimerItem> TimerHeap<T> {
         if total > PURGE_MIN_TIMERS && self.cancelled * 2 > total {
             let mut entries = std::mem::take(&mut self.heap).into_vec();
             let kept = partition_kept_first(&mut entries, |entry| !is_cancelled(&entry.item));
-            removed.extend(entries.drain(kept..).map(|entry| entry.item));
+            removed.extend(entries.drain(kept..).map(Entry::into_item));
             self.heap = BinaryHeap::from(entries);
             self.cancelled = 0;
         } else {
@@ -194,7 +203,7 @@ impl<T: TimerItem> TimerHeap<T> {
                 }
                 let entry = self.heap.pop().expect("peeked entry exists");
                 self.cancelled = self.cancelled.saturating_sub(1);
-                removed.push(entry.item);
+                removed.push(entry.into_item());
             }
         }
     }
@@ -215,7 +224,7 @@ impl<T: TimerItem> TimerHeap<T> {
                 return self.pop_due_burst(end, is_cancelled, due);
             }
             let entry = self.heap.pop().expect("peeked entry exists");
-            self.hand_out(entry, &is_cancelled, due);
+            due.extend(std::iter::once(Self::take_due(&mut self.cancelled, entry, &is_cancelled)));
             popped += 1;
         }
     }
@@ -239,21 +248,17 @@ impl<T: TimerItem> TimerHeap<T> {
         let mut entries = std::mem::take(&mut self.heap).into_vec();
         let kept = partition_kept_first(&mut entries, |entry| entry.when() >= end);
         entries[kept..].sort_unstable_by(Entry::due_order);
-        let mut cancelled_out = 0;
-        due.extend(entries.drain(kept..).map(|entry| {
-            cancelled_out += usize::from(is_cancelled(&entry.item));
-            entry.item
-        }));
-        self.cancelled = self.cancelled.saturating_sub(cancelled_out);
+        due.extend(entries.drain(kept..).map(|entry| Self::take_due(&mut self.cancelled, entry, &is_cancelled)));
         self.heap = BinaryHeap::from(entries);
     }
 
-    /// Hands a due entry's item to `due`, counting it out of the cancelled ones if it is.
-    fn hand_out(&mut self, entry: Entry<T>, is_cancelled: &impl Fn(&T) -> bool, due: &mut impl Extend<T>) {
+    /// A due entry's item, taken out of the heap; counted out of `cancelled` (the heap's count
+    /// of cancelled entries) if it is cancelled.
+    fn take_due(cancelled: &mut usize, entry: Entry<T>, is_cancelled: &impl Fn(&T) -> bool) -> T {
         if is_cancelled(&entry.item) {
-            self.cancelled = self.cancelled.saturating_sub(1);
+            *cancelled = cancelled.saturating_sub(1);
         }
-        due.extend(std::iter::once(entry.item));
+        entry.into_item()
     }
 
     /// The items, in no particular order (for the garbage collector's traversal).
@@ -264,7 +269,7 @@ impl<T: TimerItem> TimerHeap<T> {
     /// Removes and returns every entry (used when the loop closes).
     pub fn drain_all(&mut self) -> Vec<T> {
         self.cancelled = 0;
-        std::mem::take(&mut self.heap).into_vec().into_iter().map(|e| e.item).collect()
+        std::mem::take(&mut self.heap).into_vec().into_iter().map(Entry::into_item).collect()
     }
 }
 
@@ -288,6 +293,8 @@ mod tests {
         fn push_number(&self) -> u64 {
             self.number.get()
         }
+
+        fn left_heap(&self) {}
     }
 
     impl<V: PartialEq> PartialEq<V> for Item<V> {

@@ -231,7 +231,7 @@ fn drain(fd: RawFd) {
     }
 }
 
-/// Where due timers go: marked out of the heap and appended to the ready queue.
+/// Where due timers go (the heap has marked them unscheduled): appended to the ready queue.
 struct DueTimers<'a, 'py> {
     py: Python<'py>,
     ready: &'a mut ReadyQueue<Runnable>,
@@ -242,7 +242,6 @@ impl Extend<ScheduledTimer> for DueTimers<'_, '_> {
         let timers = timers.into_iter();
         self.ready.reserve(timers.size_hint().0);
         for ScheduledTimer(timer) in timers {
-            timer.get().set_unscheduled();
             self.ready.push(Runnable::Callback(timer.into_bound(self.py).into_super().unbind()));
         }
     }
@@ -454,7 +453,6 @@ impl LoopShared {
             transport.get().abandon(py);
         }
         for timer in &timers {
-            timer.get().set_unscheduled();
             timer.bind(py).as_super().get().release_callback(py);
         }
         for watcher in &watchers {
@@ -632,9 +630,6 @@ impl LoopCore {
             state.counters.iterations += 1;
             state.counters.callbacks_run += std::mem::take(&mut buffers.callbacks_run);
             state.timers.purge_cancelled(is_cancelled, &mut buffers.released_timers);
-            for timer in &buffers.released_timers {
-                timer.get().set_unscheduled();
-            }
             if !state.ready.is_empty() || this.stopping.load(Ordering::Relaxed) {
                 if state.poll_can_report() {
                     Wait::Poll(Some(0.0))

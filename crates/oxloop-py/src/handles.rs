@@ -432,11 +432,6 @@ impl TimerHandle {
         self.when
     }
 
-    /// Records that the timer has left the heap.
-    pub(crate) fn set_unscheduled(&self) {
-        self.heap_state.fetch_and(!1, Ordering::Relaxed);
-    }
-
     /// Whether the timer is in the heap.
     fn is_scheduled(&self) -> bool {
         self.heap_state.load(Ordering::Relaxed) & 1 == 1
@@ -444,7 +439,7 @@ impl TimerHandle {
 }
 
 /// A timer as the loop's heap holds it. Being given a push number is being put in the heap,
-/// so it also marks the timer scheduled.
+/// so it also marks the timer scheduled; leaving the heap marks it unscheduled.
 pub(crate) struct ScheduledTimer(pub(crate) Py<TimerHandle>);
 
 impl TimerItem for ScheduledTimer {
@@ -454,6 +449,10 @@ impl TimerItem for ScheduledTimer {
 
     fn push_number(&self) -> u64 {
         self.0.get().heap_state.load(Ordering::Relaxed) >> 1
+    }
+
+    fn left_heap(&self) {
+        self.0.get().heap_state.fetch_and(!1, Ordering::Relaxed);
     }
 }
 
