@@ -5,6 +5,7 @@ level-triggered readiness and error handling.
 Runs on stock asyncio and on oxloop (see conftest.py); asyncio's behaviour is the expectation.
 """
 
+import asyncio
 import errno
 import gc
 import os
@@ -549,3 +550,129 @@ def test_many_ready_descriptors_all_get_their_callback(loop):
         for a, b in pairs:
             a.close()
             b.close()
+
+
+# --------------------------------------------------------------------------------------------
+# File objects closed while watched
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("side", ["reader", "writer"])
+def test_remove_finds_a_socket_closed_since_it_was_added(loop, side):
+    a, b = socket.socketpair()
+    try:
+        watched = watch_with_a_callback_object(a, getattr(loop, f"add_{side}"))
+        a.close()  # a.fileno() is -1 from now on
+        assert getattr(loop, f"remove_{side}")(a) is True
+        gc.collect()
+        assert watched() is None
+        # Gone now: a closed socket that is not registered is an invalid descriptor again.
+        with pytest.raises(ValueError, match=r"^Invalid file descriptor: -1$"):
+            getattr(loop, f"remove_{side}")(a)
+    finally:
+        b.close()
+
+
+def test_removing_one_side_of_a_closed_socket_keeps_the_other(oxloop_loop):
+    """(Stock asyncio raises ``OSError(EBADF)`` here, from its selector's ``epoll.modify``, and
+    drops both sides; see docs/compatibility.md.)"""
+    loop = oxloop_loop
+    a, b = socket.socketpair()
+    try:
+        loop.add_reader(a, print)
+        loop.add_writer(a, print)
+        a.close()
+        assert loop.remove_reader(a) is True
+        assert loop.remove_reader(a) is False
+        assert loop.remove_writer(a) is True
+    finally:
+        b.close()
+
+
+def test_a_socket_closed_then_removed_frees_its_number_for_the_next_socket(loop):
+    """anyio's ``aclose()``: the socket is closed, then a done-callback removes its reader. The
+    next socket, which gets the same descriptor number, is watched as usual."""
+    a, b = socket.socketpair()
+    loop.add_reader(a, print)
+    number = a.fileno()
+    a.close()
+    b.close()
+    loop.call_soon(loop.remove_reader, a)
+    run_until_stopped(loop, timeout=0.05)
+    c, d = socket.socketpair()
+    try:
+        received = []
+        fds = {c.fileno(), d.fileno()}
+        assert number in fds
+        reused = c if c.fileno() == number else d
+        other = d if reused is c else c
+        loop.add_reader(reused, lambda: received.append(reused.recv(10)) or loop.stop())
+        other.send(b"hello")
+        run_until_stopped(loop)
+        assert received == [b"hello"]
+        assert loop.remove_reader(reused) is True
+    finally:
+        c.close()
+        d.close()
+
+
+@pytest.mark.parametrize("side", ["reader", "writer"])
+def test_a_descriptor_closed_while_watched_can_be_watched_again_by_its_next_owner(oxloop_loop, side):
+    """Never removed: the kernel dropped the old file from epoll when it was closed. The next
+    file with the same number is watched for its new callback alone, and the old callbacks are
+    released. (Stock asyncio keeps the stale key: the new watch either never fires or raises
+    FileNotFoundError; see docs/compatibility.md.)"""
+    loop = oxloop_loop
+    a, b = socket.socketpair()
+    stale = watch_with_a_callback_object(a, loop.add_reader, loop.add_writer)
+    number = a.fileno()
+    a.close()
+    b.close()
+    c, d = socket.socketpair()
+    try:
+        reused, other = (c, d) if c.fileno() == number else (d, c)
+        assert reused.fileno() == number
+        calls = []
+        if side == "reader":
+            other.send(b"x")
+        getattr(loop, f"add_{side}")(reused, lambda: calls.append(side) or loop.stop())
+        run_until_stopped(loop)
+        assert calls == [side]
+        gc.collect()
+        assert stale() is None
+        assert getattr(loop, f"remove_{side}")(reused) is True
+        for method in ("remove_reader", "remove_writer"):
+            assert getattr(loop, method)(reused) is False
+    finally:
+        c.close()
+        d.close()
+
+
+def test_a_transport_can_take_a_descriptor_closed_while_watched(oxloop_loop):
+    """A socket closed without removing its reader; a transport made on the next socket with
+    the same number works (stock asyncio: see the test above)."""
+    loop = oxloop_loop
+    a, b = socket.socketpair()
+    stale = watch_with_a_callback_object(a, loop.add_reader)
+    number = a.fileno()
+    a.close()
+    b.close()
+    c, d = socket.socketpair()
+    try:
+        reused, other = (c, d) if c.fileno() == number else (d, c)
+        assert reused.fileno() == number
+
+        async def main():
+            reader, writer = await asyncio.open_connection(sock=reused)
+            other.send(b"line\n")
+            line = await reader.readline()
+            writer.close()
+            await writer.wait_closed()
+            return line
+
+        assert loop.run_until_complete(main()) == b"line\n"
+        gc.collect()
+        assert stale() is None
+    finally:
+        c.close()
+        d.close()

@@ -147,11 +147,20 @@ impl Registrar {
                 self.watches.insert(fd, watch);
                 Ok(())
             }
-            (Some(_), Some(interest)) => {
-                self.registry.reregister(&mut SourceFd(&fd), Token(fd as usize), interest)?;
-                self.watches.insert(fd, watch);
-                Ok(())
-            }
+            (Some(_), Some(interest)) => match self.registry.reregister(&mut SourceFd(&fd), Token(fd as usize), interest) {
+                Ok(()) => {
+                    self.watches.insert(fd, watch);
+                    Ok(())
+                }
+                Err(err) => {
+                    if closed_while_watched(&err) {
+                        // epoll dropped the descriptor when it was closed; its number may
+                        // name another file now (ENOENT) or none (EBADF). Forgotten here too.
+                        self.watches.remove(&fd);
+                    }
+                    Err(err)
+                }
+            },
             (Some(_), None) => {
                 self.watches.remove(&fd);
                 // The fd may already be closed (epoll then forgot it): nothing left to undo.
@@ -189,6 +198,18 @@ impl Registrar {
         }
     }
 
+    /// Whether `fd` is watched.
+    pub fn is_watched(&self, fd: RawFd) -> bool {
+        self.watches.contains_key(&fd)
+    }
+
+    /// Whether epoll still watches `fd` itself: false when the descriptor was closed while
+    /// watched (epoll then dropped it), which this also forgets. Re-arms the watch.
+    pub fn confirm(&mut self, fd: RawFd) -> bool {
+        let Some(watch) = self.watches.get(&fd).copied() else { return false };
+        self.set_watch(fd, watch).is_ok() || self.is_watched(fd)
+    }
+
     /// Number of watched descriptors.
     pub fn len(&self) -> usize {
         self.watches.len()
@@ -198,6 +219,11 @@ impl Registrar {
     pub fn is_empty(&self) -> bool {
         self.watches.is_empty()
     }
+}
+
+/// Whether a failed `EPOLL_CTL_MOD` means the watched descriptor was closed behind our back.
+fn closed_while_watched(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::ENOENT | libc::EBADF))
 }
 
 #[cfg(test)]
@@ -274,6 +300,33 @@ mod tests {
         let mut ready = Vec::new();
         reactor.poll(SHORT, &mut ready).unwrap();
         assert!(ready[0].readable);
+    }
+
+    #[test]
+    fn confirm_tells_a_live_watch_from_one_closed_behind_our_back() {
+        let (_reactor, mut registrar, _waker) = new().unwrap();
+        let (_a, b) = UnixStream::pair().unwrap();
+        let (_c, d) = UnixStream::pair().unwrap();
+        registrar.set_watch(b.as_raw_fd(), level(true, false)).unwrap();
+        registrar.set_watch(d.as_raw_fd(), level(true, false)).unwrap();
+        let closed = b.as_raw_fd();
+        drop(b);
+        assert!(registrar.confirm(d.as_raw_fd()));
+        assert!(!registrar.confirm(closed));
+        assert!(!registrar.is_watched(closed));
+    }
+
+    #[test]
+    fn modifying_a_descriptor_closed_while_watched_forgets_it() {
+        let (_reactor, mut registrar, _waker) = new().unwrap();
+        let (_a, b) = UnixStream::pair().unwrap();
+        let fd = b.as_raw_fd();
+        registrar.set_watch(fd, level(true, false)).unwrap();
+        drop(b);
+        // (Another test's thread may take the number meanwhile: ENOENT then, EBADF if not.)
+        let err = registrar.set_watch(fd, level(true, true)).unwrap_err();
+        assert!(closed_while_watched(&err), "{err}");
+        assert!(!registrar.is_watched(fd));
     }
 
     #[test]

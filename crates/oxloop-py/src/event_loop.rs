@@ -53,9 +53,11 @@ use crate::transport::{StreamTransport, MAX_READ};
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: the longest single wait, in seconds.
 const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
 
-/// The callbacks watching one file descriptor.
-#[derive(Default)]
+/// The callbacks watching one file descriptor, and the file object first registered for it
+/// (as asyncio's selector keeps it: `remove_reader` finds the registration of a file object
+/// closed since by identity).
 struct FdCallbacks {
+    fileobj: Py<PyAny>,
     reader: Option<Py<Handle>>,
     writer: Option<Py<Handle>>,
 }
@@ -67,6 +69,53 @@ impl FdCallbacks {
             Side::Read => &mut self.reader,
             Side::Write => &mut self.writer,
         }
+    }
+
+    /// Whether a callback watches one side.
+    fn watches(&self, side: Side) -> bool {
+        match side {
+            Side::Read => self.reader.is_some(),
+            Side::Write => self.writer.is_some(),
+        }
+    }
+}
+
+/// What a change of fd watches took out of the loop's bookkeeping. The caller cancels and
+/// drops it after the state borrow ends (cancelling calls into Python, and dropping the last
+/// reference to a file object can run its finalizer).
+#[must_use]
+#[derive(Default)]
+struct Unwatched {
+    /// The callback the change replaced on its own side.
+    replaced: Option<Py<Handle>>,
+    /// Callbacks left by a descriptor that was closed while watched: its number names another
+    /// file now, and they can never fire for theirs.
+    stale: Vec<Py<Handle>>,
+    /// File objects whose entries are gone.
+    fileobjs: Vec<Py<PyAny>>,
+}
+
+impl Unwatched {
+    /// Takes a whole entry out as stale.
+    fn add_stale(&mut self, entry: FdCallbacks) {
+        self.stale.extend(entry.reader.into_iter().chain(entry.writer));
+        self.fileobjs.push(entry.fileobj);
+    }
+
+    /// Cancels the callbacks taken out; whether one was replaced on the changed side.
+    fn cancel(self, py: Python<'_>) -> PyResult<bool> {
+        let replaced = self.replaced.is_some();
+        for handle in self.replaced.iter().chain(&self.stale) {
+            handle.bind(py).call_method0("cancel")?;
+        }
+        Ok(replaced)
+    }
+
+    /// Moves everything into `released`, to be dropped outside the lock (for callbacks that
+    /// are cancelled already).
+    fn release_into(self, released: &mut Vec<Py<PyAny>>) {
+        released.extend(self.replaced.into_iter().chain(self.stale).map(Py::into_any));
+        released.extend(self.fileobjs);
     }
 }
 
@@ -110,30 +159,84 @@ struct LoopState {
 }
 
 impl LoopState {
-    /// Sets or clears the callback on one side of `fd` and updates the epoll watch. Returns
-    /// the callback it replaced (to be cancelled by the caller, outside the lock).
-    fn set_fd_callback(&mut self, fd: RawFd, side: Side, handle: Option<Py<Handle>>) -> PyResult<Option<Py<Handle>>> {
+    /// Sets (`new`: the handle and the file object it was registered with) or clears the
+    /// callback on one side of `fd` and updates the epoll watch. What the change takes out
+    /// goes to `unwatched`, whether it succeeds or not.
+    ///
+    /// A descriptor closed while watched is noticed here when a new file with its number is
+    /// watched: epoll dropped the old file (so the registrar no longer knows the fd, or epoll
+    /// refuses to modify it), and the entry's callbacks are stale. They are taken out and the
+    /// new file is watched for the new callback alone.
+    fn set_fd_callback(&mut self, fd: RawFd, side: Side, new: Option<(Py<Handle>, &Bound<'_, PyAny>)>, unwatched: &mut Unwatched) -> PyResult<()> {
         let Some(registrar) = self.registrar.as_mut() else {
             return Err(PyRuntimeError::new_err("Event loop is closed"));
         };
-        let entry = self.fd_callbacks.entry(fd).or_default();
-        let previous = std::mem::replace(entry.slot(side), handle);
-        let watch = Watch { readable: entry.reader.is_some(), writable: entry.writer.is_some(), trigger: Trigger::Level };
-        let empty = !watch.readable && !watch.writable;
-        if let Err(err) = registrar.set_watch(fd, watch) {
-            // Undo the bookkeeping. The caller still holds the rejected handle, so dropping it
-            // here only decrements it.
-            let entry = self.fd_callbacks.get_mut(&fd).expect("entry was just inserted");
-            let _rejected = std::mem::replace(entry.slot(side), previous);
-            if entry.reader.is_none() && entry.writer.is_none() {
-                self.fd_callbacks.remove(&fd);
+        let adding = new.is_some();
+        if adding && !registrar.is_watched(fd) {
+            if let Some(stale) = self.fd_callbacks.remove(&fd) {
+                unwatched.add_stale(stale);
             }
-            return Err(os_error(err));
         }
-        if empty {
-            self.fd_callbacks.remove(&fd);
+        let entry = match new {
+            // An existing entry keeps its file object; the caller holds the one given, so the
+            // unused reference dropped here only decrements it.
+            Some((handle, fileobj)) => {
+                let entry = self.fd_callbacks.entry(fd).or_insert_with(|| FdCallbacks { fileobj: fileobj.clone().unbind(), reader: None, writer: None });
+                unwatched.replaced = entry.slot(side).replace(handle);
+                entry
+            }
+            None => match self.fd_callbacks.get_mut(&fd) {
+                Some(entry) => {
+                    unwatched.replaced = entry.slot(side).take();
+                    entry
+                }
+                None => return Ok(()),
+            },
+        };
+        let watch = |entry: &FdCallbacks| Watch { readable: entry.reader.is_some(), writable: entry.writer.is_some(), trigger: Trigger::Level };
+        let mut result = registrar.set_watch(fd, watch(entry));
+        if adding && result.is_err() && !registrar.is_watched(fd) {
+            // Closed while watched (see above): what else the entry held is stale.
+            let other = match side {
+                Side::Read => entry.writer.take(),
+                Side::Write => entry.reader.take(),
+            };
+            unwatched.stale.extend(other.into_iter().chain(unwatched.replaced.take()));
+            result = registrar.set_watch(fd, watch(entry));
         }
-        Ok(previous)
+        if result.is_err() && !adding && !registrar.is_watched(fd) {
+            // Removing one side of a descriptor closed while watched: nothing is left to
+            // modify. The other side stays in the bookkeeping until it is removed too.
+            result = Ok(());
+        }
+        if result.is_err() {
+            // Undo the bookkeeping. The caller still holds the rejected handle, so dropping it
+            // here only decrements it. (Stale callbacks stay out: they can never fire.)
+            let _rejected = std::mem::replace(entry.slot(side), unwatched.replaced.take());
+        }
+        if !entry.watches(Side::Read) && !entry.watches(Side::Write) {
+            if let Some(gone) = self.fd_callbacks.remove(&fd) {
+                unwatched.fileobjs.push(gone.fileobj);
+            }
+        }
+        result.map_err(os_error)
+    }
+
+    /// The descriptor a file object that no longer has one (it was closed) was registered
+    /// with, found by identity as asyncio's selector finds it.
+    fn fd_registered_for(&self, fileobj: &Bound<'_, PyAny>) -> Option<RawFd> {
+        self.fd_callbacks.iter().find(|(_, entry)| entry.fileobj.is(fileobj)).map(|(&fd, _)| fd)
+    }
+
+    /// Whether a stale entry (of a descriptor closed while watched) is all that holds `fd`:
+    /// if so it is taken out into `unwatched`.
+    fn discard_if_stale(&mut self, fd: RawFd, unwatched: &mut Unwatched) {
+        let Some(registrar) = self.registrar.as_mut() else { return };
+        if self.fd_callbacks.contains_key(&fd) && !registrar.confirm(fd) {
+            if let Some(stale) = self.fd_callbacks.remove(&fd) {
+                unwatched.add_stale(stale);
+            }
+        }
     }
 
     /// Whether a zero-timeout poll could report anything: not when no descriptor but the
@@ -158,7 +261,7 @@ impl LoopState {
 
     /// Queues the callbacks of one readiness event (asyncio's `_process_events`): a cancelled
     /// watcher is removed instead. Returns handles to release outside the lock.
-    fn dispatch_io(&mut self, py: Python<'_>, event: Readiness, released: &mut Vec<Py<Handle>>) {
+    fn dispatch_io(&mut self, py: Python<'_>, event: Readiness, released: &mut Vec<Py<PyAny>>) {
         if Some(event.fd) == self.wakeup_reader {
             drain(event.fd);
             return;
@@ -189,9 +292,10 @@ impl LoopState {
         }
         for (side, remove) in [(Side::Read, remove[0]), (Side::Write, remove[1])] {
             if remove {
-                if let Ok(Some(old)) = self.set_fd_callback(event.fd, side, None) {
-                    released.push(old);
-                }
+                let mut unwatched = Unwatched::default();
+                // Removing only fails once the loop is closed, and a closed loop polls nothing.
+                let _ = self.set_fd_callback(event.fd, side, None, &mut unwatched);
+                unwatched.release_into(released);
             }
         }
         if let Some(registrar) = self.registrar.as_mut() {
@@ -271,7 +375,7 @@ struct IterationBuffers {
     /// The transports to flush at the end of an iteration.
     flushes: Vec<Py<StreamTransport>>,
     io_events: Vec<Readiness>,
-    released_handles: Vec<Py<Handle>>,
+    released_objects: Vec<Py<PyAny>>,
     released_timers: Vec<ScheduledTimer>,
     /// Callbacks run since the counters were last updated (added at the next lock).
     callbacks_run: u64,
@@ -283,7 +387,7 @@ impl IterationBuffers {
     fn discard_leftovers(&mut self) {
         self.flushes.clear();
         self.io_events.clear();
-        self.released_handles.clear();
+        self.released_objects.clear();
         self.released_timers.clear();
     }
 }
@@ -375,16 +479,23 @@ impl LoopShared {
     /// Registers a stream transport's descriptor: watched edge-triggered for reading (and
     /// for writing only while a send would block: see [`Self::watch_stream_writable`]).
     pub(crate) fn register_stream(&self, py: Python<'_>, fd: RawFd, transport: Py<StreamTransport>) -> PyResult<()> {
-        let mut state = self.lock(py);
-        if state.fd_callbacks.contains_key(&fd) || state.streams.contains_key(&fd) {
-            drop(state);
-            drop(transport);
-            return Err(PyRuntimeError::new_err(format!("File descriptor {fd} is already watched by the loop")));
-        }
-        let registrar = state.registrar.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
-        registrar.set_watch(fd, Watch { readable: true, writable: false, trigger: Trigger::Edge }).map_err(os_error)?;
-        state.streams.insert(fd, transport);
-        Ok(())
+        let mut stale = Unwatched::default();
+        let registered = {
+            let mut state = self.lock(py);
+            state.discard_if_stale(fd, &mut stale);
+            if state.fd_callbacks.contains_key(&fd) || state.streams.contains_key(&fd) {
+                Err(PyRuntimeError::new_err(format!("File descriptor {fd} is already watched by the loop")))
+            } else {
+                match state.registrar.as_mut() {
+                    None => Err(PyRuntimeError::new_err("Event loop is closed")),
+                    Some(registrar) => registrar.set_watch(fd, Watch { readable: true, writable: false, trigger: Trigger::Edge }).map_err(os_error),
+                }
+                .map(|()| state.streams.insert(fd, transport.clone_ref(py)))
+            }
+        };
+        drop(transport);
+        stale.cancel(py)?;
+        registered.map(drop)
     }
 
     /// Adds or removes writability to a stream transport's watch. Writability is watched only
@@ -660,11 +771,11 @@ impl LoopCore {
                 state.counters.poll_wait_ns += waited.as_nanos() as u64;
                 state.counters.io_events += buffers.io_events.len() as u64;
                 for event in buffers.io_events.drain(..) {
-                    state.dispatch_io(py, event, &mut buffers.released_handles);
+                    state.dispatch_io(py, event, &mut buffers.released_objects);
                 }
                 state.take_batch(py, this.clock_resolution, &mut buffers.batch);
             }
-            buffers.released_handles.clear(); // dropped outside the lock
+            buffers.released_objects.clear(); // dropped outside the lock
             if let Err(err) = outcome {
                 this.lock(py).ready.requeue_front(&mut buffers.batch);
                 return Err(err.into());
@@ -785,43 +896,42 @@ impl LoopCore {
             Self::ensure_fd_no_transport(slf, fileobj, fd)?;
         }
         let handle = Self::new_handle(slf, callback, args, None, false, None)?;
-        let previous = this.lock(py).set_fd_callback(fd, side, Some(handle.clone_ref(py)))?;
-        if let Some(previous) = previous {
-            previous.bind(py).call_method0("cancel")?;
-        }
-        Ok(handle)
+        let mut unwatched = Unwatched::default();
+        let added = this.lock(py).set_fd_callback(fd, side, Some((handle.clone_ref(py), fileobj)), &mut unwatched);
+        unwatched.cancel(py)?;
+        added.map(|()| handle)
     }
 
     /// `remove_reader`/`remove_writer`: whether a callback was registered (`checked` as for
-    /// [`Self::add_fd_callback`]).
+    /// [`Self::add_fd_callback`]). A file object closed since it was registered is found by
+    /// identity, as asyncio's selector finds it.
     fn remove_fd_callback(slf: &Bound<'_, Self>, fileobj: &Bound<'_, PyAny>, side: Side, checked: bool) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
         if this.closed.load(Ordering::Acquire) {
             return Ok(false);
         }
-        let fd = fileobj_to_fd(fileobj)?;
-        if checked {
-            Self::ensure_fd_no_transport(slf, fileobj, fd)?;
-        }
-        let previous = {
+        let fd = match fileobj_to_fd(fileobj) {
+            Ok(fd) => {
+                if checked {
+                    Self::ensure_fd_no_transport(slf, fileobj, fd)?;
+                }
+                fd
+            }
+            // (asyncio checks a closed file object's transports under its fd, -1: none.)
+            Err(err) if err.is_instance_of::<PyValueError>(py) => this.lock(py).fd_registered_for(fileobj).ok_or(err)?,
+            Err(err) => return Err(err),
+        };
+        let mut unwatched = Unwatched::default();
+        let removed = {
             let mut state = this.lock(py);
-            let registered = state.fd_callbacks.get(&fd).is_some_and(|e| match side {
-                Side::Read => e.reader.is_some(),
-                Side::Write => e.writer.is_some(),
-            });
-            if !registered {
+            if !state.fd_callbacks.get(&fd).is_some_and(|entry| entry.watches(side)) {
                 return Ok(false);
             }
-            state.set_fd_callback(fd, side, None)?
+            state.set_fd_callback(fd, side, None, &mut unwatched)
         };
-        match previous {
-            Some(previous) => {
-                previous.bind(py).call_method0("cancel")?;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        let was_registered = unwatched.cancel(py)?;
+        removed.map(|()| was_registered)
     }
 }
 
@@ -974,6 +1084,7 @@ impl LoopCore {
             visit_handle(timer.bind(py).as_super().get(), timer.as_ptr())?;
         }
         for watcher in state.fd_callbacks.values() {
+            visit.call(&watcher.fileobj)?;
             for handle in watcher.reader.iter().chain(watcher.writer.iter()) {
                 visit_handle(handle.get(), handle.as_ptr())?;
             }
