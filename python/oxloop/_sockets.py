@@ -62,6 +62,7 @@ class SocketOperations:
             return await future
         finally:
             self._unwatch(fd, for_writing, handle)
+            future = None  # an exception's traceback holds this frame: no cycle through it
 
     @staticmethod
     def _retry_sock_operation(future, sock, method, *args):
@@ -78,6 +79,9 @@ class SocketOperations:
             future.set_exception(exc)
         else:
             future.set_result(result)
+        finally:
+            # The exception's traceback holds this frame: the future must not stay in it.
+            future = None
 
     async def _try_then_wait(self, sock, for_writing, method, *args):
         """Call ``sock.<method>(*args)`` (or ``method(*args)``) now; if it would block, wait for
@@ -104,6 +108,7 @@ class SocketOperations:
             return await future
         finally:
             self._unwatch(fd, False, handle)
+            future = None  # as in _when_ready
 
     async def sock_recv_into(self, sock, buf):
         """Receive into ``buf``; return the number of bytes received."""
