@@ -5,8 +5,10 @@ Runs on stock asyncio and on oxloop (see conftest.py); asyncio's behaviour is th
 """
 
 import contextvars
-import random
+import decimal
+import fractions
 import gc
+import random
 import time
 import weakref
 
@@ -300,6 +302,28 @@ def test_timer_handle_when_is_the_absolute_deadline(loop):
     handle = loop.call_later(10, print)
     after = loop.time()
     assert before + 10 <= handle.when() <= after + 10
+
+
+@pytest.mark.parametrize("when", [10**6, 10**6 + 0.5, fractions.Fraction(10**6, 3), decimal.Decimal("1e6")], ids=repr)
+def test_call_at_keeps_the_type_of_when(loop, when):
+    """asyncio keeps what ``call_at`` was given: an int stays an int (aiohttp's helpers rely on
+    it); the repr shows it as asyncio's does."""
+    handle = loop.call_at(when, print)
+    assert type(handle.when()) is type(when) and handle.when() == when
+    assert type(handle._when) is type(when)
+    assert f"when={when}" in repr(handle)
+    handle.cancel()
+    assert type(handle.when()) is type(when)
+
+
+def test_an_int_deadline_orders_with_float_ones(loop):
+    now = int(loop.time())
+    fired = []
+    loop.call_at(now + 0.02, fired.append, "float")
+    loop.call_at(now, fired.append, "int")
+    loop.call_at(now + 0.03, loop.stop)
+    loop.run_forever()
+    assert fired == ["int", "float"]
 
 
 def test_timer_handle_when_survives_cancel(loop):

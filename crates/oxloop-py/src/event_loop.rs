@@ -1323,13 +1323,17 @@ impl LoopCore {
 
     /// `call_at` after argument parsing (the entry points of `call_at` and `call_later` are
     /// hand-written vectorcall functions in `fastcall`).
-    pub(crate) fn schedule_timer(slf: &Bound<'_, Self>, when: f64, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, method: &str) -> PyResult<Py<TimerHandle>> {
+    /// `given_when` is `call_at`'s `when` when it is not a float, kept for `when()`.
+    pub(crate) fn schedule_timer(slf: &Bound<'_, Self>, when: f64, given_when: Option<Bound<'_, PyAny>>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, method: &str) -> PyResult<Py<TimerHandle>> {
         let py = slf.py();
         let this = slf.get();
         this.check_closed()?;
         let traceback = Self::debug_checks(slf, &callback, method, true)?;
         let context = HandleContext::given_or_copied(py, context)?;
         let handle = Handle::new(this.shared_with_handles(slf)?, Callback::new(callback, args), context, true, traceback);
+        if let Some(given) = given_when {
+            handle.keep_given_when(py, given.unbind());
+        }
         let init = PyClassInitializer::from(handle).add_subclass(TimerHandle::new(when));
         let timer = Py::new(py, init)?;
         let mut state = this.lock(py);

@@ -19,7 +19,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple, PyType};
+use pyo3::types::{PyDict, PyFloat, PyString, PyTuple, PyType};
 
 use crate::event_loop::LoopCore;
 
@@ -135,10 +135,14 @@ unsafe fn schedule_from_vectorcall(
                     return Err(PyTypeError::new_err(message));
                 }
                 let mut when: f64 = time.extract()?;
-                if method == Method::CallLater {
-                    when += slf.get().now(py);
-                }
-                LoopCore::schedule_timer(&slf, when, callback, rest, context, "call_at").map(Py::into_any)
+                let given_when = match method {
+                    Method::CallLater => {
+                        when += slf.get().now(py);
+                        None
+                    }
+                    _ => (!time.is_exact_instance_of::<PyFloat>()).then_some(time),
+                };
+                LoopCore::schedule_timer(&slf, when, given_when, callback, rest, context, "call_at").map(Py::into_any)
             }
             (Method::CallLater | Method::CallAt, None) => unreachable!("timer methods always have a time parameter"),
         }

@@ -154,19 +154,22 @@ fn format_callback_source<'py>(py: Python<'py>, func: &Py<PyAny>, args: &Py<PyTu
     format.call1((func, args))?.extract()
 }
 
-/// What a handle records only in debug mode (boxed: most handles never have any).
+/// What few handles carry (boxed: most never have any): what debug mode records, and the
+/// deadline given to `call_at` when it was not a float.
 #[derive(Default)]
-struct DebugRecord {
+struct RareFields {
     /// Where the handle was created: asyncio's `_source_traceback`.
     source_traceback: Option<Py<PyAny>>,
     /// The repr captured when the handle was cancelled, as asyncio keeps it.
     cancelled_repr: Option<String>,
+    /// `call_at`'s `when` as given (an int, say): asyncio's `when()` returns it unchanged.
+    given_when: Option<Py<PyAny>>,
 }
 
 /// The part of a handle that changes: its callback goes when it has run or is cancelled.
 struct HandleState {
     callback: Option<Callback>,
-    debug: Option<Box<DebugRecord>>,
+    rare: Option<Box<RareFields>>,
 }
 
 /// A callback scheduled on the loop: returned by `call_soon`, `add_reader` and friends.
@@ -187,9 +190,9 @@ pub struct Handle {
 impl Handle {
     /// A new, not yet scheduled handle.
     pub(crate) fn new(shared: SharedRef, callback: Callback, context: HandleContext, one_shot: bool, source_traceback: Option<Py<PyAny>>) -> Self {
-        let debug = source_traceback.map(|tb| Box::new(DebugRecord { source_traceback: Some(tb), cancelled_repr: None }));
+        let rare = source_traceback.map(|tb| Box::new(RareFields { source_traceback: Some(tb), ..RareFields::default() }));
         Handle {
-            state: GilCell::new(HandleState { callback: Some(callback), debug }),
+            state: GilCell::new(HandleState { callback: Some(callback), rare }),
             context,
             shared,
             cancelled: AtomicBool::new(false),
@@ -200,7 +203,18 @@ impl Handle {
     /// asyncio's `_source_traceback`: where the handle was created, in debug mode.
     fn source_traceback<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
         let state = self.state.borrow_mut(py);
-        state.debug.as_ref().and_then(|d| d.source_traceback.as_ref()).map(|tb| tb.bind(py).clone())
+        state.rare.as_ref().and_then(|r| r.source_traceback.as_ref()).map(|tb| tb.bind(py).clone())
+    }
+
+    /// The deadline `call_at` was given, when it was not a float.
+    fn given_when(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        let state = self.state.borrow_mut(py);
+        state.rare.as_ref().and_then(|r| r.given_when.as_ref()).map(|when| when.clone_ref(py))
+    }
+
+    /// Keeps the deadline `call_at` was given (not a float) for `TimerHandle.when()`.
+    pub(crate) fn keep_given_when(&self, py: Python<'_>, when: Py<PyAny>) {
+        self.state.borrow_mut(py).rare.get_or_insert_default().given_when = Some(when);
     }
 
     /// Whether `cancel()` was called.
@@ -224,7 +238,7 @@ impl Handle {
         this.cancelled.store(true, Ordering::Relaxed);
         if this.shared.debug_enabled() {
             let text = Self::render_repr(slf)?;
-            this.state.borrow_mut(slf.py()).debug.get_or_insert_default().cancelled_repr = Some(text);
+            this.state.borrow_mut(slf.py()).rare.get_or_insert_default().cancelled_repr = Some(text);
         }
         this.release_callback(slf.py());
         Ok(true)
@@ -333,13 +347,13 @@ impl Handle {
 
     /// `<Handle callback(args) at file:line>`, or the repr captured at cancellation.
     fn render_repr(slf: &Bound<'_, Self>) -> PyResult<String> {
-        let cancelled_repr = slf.get().state.borrow_mut(slf.py()).debug.as_ref().and_then(|d| d.cancelled_repr.clone());
+        let cancelled_repr = slf.get().state.borrow_mut(slf.py()).rare.as_ref().and_then(|r| r.cancelled_repr.clone());
         if let Some(text) = cancelled_repr {
             return Ok(text);
         }
         let mut info = Self::repr_info(slf)?;
         if let Ok(timer) = slf.cast::<TimerHandle>() {
-            let when = timer.get().when.into_pyobject(slf.py())?.repr()?;
+            let when = TimerHandle::when(timer)?.bind(slf.py()).str()?;
             info.insert(if slf.get().is_cancelled() { 2 } else { 1 }, format!("when={when}"));
         }
         Ok(format!("<{}>", info.join(" ")))
@@ -475,15 +489,20 @@ impl TimerHandle {
         Ok(())
     }
 
-    /// The absolute time (on the loop's clock) the callback is scheduled for.
-    fn when(&self) -> f64 {
-        self.when
+    /// The absolute time (on the loop's clock) the callback is scheduled for, as `call_at`
+    /// was given it (an int stays an int).
+    fn when(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        match slf.as_super().get().given_when(py) {
+            Some(when) => Ok(when),
+            None => Ok(slf.get().when.into_pyobject(py)?.into_any().unbind()),
+        }
     }
 
-    /// The deadline (asyncio's attribute).
+    /// The deadline (asyncio's attribute), as `when()` gives it.
     #[getter]
-    fn _when(&self) -> f64 {
-        self.when
+    fn _when(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        Self::when(slf)
     }
 
     /// Whether the timer is still in the loop's heap (asyncio's attribute).
