@@ -34,6 +34,7 @@ import socket
 import struct
 import sys
 import uuid
+from unittest import mock
 
 import pytest
 
@@ -962,6 +963,35 @@ def test_peer_reset_while_close_is_flushing(loop, kind, sock_dir):
 # --------------------------------------------------------------------------------------------
 # get_extra_info, set_protocol
 # --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["write", "writelines", "is_closing", "close", "pause_reading"])
+def test_a_transport_method_can_be_patched_on_the_instance(loop, kind, sock_dir, method):
+    """``mock.patch.object(transport, "write")`` (aiohttp's websocket heartbeat tests) shadows
+    the method on that instance only, and leaving the patch restores it."""
+
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            transport = conn.transport
+            with mock.patch.object(transport, method) as patched:
+                getattr(transport, method)(b"x")
+                patched.assert_called_once_with(b"x")
+            assert method not in vars(transport)
+            transport.write(b"after")
+            assert await recv_exactly(loop, conn.peer, 5) == b"after"
+
+    loop.run_until_complete(main())
+
+
+def test_a_transport_takes_new_attributes(loop, kind, sock_dir):
+    async def main():
+        async with raw_peer(loop, kind, sock_dir) as conn:
+            conn.transport.tag = "mine"
+            assert conn.transport.tag == "mine"
+            del conn.transport.tag
+            assert not hasattr(conn.transport, "tag")
+
+    loop.run_until_complete(main())
 
 
 def test_get_extra_info(loop, kind, sock_dir):

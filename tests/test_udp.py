@@ -30,6 +30,7 @@ import socket
 import sys
 import uuid
 from collections import namedtuple
+from unittest import mock
 
 import pytest
 
@@ -488,6 +489,40 @@ def test_sock_is_adopted(loop):
             transport.close()
             await protocol.lost
         assert sock.fileno() == -1  # the transport closed it
+
+    loop.run_until_complete(main())
+
+
+def test_sock_of_an_unnamed_unix_socketpair_receives_with_no_address(loop):
+    """``socket.socketpair(AF_UNIX, SOCK_DGRAM)``: neither end has a name, so each datagram
+    arrives with the address None (Linux), in order, none lost."""
+
+    async def main():
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with theirs:
+            theirs.send(b"before the endpoint")
+            async with endpoint(loop, sock=mine) as (transport, protocol):
+                theirs.send(b"hello")
+                for i in range(50):
+                    theirs.send(numbered(i, 100))
+                datagrams = await protocol.wait_datagrams(52)
+                assert datagrams == [(b"before the endpoint", None), (b"hello", None)] + [(numbered(i, 100), None) for i in range(50)]
+                assert transport.get_extra_info("peername") in (None, "")
+
+    loop.run_until_complete(main())
+
+
+def test_a_datagram_transport_method_can_be_patched_on_the_instance(loop):
+    async def main():
+        async with endpoint(loop, local_addr=("127.0.0.1", 0)) as (transport, protocol):
+            with mock.patch.object(transport, "sendto") as patched:
+                transport.sendto(b"x", ("127.0.0.1", 9))
+                patched.assert_called_once_with(b"x", ("127.0.0.1", 9))
+            with mock.patch.object(transport, "get_write_buffer_size", return_value=7):
+                assert transport.get_write_buffer_size() == 7
+            assert transport.get_write_buffer_size() == 0
+            transport.tag = "mine"
+            assert transport.tag == "mine"
 
     loop.run_until_complete(main())
 

@@ -33,7 +33,7 @@ class DatagramSocketTransport(transports._FlowControlMixin, transports.DatagramT
     """A UDP or Unix datagram transport (an ``asyncio.DatagramTransport``, and an
     ``asyncio.Transport`` as asyncio's own datagram transport is)."""
 
-    __slots__ = ("_core", "_sock", "_sock_fd", "sendto", "__weakref__")
+    __slots__ = ("_core", "_sock", "_sock_fd", "sendto", "__weakref__", "__dict__")
 
     max_size = 256 * 1024  # the largest datagram received whole
 

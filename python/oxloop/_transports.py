@@ -76,7 +76,7 @@ _DEFAULT_LOW_WATER = _DEFAULT_HIGH_WATER // 4
 class SocketTransport(transports._FlowControlMixin, transports.Transport):
     """A TCP or Unix stream transport."""
 
-    __slots__ = ("_core", "_sock", "_sock_fd", "_server", "__weakref__")
+    __slots__ = ("_core", "_sock", "_sock_fd", "_server", "__weakref__", "__dict__")
 
     # Probed by asyncio (start_tls, sendfile) and by frameworks.
     _start_tls_compatible = True
