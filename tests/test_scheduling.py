@@ -4,6 +4,7 @@ and the contextvars.Context callbacks run in.
 Runs on stock asyncio and on oxloop (see conftest.py); asyncio's behaviour is the expectation.
 """
 
+import asyncio
 import contextvars
 import decimal
 import fractions
@@ -11,6 +12,7 @@ import gc
 import random
 import time
 import weakref
+from unittest import mock
 
 import pytest
 
@@ -324,6 +326,42 @@ def test_an_int_deadline_orders_with_float_ones(loop):
     loop.call_at(now + 0.03, loop.stop)
     loop.run_forever()
     assert fired == ["int", "float"]
+
+
+def test_timers_follow_a_time_patched_on_the_loop(loop):
+    """``mock.patch.object(loop, "time", ...)`` (aiohttp's keep-alive tests): asyncio's iteration
+    reads ``self.time()``, so a timer an hour away fires as soon as the patched time passes
+    its deadline."""
+    fired = []
+    start = loop.time()
+    loop.call_at(start + 3600, fired.append, "an hour")
+    loop.call_at(start + 7200, fired.append, "two hours")
+
+    async def step():
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    with mock.patch.object(loop, "time", return_value=start + 3601):
+        loop.run_until_complete(step())
+        assert fired == ["an hour"]
+        later = loop.call_later(10, print)
+        assert later.when() == start + 3611
+        later.cancel()
+    assert loop.time() < start + 60
+    loop.run_until_complete(step())
+    assert fired == ["an hour"]  # the real clock is back
+
+
+def test_a_patched_time_that_raises_stops_the_loop_with_its_exception(loop):
+    loop.call_later(3600, print)
+
+    def broken_time():
+        raise LookupError("no time")
+
+    loop.call_soon(setattr, loop, "time", broken_time)
+    with pytest.raises(LookupError, match="no time"):
+        loop.run_forever()
+    del loop.time
 
 
 def test_timer_handle_when_survives_cancel(loop):

@@ -43,7 +43,7 @@ use pyo3::ffi;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyInt, PyTuple, PyWeakrefReference};
+use pyo3::types::{PyDict, PyInt, PyString, PyTuple, PyWeakrefReference};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::futures;
@@ -249,10 +249,11 @@ impl LoopState {
 
     /// Moves the timers due now to the ready queue (asyncio: deadline before now plus the
     /// clock's resolution), then takes the whole queue as this iteration's batch.
-    fn take_batch(&mut self, py: Python<'_>, resolution: f64, batch: &mut VecDeque<Runnable>) {
+    /// `patched_now` is the time when `loop.time` is patched (see `LoopCore::patched_time`).
+    fn take_batch(&mut self, py: Python<'_>, resolution: f64, patched_now: Option<f64>, batch: &mut VecDeque<Runnable>) {
         if !self.timers.is_empty() {
             // The clock is read only when there are timers to compare with it.
-            let end = self.clock.now() + resolution;
+            let end = patched_now.unwrap_or_else(|| self.clock.now()) + resolution;
             let mut due = DueTimers { py, ready: &mut self.ready };
             self.timers.pop_due(end, |t| t.bind(py).as_super().get().is_cancelled(), &mut due);
         }
@@ -591,6 +592,11 @@ pub struct LoopCore {
     thread_id: AtomicU64,
     /// `set_task_factory()`'s factory.
     task_factory: GilCell<Option<Py<PyAny>>>,
+    /// A `time` set on the loop object (`mock.patch.object(loop, "time", ...)`): asyncio's
+    /// iteration and `call_later` read `self.time()`, so timers follow it there, and here.
+    patched_time: GilCell<Option<Py<PyAny>>>,
+    /// Whether `patched_time` is set: the one branch an iteration pays for it.
+    time_patched: AtomicBool,
 }
 
 impl Drop for LoopCore {
@@ -736,6 +742,7 @@ impl LoopCore {
         let this = slf.get();
         let is_cancelled = |t: &ScheduledTimer| t.bind(py).as_super().get().is_cancelled();
         Self::flush_transports(slf, buffers)?;
+        let patched_now = this.patched_now(py)?;
         let wait = {
             let mut state = this.lock(py);
             state.counters.iterations += 1;
@@ -745,13 +752,17 @@ impl LoopCore {
                 if state.poll_can_report() {
                     Wait::Poll(Some(0.0))
                 } else {
-                    state.take_batch(py, this.clock_resolution, &mut buffers.batch);
+                    state.take_batch(py, this.clock_resolution, patched_now, &mut buffers.batch);
                     Wait::Skip
                 }
             } else {
                 let deadline = state.timers.next_deadline();
                 state.waiting = true;
-                Wait::Poll(state.clock.poll_timeout(deadline).map(|t| t.min(MAXIMUM_SELECT_TIMEOUT)))
+                let timeout = match patched_now {
+                    None => state.clock.poll_timeout(deadline),
+                    Some(now) => deadline.map(|when| (when - now).max(0.0)),
+                };
+                Wait::Poll(timeout.map(|t| t.min(MAXIMUM_SELECT_TIMEOUT)))
             }
         };
         buffers.released_timers.clear(); // dropped outside the lock
@@ -764,6 +775,8 @@ impl LoopCore {
             // back would cost more than the system call).
             let outcome = if timeout == Some(Duration::ZERO) { reactor.poll(timeout, io_events) } else { py.detach(|| reactor.poll(timeout, io_events)) };
             let waited = started.elapsed();
+            // Read again after the wait, as asyncio does (outside the lock: it calls Python).
+            let patched_now = this.patched_now(py);
             {
                 let mut state = this.lock(py);
                 state.waiting = false;
@@ -773,9 +786,14 @@ impl LoopCore {
                 for event in buffers.io_events.drain(..) {
                     state.dispatch_io(py, event, &mut buffers.released_objects);
                 }
-                state.take_batch(py, this.clock_resolution, &mut buffers.batch);
+                if let Ok(patched_now) = patched_now {
+                    state.take_batch(py, this.clock_resolution, patched_now, &mut buffers.batch);
+                }
             }
             buffers.released_objects.clear(); // dropped outside the lock
+            // A patched `time` that raised: its exception leaves the loop, as in asyncio (the
+            // events are queued, nothing was taken out of the queue).
+            patched_now?;
             if let Err(err) = outcome {
                 this.lock(py).ready.requeue_front(&mut buffers.batch);
                 return Err(err.into());
@@ -877,6 +895,33 @@ impl LoopCore {
         logged
     }
 
+    /// The time timers are scheduled and run by: the loop's clock, or what a `time` patched
+    /// on the loop object says (see `patched_time`).
+    pub(crate) fn scheduling_now(&self, py: Python<'_>) -> PyResult<f64> {
+        if self.time_patched.load(Ordering::Relaxed) {
+            if let Some(time) = self.patched_time.borrow_mut(py).as_ref().map(|t| t.clone_ref(py)) {
+                return time.bind(py).call0()?.extract();
+            }
+        }
+        Ok(self.now(py))
+    }
+
+    /// The patched time (see `patched_time`), if `time` is patched.
+    fn patched_now(&self, py: Python<'_>) -> PyResult<Option<f64>> {
+        if self.time_patched.load(Ordering::Relaxed) {
+            self.scheduling_now(py).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Notes a `time` set on or deleted from the loop object.
+    fn note_time_attribute(&self, py: Python<'_>, value: Option<&Bound<'_, PyAny>>) {
+        let old = std::mem::replace(&mut *self.patched_time.borrow_mut(py), value.map(|v| v.clone().unbind()));
+        self.time_patched.store(value.is_some(), Ordering::Relaxed);
+        drop(old); // after the borrow ends: dropping may run a finalizer
+    }
+
     /// The loop's clock.
     pub(crate) fn now(&self, py: Python<'_>) -> f64 {
         if self.real_time {
@@ -952,6 +997,17 @@ fn extract_stack(py: Python<'_>) -> PyResult<Py<PyAny>> {
     Ok(extract.call1((frame,))?.unbind())
 }
 
+/// `object.__setattr__(object, name, value)`, or `object.__delattr__` for None.
+fn generic_setattr(object: &Bound<'_, PyAny>, name: &Bound<'_, PyString>, value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    let value = value.map_or(std::ptr::null_mut(), Bound::as_ptr);
+    // SAFETY: the GIL is held and both objects are alive; a NULL value deletes, as the C API
+    // defines. On failure an exception is set, which `PyErr::fetch` takes.
+    if unsafe { ffi::PyObject_GenericSetAttr(object.as_ptr(), name.as_ptr(), value) } < 0 {
+        return Err(PyErr::fetch(object.py()));
+    }
+    Ok(())
+}
+
 /// selectors' `_fileobj_to_fd`: an int, or an object whose `fileno()` gives one.
 fn fileobj_to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     let py = fileobj.py();
@@ -1011,12 +1067,32 @@ impl LoopCore {
             stopping: AtomicBool::new(false),
             thread_id: AtomicU64::new(0),
             task_factory: GilCell::new(None),
+            patched_time: GilCell::new(None),
+            time_patched: AtomicBool::new(false),
         })
     }
 
     /// The loop's time: `time.monotonic()`.
     fn time(&self, py: Python<'_>) -> f64 {
         self.now(py)
+    }
+
+    /// Sets an attribute as `object.__setattr__` does, noting a patched `time`.
+    fn __setattr__(slf: &Bound<'_, Self>, name: &Bound<'_, PyString>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        generic_setattr(slf.as_any(), name, Some(value))?;
+        if name.to_str()? == "time" {
+            slf.get().note_time_attribute(slf.py(), Some(value));
+        }
+        Ok(())
+    }
+
+    /// Deletes an attribute as `object.__delattr__` does, noting an unpatched `time`.
+    fn __delattr__(slf: &Bound<'_, Self>, name: &Bound<'_, PyString>) -> PyResult<()> {
+        generic_setattr(slf.as_any(), name, None)?;
+        if name.to_str()? == "time" {
+            slf.get().note_time_attribute(slf.py(), None);
+        }
+        Ok(())
     }
 
     /// A new `asyncio.Future` attached to this loop.
@@ -1056,9 +1132,11 @@ impl LoopCore {
         // to borrow the state and to view timers as their `Handle` base (a pointer cast, no
         // call into Python).
         let py = unsafe { Python::assume_attached() };
-        if let Some(factory) = self.task_factory.try_borrow_mut(py) {
-            if let Some(factory) = factory.as_ref() {
-                visit.call(factory)?;
+        for cell in [&self.task_factory, &self.patched_time] {
+            if let Some(object) = cell.try_borrow_mut(py) {
+                if let Some(object) = object.as_ref() {
+                    visit.call(object)?;
+                }
             }
         }
         let Some(state) = self.shared.state.try_borrow_mut(py) else {
@@ -1098,7 +1176,7 @@ impl LoopCore {
     /// Breaks the cycles the loop is part of when it is garbage: drops the task factory and
     /// everything pending (as closing does, without closing transports).
     fn __clear__(&self, py: Python<'_>) {
-        let old = self.task_factory.borrow_mut(py).take();
+        let old = (self.task_factory.borrow_mut(py).take(), self.patched_time.borrow_mut(py).take());
         drop(old);
         self.shared.release_everything(py);
     }

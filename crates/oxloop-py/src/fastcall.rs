@@ -137,7 +137,7 @@ unsafe fn schedule_from_vectorcall(
                 let mut when: f64 = time.extract()?;
                 let given_when = match method {
                     Method::CallLater => {
-                        when += slf.get().now(py);
+                        when += slf.get().scheduling_now(py)?;
                         None
                     }
                     _ => (!time.is_exact_instance_of::<PyFloat>()).then_some(time),
