@@ -10,9 +10,13 @@ or, for code that creates its loops through asyncio's policy (Python < 3.14), ca
 ``oxloop.install()`` first.
 """
 
-from ._loop import Loop
-from ._policy import EventLoopPolicy, install
-from ._runner import new_event_loop, run
+from ._interpreter import check_supported
+
+check_supported()
+
+from ._core import __version__  # noqa: E402 (the version is the Rust crate's, defined once)
+from ._loop import Loop  # noqa: E402
+from ._policy import EventLoopPolicy, install  # noqa: E402
+from ._runner import new_event_loop, run  # noqa: E402
 
 __all__ = ["Loop", "EventLoopPolicy", "install", "new_event_loop", "run"]
-__version__ = "0.1.0"

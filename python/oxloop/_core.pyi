@@ -16,7 +16,9 @@ from typing import Any, TypedDict, TypeVar, TypeVarTuple, Unpack, final
 from _typeshed import FileDescriptorLike
 from typing_extensions import Self, disjoint_base
 
-__all__ = ["DatagramTransport", "Handle", "LoopCore", "StreamTransport", "TimerHandle", "TlsProtocolState", "_panic_for_tests", "getaddrinfo_literal", "install_tls_methods", "install_transport_methods"]
+__all__ = ["DatagramTransport", "Handle", "LoopCore", "StreamTransport", "TimerHandle", "TlsProtocolState", "__version__", "_panic_for_tests", "getaddrinfo_literal", "install_tls_methods", "install_transport_methods"]
+
+__version__: str
 
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")

@@ -28,9 +28,12 @@ fn _panic_for_tests(message: &str) -> PyResult<()> {
     panic!("{message}")
 }
 
-/// The extension module.
-#[pymodule]
+/// The extension module. It needs the GIL (`gil_used`): the native state is guarded by it
+/// (`gil_cell`, the free lists in `alloc`), so a free-threaded interpreter must keep the GIL
+/// enabled for it (`oxloop/__init__.py` refuses one that cannot).
+#[pymodule(gil_used = true)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<event_loop::LoopCore>()?;
     fastcall::install(&m.py().get_type::<event_loop::LoopCore>())?;
     m.add_class::<handles::Handle>()?;

@@ -1,0 +1,23 @@
+# Shared by the scripts that run on every supported CPython: which versions those are, and
+# where each interpreter is.
+# Usage: source scripts/pythons.sh; then "$(python_for 3.12)" or ${SUPPORTED_PYTHONS[@]}.
+
+# The CPython versions oxloop supports, oldest first (pyproject.toml's classifiers agree).
+SUPPORTED_PYTHONS=(3.11 3.12 3.13)
+
+# Prints the path of a CPython VERSION interpreter (e.g. 3.12): `pythonVERSION` on PATH, else
+# the newest pyenv build of that version. Fails, printing nothing, if there is none.
+python_for() {
+    local version="$1" candidate
+    if candidate="$(command -v "python$version")"; then
+        echo "$candidate"
+        return 0
+    fi
+    for candidate in $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}/versions/$version".* 2>/dev/null | sort -V -r); do
+        if [ -x "$candidate/bin/python$version" ]; then
+            echo "$candidate/bin/python$version"
+            return 0
+        fi
+    done
+    return 1
+}
