@@ -11,12 +11,14 @@ import asyncio
 import hashlib
 import socket
 import ssl
+from asyncio import sslproto
 
 import pytest
 import trustme
 
 import tls_helpers
 from net_helpers import record_errors
+from oxloop import _core
 
 MiB = 1024 * 1024
 
@@ -218,3 +220,16 @@ def test_ssl_argument_errors_are_asyncio_s(loop):
             await loop.create_server(asyncio.Protocol, "127.0.0.1", 0, ssl=True)
 
     loop.run_until_complete(main())
+
+
+def test_the_native_tls_methods_refuse_a_class_without_their_state():
+    """oxloop-only: ``install_tls_methods`` puts methods that read native state on a class; a
+    class that does not have that state is refused at once (never a wrong read later)."""
+    class NotAProtocolState(sslproto.SSLProtocol):
+        pass
+
+    with pytest.raises(TypeError, match="is not a subclass of TlsProtocolState"):
+        _core.install_tls_methods(
+            NotAProtocolState, sslproto._SSLProtocolTransport, sslproto.SSLProtocol, sslproto.SSLProtocolState.WRAPPED, (ssl.SSLWantReadError,)
+        )
+    assert "get_buffer" not in vars(NotAProtocolState)

@@ -214,8 +214,8 @@ impl TlsProtocolState {
 
 /// The native state of `protocol`, on which a native method was called.
 fn state_of<'a, 'py>(protocol: &'a Bound<'py, PyAny>) -> &'a Bound<'py, TlsProtocolState> {
-    // SAFETY: the methods are installed only on `oxloop._tls.TLSProtocol`, a subclass of
-    // `TlsProtocolState`, and a method descriptor checks the type of its `self`.
+    // SAFETY: `install_tls_methods` installs the methods only on subclasses of
+    // `TlsProtocolState` (it checks), and a method descriptor checks the type of its `self`.
     unsafe { protocol.cast_unchecked::<TlsProtocolState>() }
 }
 
@@ -606,10 +606,16 @@ fn install(cls: &Bound<'_, PyType>, methods: &[NativeMethod]) -> PyResult<()> {
 /// Installs the native per-record methods: `get_buffer` and `buffer_updated` on
 /// `protocol_class` (a subclass of asyncio's `SSLProtocol`, `base`), `write` on
 /// `transport_class` (its application transport). `wrapped` is
-/// `SSLProtocolState.WRAPPED`, `again_errors` asyncio's `SSLAgainErrors`.
+/// `SSLProtocolState.WRAPPED`, `again_errors` asyncio's `SSLAgainErrors`. A protocol class
+/// that is not a subclass of `TlsProtocolState` is refused with TypeError.
 #[pyfunction]
 fn install_tls_methods(protocol_class: &Bound<'_, PyType>, transport_class: &Bound<'_, PyType>, base: &Bound<'_, PyType>, wrapped: &Bound<'_, PyAny>, again_errors: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = protocol_class.py();
+    // The protocol methods view `self` as a `TlsProtocolState` without checking each call
+    // (`state_of`): that holds only for subclasses of it, so nothing else gets them.
+    if !protocol_class.is_subclass_of::<TlsProtocolState>()? {
+        return Err(PyTypeError::new_err(format!("install_tls_methods: {} is not a subclass of TlsProtocolState", protocol_class.name()?)));
+    }
     CONSTANTS.get_or_init(py, || TlsConstants { wrapped: wrapped.clone().unbind(), again_errors: again_errors.clone().unbind(), base: base.clone().unbind() });
     install(
         protocol_class,
