@@ -10,7 +10,8 @@ watched by the loop like any descriptor, so no thread and no SIGCHLD handler per
 
 Who reaps a child: the loop, when its pidfd becomes readable (``waitpid(WNOHANG)``). A child
 still running when the loop closes is handed to a daemon thread that reaps it, so closing a
-loop never leaves a zombie behind.
+loop never leaves a zombie behind; at interpreter shutdown, when no thread can start, it is
+left to init, which reaps the children of an exited process.
 
 Python 3.11 only: asyncio's policy can hold a child watcher chosen by the application
 (``set_child_watcher``: a ``SafeChildWatcher``, a ``FastChildWatcher`` that reaps every child
@@ -145,6 +146,14 @@ class ProcessOperations:
         return pid
 
     def _release_children(self):
-        """The loop is closing: hand the children still running to reaping threads."""
+        """The loop is closing: hand the children still running to reaping threads.
+
+        Not at interpreter shutdown (an unclosed loop's ``__del__``): no thread can start then
+        (Python 3.11's ``Thread.start()`` would wait forever for one, later versions raise),
+        and none is needed, as the children of a process that exits are reaped by init.
+        """
+        shutting_down = sys.is_finalizing()
         for pidfd in list(self._child_pidfds):
-            _reap_in_thread(self._forget_child(pidfd))
+            pid = self._forget_child(pidfd)
+            if not shutting_down:
+                _reap_in_thread(pid)
