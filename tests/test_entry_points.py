@@ -238,11 +238,11 @@ def test_script_runs_with_its_arguments(loop_kind, tmp_path, leak_check):
     (tmp_path / "helper_module.py").write_text("VALUE = 'helped'\n")
     script = tmp_path / "script.py"
     script.write_text(SCRIPT)
-    result = run_python([*LAUNCHER[loop_kind], str(script), "first", "--second", "3"], cwd="/")
+    result = run_python([*LAUNCHER[loop_kind], str(script), "first", "--second", "3", "-m", "--help"], cwd="/")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "name __main__",
-        "argv ['first', '--second', '3']",
+        "argv ['first', '--second', '3', '-m', '--help']",
         f"argv0 {script}",
         f"loop {EXPECTED_LOOP[loop_kind]}",
         "helper helped",
@@ -275,18 +275,51 @@ def test_python_m_oxloop_runs_a_module(tmp_path, oxloop_leak_check):
             """
         )
     )
-    result = run_python(["-m", "oxloop", "-m", "mod_under_test", "x", "y"], cwd=tmp_path)
+    result = run_python(["-m", "oxloop", "-m", "mod_under_test", "x", "-y", "--help"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "__main__ ['x', 'y'] Loop"
+    assert result.stdout.strip() == "__main__ ['x', '-y', '--help'] Loop"
 
 
 def test_python_m_oxloop_usage():
     result = run_python(["-m", "oxloop"])
     assert result.returncode == 2
     assert result.stderr.startswith("usage: python -m oxloop")
-    result = run_python(["-m", "oxloop", "--help"])
-    assert result.returncode == 0
-    assert result.stdout.startswith("usage: python -m oxloop")
+    for option in ("-h", "--help"):
+        result = run_python(["-m", "oxloop", option])
+        assert result.returncode == 0
+        assert result.stdout.startswith("usage: python -m oxloop")
+        assert "-h, --help" in result.stdout
+        assert "-m module" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--foo", "app.py"], "unknown option --foo"),
+        (["-z", "app.py"], "Unknown option: -z"),
+        (["-m"], "Argument expected for the -m option"),
+    ],
+)
+def test_command_line_mistakes_get_a_usage_message_and_status_2(loop_kind, args, message, tmp_path, leak_check):
+    """As ``python`` reports them: the mistake, then the usage, no traceback."""
+    (tmp_path / "app.py").write_text("print('ran')\n")
+    result = run_python([*LAUNCHER[loop_kind], *args], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines[0] == message
+    assert lines[1].startswith("usage: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_a_script_that_cannot_be_opened_is_reported_without_a_traceback(loop_kind, tmp_path, leak_check):
+    """``python missing.py``: "<program>: can't open file '<absolute path>': [Errno 2] ...",
+    exit status 2."""
+    result = run_python([*LAUNCHER[loop_kind], "missing.py", "arg"], cwd=tmp_path)
+    assert result.returncode == 2
+    expected = f": can't open file '{tmp_path / 'missing.py'}': [Errno 2] No such file or directory"
+    assert result.stderr.endswith(expected + "\n"), result.stderr
+    assert result.stderr.count("\n") == 1
 
 
 def test_child_interpreter_is_this_one():

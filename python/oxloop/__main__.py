@@ -1,32 +1,75 @@
 """``python -m oxloop script.py [args]`` / ``python -m oxloop -m module [args]``.
 
 Runs a program with oxloop installed as asyncio's loop, so its ``asyncio.run()`` uses oxloop.
+Every argument after the script or module goes to the program unchanged. A mistake in the
+command line (an unknown option, a missing module name, a script that cannot be opened) gets
+a message and exit status 2, as it does with ``python`` itself.
 """
 
 import os
 import runpy
 import sys
+from typing import NoReturn
 
 from ._policy import install
 
-USAGE = "usage: python -m oxloop (script.py | -m module) [args ...]"
+PROG = "python -m oxloop"
+USAGE = f"usage: {PROG} [-h] (script.py | -m module) [args ...]"
+HELP = f"""{USAGE}
+
+Run a Python program as python would, with oxloop as asyncio's event loop.
+
+options:
+  -h, --help  show this help message and exit
+  -m module   run a library module as a script (like python -m module)
+  script.py   run the program in this file (or directory or zip file with a __main__.py)
+  args ...    the program's sys.argv[1:], passed unchanged (options included)"""
+
+
+def _fail(message: str, *, usage: bool = True) -> NoReturn:
+    """Report a mistake in the command line on stderr and exit with status 2."""
+    if usage:
+        message = f"{message}\n{USAGE}\nTry `{PROG} --help' for more information."
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _check_script(path: str) -> None:
+    """Fail as ``python`` does if ``path`` names no script that can be opened."""
+    if os.path.isdir(path):
+        return  # runpy runs its __main__.py
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        _fail(f"{PROG}: can't open file {os.path.abspath(path)!r}: [Errno {exc.errno}] {exc.strerror}", usage=False)
 
 
 def main(argv: list[str]) -> None:
     """Run the script or module named in ``argv`` (as ``python`` would) on oxloop."""
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE, file=sys.stderr if not argv else sys.stdout)
-        raise SystemExit(0 if argv else 2)
-    install()
-    if argv[0] == "-m":
+    if not argv:
+        print(USAGE, file=sys.stderr)
+        raise SystemExit(2)
+    first = argv[0]
+    if first in ("-h", "--help"):
+        print(HELP)
+        raise SystemExit(0)
+    if first == "-m":
         if len(argv) < 2:
-            raise SystemExit(USAGE)
+            _fail("Argument expected for the -m option")
+        install()
         sys.argv = argv[1:]
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+    elif first.startswith("--"):
+        _fail(f"unknown option {first}")
+    elif first.startswith("-"):
+        _fail(f"Unknown option: {first}")  # python's wording, for short options
     else:
+        _check_script(first)
+        install()
         sys.argv = argv
-        sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))
-        runpy.run_path(argv[0], run_name="__main__")
+        sys.path.insert(0, os.path.dirname(os.path.abspath(first)))
+        runpy.run_path(first, run_name="__main__")
 
 
 if __name__ == "__main__":
