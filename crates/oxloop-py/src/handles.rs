@@ -116,6 +116,35 @@ pub(crate) fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()).map(Bound::unbind) }
 }
 
+/// `PyObject_Vectorcall` as a function that may unwind. On CPython before 3.14 a daemon
+/// thread that takes the GIL back once interpreter shutdown has begun (a callback returning
+/// from `time.sleep`, say) is ended with `pthread_exit`, whose forced unwinding aborts the
+/// process at a call of a function declared "C". The pointer is hidden from the optimizer
+/// (`black_box`): PyO3 declares the same symbol "C", and a call the optimizer sees going to
+/// it would lose its landing pad.
+type VectorcallMayUnwind = unsafe extern "C-unwind" fn(*mut ffi::PyObject, *const *mut ffi::PyObject, usize, *mut ffi::PyObject) -> *mut ffi::PyObject;
+
+fn vectorcall_may_unwind() -> VectorcallMayUnwind {
+    let declared: unsafe extern "C" fn(*mut ffi::PyObject, *const *mut ffi::PyObject, usize, *mut ffi::PyObject) -> *mut ffi::PyObject = ffi::PyObject_Vectorcall;
+    // SAFETY: "C" and "C-unwind" functions have the same calling convention; the second only
+    // allows unwinding out of the call, which is what CPython's `pthread_exit` does.
+    std::hint::black_box(unsafe { std::mem::transmute::<_, VectorcallMayUnwind>(declared) })
+}
+
+/// Held across a call into Python: dropped only when the thread is being ended by
+/// `pthread_exit` during interpreter shutdown (see [`vectorcall_may_unwind`]), it parks the
+/// thread forever instead of unwinding through the loop's frames, as PyO3 does when it takes
+/// the GIL and as CPython 3.14 does itself. The process exits; the daemon thread never runs again.
+struct ParkIfEnded;
+
+impl Drop for ParkIfEnded {
+    fn drop(&mut self) {
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
 /// Calls `func(*args)` inside `context`, without building a tuple or a bound method.
 fn call_in_context(
     py: Python<'_>,
@@ -125,14 +154,17 @@ fn call_in_context(
 ) -> PyResult<()> {
     // SAFETY: all three objects are alive (borrowed from Bound values) and the GIL is held.
     // `args` is an exact tuple, so its items are a contiguous array of `len` pointers, which
-    // is exactly what vectorcall takes. Enter and exit are paired whatever the call returns.
+    // is exactly what vectorcall takes. Enter and exit are paired whatever the call returns
+    // (a call that never returns parks the thread; see `ParkIfEnded`).
     unsafe {
         if ffi::PyContext_Enter(context.as_ptr()) < 0 {
             return Err(PyErr::fetch(py));
         }
         let nargs = ffi::PyTuple_GET_SIZE(args.as_ptr());
         let items = (*args.as_ptr().cast::<ffi::PyTupleObject>()).ob_item.as_mut_ptr();
-        let result = ffi::PyObject_Vectorcall(func.as_ptr(), items, nargs as usize, std::ptr::null_mut());
+        let ended = ParkIfEnded;
+        let result = vectorcall_may_unwind()(func.as_ptr(), items, nargs as usize, std::ptr::null_mut());
+        std::mem::forget(ended);
         let call_result = if result.is_null() {
             Err(PyErr::fetch(py))
         } else {
