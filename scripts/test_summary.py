@@ -18,7 +18,8 @@ def matching_lines(path, pattern):
     """The lines of ``path`` that match ``pattern`` (none if there is no such log)."""
     if not path.exists():
         return []
-    return [line.strip() for line in path.read_text(errors="replace").splitlines() if re.search(pattern, line)]
+    lines = path.read_text(errors="replace").splitlines()
+    return [line.strip(" =") for line in lines if re.search(pattern, line)]
 
 
 def last_match(path, pattern):
