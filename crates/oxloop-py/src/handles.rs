@@ -119,16 +119,21 @@ pub(crate) fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
 /// `PyObject_Vectorcall` as a function that may unwind. On CPython before 3.14 a daemon
 /// thread that takes the GIL back once interpreter shutdown has begun (a callback returning
 /// from `time.sleep`, say) is ended with `pthread_exit`, whose forced unwinding aborts the
-/// process at a call of a function declared "C". The pointer is hidden from the optimizer
-/// (`black_box`): PyO3 declares the same symbol "C", and a call the optimizer sees going to
-/// it would lose its landing pad.
+/// process at a call of a function declared "C".
 type VectorcallMayUnwind = unsafe extern "C-unwind" fn(*mut ffi::PyObject, *const *mut ffi::PyObject, usize, *mut ffi::PyObject) -> *mut ffi::PyObject;
 
+/// The function, read with a volatile load (see [`vectorcall_may_unwind`]).
+// SAFETY: "C" and "C-unwind" functions have the same calling convention; the second only
+// allows unwinding out of the call, which is what CPython's `pthread_exit` does.
+static VECTORCALL_MAY_UNWIND: VectorcallMayUnwind = unsafe { std::mem::transmute::<unsafe extern "C" fn(*mut ffi::PyObject, *const *mut ffi::PyObject, usize, *mut ffi::PyObject) -> *mut ffi::PyObject, VectorcallMayUnwind>(ffi::PyObject_Vectorcall) };
+
+/// [`VECTORCALL_MAY_UNWIND`], read so that the optimizer cannot see which function it is: PyO3
+/// declares the same symbol "C", and a call the optimizer sees going to it loses its landing
+/// pad.
+#[inline(always)]
 fn vectorcall_may_unwind() -> VectorcallMayUnwind {
-    let declared: unsafe extern "C" fn(*mut ffi::PyObject, *const *mut ffi::PyObject, usize, *mut ffi::PyObject) -> *mut ffi::PyObject = ffi::PyObject_Vectorcall;
-    // SAFETY: "C" and "C-unwind" functions have the same calling convention; the second only
-    // allows unwinding out of the call, which is what CPython's `pthread_exit` does.
-    std::hint::black_box(unsafe { std::mem::transmute::<_, VectorcallMayUnwind>(declared) })
+    // SAFETY: a read of an initialized, never written static.
+    unsafe { std::ptr::read_volatile(&VECTORCALL_MAY_UNWIND) }
 }
 
 /// Held across a call into Python: dropped only when the thread is being ended by
