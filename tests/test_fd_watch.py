@@ -6,6 +6,7 @@ Runs on stock asyncio and on oxloop (see conftest.py); asyncio's behaviour is th
 """
 
 import asyncio
+import contextlib
 import errno
 import gc
 import os
@@ -616,15 +617,13 @@ def test_a_socket_closed_then_removed_frees_its_number_for_the_next_socket(loop)
         d.close()
 
 
-@pytest.mark.parametrize("side", ["reader", "writer"])
-def test_a_descriptor_closed_while_watched_can_be_watched_again_by_its_next_owner(oxloop_loop, side):
-    """Never removed: the kernel dropped the old file from epoll when it was closed. The next
-    file with the same number is watched for its new callback alone, and the old callbacks are
-    released. (Stock asyncio keeps the stale key: the new watch either never fires or raises
-    FileNotFoundError; see docs/compatibility.md.)"""
-    loop = oxloop_loop
+@contextlib.contextmanager
+def the_next_owner_of_a_closed_descriptor(*add_methods):
+    """Watches one end of a new socket pair through each of ``add_methods`` and closes the pair
+    without removing the watch; yields a weak reference to the watch's callback, the next socket
+    given the watched descriptor's number, and that socket's peer (closed afterwards)."""
     a, b = socket.socketpair()
-    stale = watch_with_a_callback_object(a, loop.add_reader, loop.add_writer)
+    stale = watch_with_a_callback_object(a, *add_methods)
     number = a.fileno()
     a.close()
     b.close()
@@ -632,6 +631,20 @@ def test_a_descriptor_closed_while_watched_can_be_watched_again_by_its_next_owne
     try:
         reused, other = (c, d) if c.fileno() == number else (d, c)
         assert reused.fileno() == number
+        yield stale, reused, other
+    finally:
+        c.close()
+        d.close()
+
+
+@pytest.mark.parametrize("side", ["reader", "writer"])
+def test_a_descriptor_closed_while_watched_can_be_watched_again_by_its_next_owner(oxloop_loop, side):
+    """Never removed: the kernel dropped the old file from epoll when it was closed. The next
+    file with the same number is watched for its new callback alone, and the old callbacks are
+    released. (Stock asyncio keeps the stale key: the new watch either never fires or raises
+    FileNotFoundError; see docs/compatibility.md.)"""
+    loop = oxloop_loop
+    with the_next_owner_of_a_closed_descriptor(loop.add_reader, loop.add_writer) as (stale, reused, other):
         calls = []
         if side == "reader":
             other.send(b"x")
@@ -643,24 +656,13 @@ def test_a_descriptor_closed_while_watched_can_be_watched_again_by_its_next_owne
         assert getattr(loop, f"remove_{side}")(reused) is True
         for method in ("remove_reader", "remove_writer"):
             assert getattr(loop, method)(reused) is False
-    finally:
-        c.close()
-        d.close()
 
 
 def test_a_transport_can_take_a_descriptor_closed_while_watched(oxloop_loop):
     """A socket closed without removing its reader; a transport made on the next socket with
     the same number works (stock asyncio: see the test above)."""
     loop = oxloop_loop
-    a, b = socket.socketpair()
-    stale = watch_with_a_callback_object(a, loop.add_reader)
-    number = a.fileno()
-    a.close()
-    b.close()
-    c, d = socket.socketpair()
-    try:
-        reused, other = (c, d) if c.fileno() == number else (d, c)
-        assert reused.fileno() == number
+    with the_next_owner_of_a_closed_descriptor(loop.add_reader) as (stale, reused, other):
 
         async def main():
             reader, writer = await asyncio.open_connection(sock=reused)
@@ -673,6 +675,3 @@ def test_a_transport_can_take_a_descriptor_closed_while_watched(oxloop_loop):
         assert loop.run_until_complete(main()) == b"line\n"
         gc.collect()
         assert stale() is None
-    finally:
-        c.close()
-        d.close()
