@@ -13,13 +13,13 @@ still running when the loop closes is handed to a daemon thread that reaps it, s
 loop never leaves a zombie behind; at interpreter shutdown, when no thread can start, it is
 left to init, which reaps the children of an exited process.
 
-Python 3.11 only: asyncio's policy can hold a child watcher chosen by the application
+Python 3.11 to 3.13: asyncio's policy can hold a child watcher chosen by the application
 (``set_child_watcher``: a ``SafeChildWatcher``, a ``FastChildWatcher`` that reaps every child
 with ``waitpid(-1)``, a ``MultiLoopChildWatcher``...). asyncio's own loop hands every child to
 it, and a ``FastChildWatcher`` would reap children watched any other way, so then oxloop
 hands its children to that watcher too, as asyncio does. (Those watchers are deprecated from
-3.12 and gone in 3.14; asyncio's own default ones, threaded or pidfd, are not used: oxloop's
-pidfd watch does their job.)
+3.12, where asyncio's loop still uses them, and gone in 3.14; asyncio's own default ones,
+threaded or pidfd, are not used: oxloop's pidfd watch does their job.)
 """
 
 import logging
@@ -32,9 +32,9 @@ logger = logging.getLogger("asyncio")
 
 
 def _application_child_watcher():
-    """Python 3.11: the child watcher the application installed in asyncio's policy, unless
-    it is one of asyncio's defaults (threaded or pidfd), whose job oxloop does itself."""
-    if sys.version_info >= (3, 12):
+    """Python 3.11 to 3.13: the child watcher the application installed in asyncio's policy,
+    unless it is one of asyncio's defaults (threaded or pidfd), whose job oxloop does itself."""
+    if sys.version_info >= (3, 14):
         return None
     watcher = getattr(events.get_event_loop_policy(), "_watcher", None)
     if watcher is None or type(watcher) in (unix_events.ThreadedChildWatcher, unix_events.PidfdChildWatcher):
@@ -65,9 +65,9 @@ class ProcessOperations:
     async def _make_subprocess_transport(
         self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=None, **kwargs
     ):
-        installed = _application_child_watcher()
-        if installed is not None:
-            with installed as watcher:
+        watcher = _application_child_watcher()
+        if watcher is not None:
+            with watcher:  # as asyncio's loop: the context manager's value is not used
                 if not watcher.is_active():
                     # asyncio's message for this case.
                     raise RuntimeError(
