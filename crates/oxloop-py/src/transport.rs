@@ -960,6 +960,9 @@ impl StreamTransport {
     /// together. As asyncio's (which joins them and calls `write()`), nothing is written if a
     /// piece is not bytes-like, and an empty list still raises after `write_eof()`.
     pub(crate) fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        if let Some(message) = slf.get().writelines_refusal(slf.py()) {
+            return Err(PyRuntimeError::new_err(message));
+        }
         let mut pieces = list_of_data.try_iter()?.collect::<PyResult<Vec<_>>>()?;
         for piece in &pieces {
             check_bytes_like(piece)?;
@@ -972,6 +975,23 @@ impl StreamTransport {
             Self::write_data(slf, piece, true)?;
         }
         Self::write_data(slf, last, false)
+    }
+
+    /// From Python 3.12 asyncio's socket transport has a `writelines` of its own, which first
+    /// refuses after `write_eof()` or during a sendfile, naming itself in the message (before
+    /// 3.12, `writelines` called `write()`, whose message names `write()`).
+    fn writelines_refusal(&self, py: Python<'_>) -> Option<&'static str> {
+        let message = {
+            let state = self.lock(py);
+            if state.eof_requested {
+                "Cannot call writelines() after write_eof()"
+            } else if state.empty_waiter.is_some() {
+                "unable to writelines; sendfile is in progress"
+            } else {
+                return None;
+            }
+        };
+        (self.role != Role::WritePipe && py.version_info() >= (3, 12)).then_some(message)
     }
 
     /// Whether the transport is closing or closed.
