@@ -7,6 +7,7 @@ Runs on stock asyncio and on oxloop (see conftest.py); asyncio's behaviour is th
 
 import asyncio
 import contextvars
+import sys
 
 import pytest
 
@@ -100,6 +101,91 @@ def test_task_factory_is_used_by_create_task(loop):
     assert created == [(loop, {})] * 4
     loop.set_task_factory(None)
     assert loop.get_task_factory() is None
+
+
+def test_task_factory_gets_the_context_only_when_given(loop):
+    """create_task passes context= to the task factory only when it is given, and sets the
+    name on the task the factory returned."""
+    calls = []
+
+    def factory(lp, coro, **kwargs):
+        calls.append(sorted(kwargs))
+        return asyncio.Task(coro, loop=lp, **kwargs)
+
+    async def work():
+        return var.get()
+
+    context = contextvars.copy_context()
+    context.run(var.set, "given")
+    loop.set_task_factory(factory)
+    plain = loop.create_task(work(), name="plain")
+    in_context = loop.create_task(work(), name="in context", context=context)
+    assert loop.run_until_complete(asyncio.gather(plain, in_context)) == ["unset", "given"]
+    assert (plain.get_name(), in_context.get_name()) == ("plain", "in context")
+    assert calls[:2] == [[], ["context"]]
+
+
+EAGER_TASKS = pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks are new in Python 3.12")
+
+
+@EAGER_TASKS
+def test_eager_task_factory_runs_tasks_until_their_first_wait(loop):
+    """With asyncio.eager_task_factory, create_task runs the coroutine at once, up to its first
+    wait: one that never waits is done when create_task returns, having run in the given
+    context (the name is set after the factory returned: the coroutine saw the default one)."""
+    events = []
+    context = contextvars.copy_context()
+    context.run(var.set, "given")
+
+    async def no_wait():
+        events.append(("no_wait", asyncio.current_task().get_name(), var.get()))
+        return "at once"
+
+    async def waits():
+        events.append("waits starts")
+        await asyncio.sleep(0)
+        events.append("waits resumes")
+        return "later"
+
+    async def main():
+        done_at_once = loop.create_task(no_wait(), name="eager", context=context)
+        assert done_at_once.done() and done_at_once.result() == "at once"
+        assert done_at_once.get_name() == "eager"
+        pending = loop.create_task(waits())
+        assert events == [("no_wait", events[0][1], "given"), "waits starts"]
+        assert events[0][1].startswith("Task-")
+        assert not pending.done() and pending in asyncio.all_tasks()
+        assert await pending == "later"
+        async with asyncio.TaskGroup() as group:
+            in_group = group.create_task(no_wait())
+            assert in_group.done()
+
+    loop.set_task_factory(asyncio.eager_task_factory)
+    loop.run_until_complete(main())  # main() itself is not eager: the loop was not running
+    assert events[2:] == ["waits resumes", ("no_wait", events[3][1], "unset")]
+
+
+@EAGER_TASKS
+def test_eager_task_factory_of_a_task_subclass(loop):
+    """asyncio.create_eager_task_factory(MyTask): create_task makes a MyTask, started eagerly."""
+
+    class MyTask(asyncio.Task):
+        pass
+
+    async def main():
+        started = []
+
+        async def work():
+            started.append(True)
+            await asyncio.sleep(0)
+            return 7
+
+        task = loop.create_task(work())
+        assert isinstance(task, MyTask) and started == [True]
+        return await task
+
+    loop.set_task_factory(asyncio.create_eager_task_factory(MyTask))
+    assert loop.run_until_complete(main()) == 7
 
 
 def test_set_task_factory_rejects_non_callables(loop):

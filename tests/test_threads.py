@@ -8,8 +8,10 @@ Runs on stock asyncio and on oxloop (see conftest.py); asyncio's behaviour is th
 import asyncio
 import concurrent.futures
 import contextvars
+import sys
 import threading
 import time
+import warnings
 
 import pytest
 
@@ -249,6 +251,23 @@ def test_shutdown_default_executor_joins_the_worker_threads(loop):
     assert not thread.is_alive()
     with pytest.raises(RuntimeError, match="Executor shutdown has been called"):
         loop.run_in_executor(None, print)
+
+
+def test_shutdown_default_executor_with_a_timeout(loop):
+    """Python 3.12's timeout= (how long to wait for the worker threads to be joined): a job
+    that ends in time is waited for and the threads are joined, without a warning. 3.11 has
+    no such argument."""
+    thread = loop.run_until_complete(loop.run_in_executor(None, threading.current_thread))
+    loop.run_in_executor(None, time.sleep, 0.05)
+    if sys.version_info < (3, 12):
+        with pytest.raises(TypeError, match="unexpected keyword argument 'timeout'"):
+            loop.run_until_complete(loop.shutdown_default_executor(timeout=10))
+        loop.run_until_complete(loop.shutdown_default_executor())
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            loop.run_until_complete(loop.shutdown_default_executor(timeout=10))
+    assert not thread.is_alive()
 
 
 def test_run_in_executor_on_a_closed_loop_raises(loop):
