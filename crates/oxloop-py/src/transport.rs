@@ -728,6 +728,23 @@ impl StreamTransport {
         Ok(())
     }
 
+    /// From Python 3.12 asyncio's socket transport has a `writelines` of its own, which first
+    /// refuses after `write_eof()` or during a sendfile, naming itself in the message (before
+    /// 3.12, `writelines` called `write()`, whose message names `write()`).
+    fn writelines_refusal(&self, py: Python<'_>) -> Option<&'static str> {
+        let message = {
+            let state = self.lock(py);
+            if state.eof_requested {
+                "Cannot call writelines() after write_eof()"
+            } else if state.empty_waiter.is_some() {
+                "unable to writelines; sendfile is in progress"
+            } else {
+                return None;
+            }
+        };
+        (self.role != Role::WritePipe && py.version_info() >= (3, 12)).then_some(message)
+    }
+
     /// Appends `data` (a bytes-like object) to the buffer, queues the flush, and sends at
     /// once when the buffer would otherwise pause the protocol — unless `more_follows` (a
     /// piece of `writelines` before its last, which decides for all of them).
@@ -975,23 +992,6 @@ impl StreamTransport {
             Self::write_data(slf, piece, true)?;
         }
         Self::write_data(slf, last, false)
-    }
-
-    /// From Python 3.12 asyncio's socket transport has a `writelines` of its own, which first
-    /// refuses after `write_eof()` or during a sendfile, naming itself in the message (before
-    /// 3.12, `writelines` called `write()`, whose message names `write()`).
-    fn writelines_refusal(&self, py: Python<'_>) -> Option<&'static str> {
-        let message = {
-            let state = self.lock(py);
-            if state.eof_requested {
-                "Cannot call writelines() after write_eof()"
-            } else if state.empty_waiter.is_some() {
-                "unable to writelines; sendfile is in progress"
-            } else {
-                return None;
-            }
-        };
-        (self.role != Role::WritePipe && py.version_info() >= (3, 12)).then_some(message)
     }
 
     /// Whether the transport is closing or closed.
