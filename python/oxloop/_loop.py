@@ -9,6 +9,7 @@ handling, the default executor, async generator hooks, connection set-up).
 
 import asyncio
 import logging
+import os
 import socket
 import sys
 import threading
@@ -50,6 +51,10 @@ class Loop(
         self._transports = weakref.WeakValueDictionary()
         # The pidfds of running children, with their pids (see _subprocess.py).
         self._child_pidfds = {}
+        # Listening Unix sockets whose file _stop_serving removes, with the file's inode:
+        # filled by Python 3.13's create_unix_server (asyncio's, borrowed by StreamOperations;
+        # cleanup_socket=True), which reads this attribute; older versions leave it empty.
+        self._unix_server_sockets = {}
         self._signal_handlers = {}
         self._self_reader, self._self_writer = socket.socketpair()
         self._self_reader.setblocking(False)
@@ -107,9 +112,24 @@ class Loop(
             executor.shutdown(wait=False)
 
     def _stop_serving(self, sock):
-        """Stop accepting on a listening socket and close it (asyncio's ``Server`` calls it)."""
+        """Stop accepting on a listening socket and close it (asyncio's ``Server`` calls it).
+
+        The file of a Unix socket that ``create_unix_server`` bound with ``cleanup_socket``
+        (Python 3.13+) is removed too, unless it is no longer the socket's (another socket was
+        bound to the path since), as asyncio's Unix loop does.
+        """
+        inode = self._unix_server_sockets.pop(sock, None)
+        path = sock.getsockname() if inode is not None else None
         self.remove_reader(sock.fileno())
         sock.close()
+        if path is not None:
+            try:
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
 
     def _write_to_self(self):
         """Wake the loop from another thread."""
