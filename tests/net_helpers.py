@@ -11,20 +11,30 @@ test_streams.py and test_sendfile.py).
                         ``peer_of`` does the same for a connection the test makes itself.
 ``connected``           a (transport, protocol) pair closed at exit.
 ``recv_exactly``, ``recv_to_eof``, ``wait_readable``, ``poll_rounds``, ``fill_write_buffer``,
-``close_server``, ``record_errors``, ``run_raises``: small steps of many tests.
+``close_server``, ``record_errors``, ``run_raises``, ``address_in_use_message``: small steps of
+many tests.
+``DATAGRAM_HEADER_SIZE``, ``assert_datagram_buffer_empty``: datagram write-buffer accounting
+                        of the running Python's asyncio.
 """
 
 import asyncio
 import contextlib
+import errno
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import uuid
 
 import pytest
 
 KINDS = ["tcp", "unix"]  # the stream sockets the transport tests run over
+# asyncio's datagram write-buffer size counts 8 header bytes per buffered datagram from 3.13.
+DATAGRAM_HEADER_SIZE = 8 if sys.version_info >= (3, 13) else 0
+# asyncio 3.13.0 to 3.13.5 counts the header when it buffers a datagram but not when it sends
+# it (gh-135444, fixed in 3.13.6): its write-buffer size stays above 0 once the buffer is empty.
+DATAGRAM_BUFFER_KEEPS_HEADERS = (3, 13) <= sys.version_info < (3, 13, 6)
 MiB = 1024 * 1024
 CLEANUP_TIMEOUT = 5
 
@@ -301,6 +311,15 @@ def record_errors(loop):
     return errors
 
 
+def address_in_use_message(address):
+    """asyncio's message for a bind of ``address`` refused with EADDRINUSE (from 3.13 it quotes
+    the whole OSError text, lower-cased)."""
+    reason = os.strerror(errno.EADDRINUSE).lower()
+    if sys.version_info >= (3, 13):
+        reason = f"[errno {errno.EADDRINUSE}] {reason}"
+    return f"[Errno {errno.EADDRINUSE}] error while attempting to bind on address {address!r}: {reason}"
+
+
 def run_raises(loop, coro, exc_type, message):
     """Run ``coro`` on ``loop``: it must raise ``exc_type`` whose text is exactly ``message``."""
     with pytest.raises(exc_type) as info:
@@ -312,3 +331,12 @@ def run_raises(loop, coro, exc_type, message):
 async def close_server(server):
     server.close()
     await server.wait_closed()
+
+
+def assert_datagram_buffer_empty(transport, loop_kind):
+    """The datagram ``transport`` has nothing buffered: its write-buffer size is 0 (on stock
+    asyncio with gh-135444, only the headers it never subtracted are left)."""
+    if loop_kind == "asyncio" and DATAGRAM_BUFFER_KEEPS_HEADERS:
+        assert transport.get_write_buffer_size() % DATAGRAM_HEADER_SIZE == 0
+    else:
+        assert transport.get_write_buffer_size() == 0

@@ -35,14 +35,16 @@ from unittest import mock
 import pytest
 
 import net_helpers
-from net_helpers import poll_rounds, record_errors, settle
+from net_helpers import assert_datagram_buffer_empty, poll_rounds, record_errors, settle
 
 # Fixtures from net_helpers (pytest finds fixtures among a module's names).
 sock_dir = net_helpers.sock_dir
 
 # asyncio sends empty datagrams (and counts a datagram header in its write buffer) from 3.13.
 SENDS_EMPTY_DATAGRAMS = sys.version_info >= (3, 13)
-HEADER_SIZE = 8 if sys.version_info >= (3, 13) else 0
+HEADER_SIZE = net_helpers.DATAGRAM_HEADER_SIZE
+# How create_datagram_endpoint names the socket it wanted (reworded in 3.13).
+NOT_A_DATAGRAM_SOCKET = "A datagram socket" if sys.version_info >= (3, 13) else "A UDP Socket"
 MAX_UDP_PAYLOAD = 65507  # the largest IPv4 UDP datagram
 
 # --------------------------------------------------------------------------------------------
@@ -532,7 +534,7 @@ def test_sock_must_be_a_datagram_socket(loop):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             with pytest.raises(ValueError) as info:
                 await loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=sock)
-            assert str(info.value) == f"A UDP Socket was expected, got {sock!r}"
+            assert str(info.value) == f"{NOT_A_DATAGRAM_SOCKET} was expected, got {sock!r}"
             assert sock.fileno() >= 0  # left to its owner
 
     loop.run_until_complete(main())
@@ -682,7 +684,7 @@ def test_unix_local_addr_replaces_a_stale_socket_file(loop, sock_dir):
     loop.run_until_complete(main())
 
 
-def test_unix_burst_is_buffered_and_arrives_in_order(loop, sock_dir):
+def test_unix_burst_is_buffered_and_arrives_in_order(loop, loop_kind, sock_dir):
     datagrams = [numbered(i, 512) for i in range(1000)]
 
     async def main():
@@ -694,7 +696,7 @@ def test_unix_burst_is_buffered_and_arrives_in_order(loop, sock_dir):
                 received = await receiver.wait_datagrams(len(datagrams))
                 assert [data for data, _ in received] == datagrams
                 await poll_rounds(loop)
-                assert sender.get_write_buffer_size() == 0
+                assert_datagram_buffer_empty(sender, loop_kind)
 
     loop.run_until_complete(main())
 
@@ -842,7 +844,7 @@ def test_burst_of_echo_round_trips_all_arrive(loop):
 # --------------------------------------------------------------------------------------------
 
 
-def test_write_buffer_size_is_zero_until_the_kernel_buffer_is_full(loop, sock_dir):
+def test_write_buffer_size_is_zero_until_the_kernel_buffer_is_full(loop, loop_kind, sock_dir):
     async def main():
         async with unix_to_plain_peer(loop, sock_dir) as (transport, _, peer):
             assert transport.get_write_buffer_size() == 0
@@ -858,7 +860,7 @@ def test_write_buffer_size_is_zero_until_the_kernel_buffer_is_full(loop, sock_di
             transport.close()
             received = await recv_until(loop, peer, transport.get_protocol().lost)
             assert received == sent
-            assert transport.get_write_buffer_size() == 0
+            assert_datagram_buffer_empty(transport, loop_kind)
 
     loop.run_until_complete(main())
 

@@ -5,7 +5,9 @@
 //! address as a Python tuple (the last one is reused while the sender stays the same),
 //! `datagram_received`, and `sendto` (the address converted natively when it is numeric, the
 //! tuple of the last sender recognised without converting it again). Datagrams the kernel
-//! cannot take yet are buffered and sent when the socket is writable.
+//! cannot take yet are buffered and sent when the socket is writable. Two rules follow the
+//! running Python's asyncio ([`DatagramRules`]): whether `sendto(b"")` sends an empty
+//! datagram, and whether the write-buffer size counts a header per buffered datagram.
 //!
 //! Invariants:
 //! - Only the loop's thread touches a transport, with the GIL held. The state is in a
@@ -39,6 +41,24 @@ const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 /// The most datagrams one readable event delivers (libuv's number).
 const DATAGRAMS_PER_EVENT: usize = 32;
 
+/// What asyncio's datagram transport does differently by Python version.
+#[derive(Clone, Copy)]
+struct DatagramRules {
+    /// `sendto(b"")` sends an empty datagram (Python 3.13+; before, it did nothing).
+    sends_empty: bool,
+    /// Bytes counted in the write-buffer size per buffered datagram on top of its data
+    /// (8 from Python 3.13, as asyncio counts a UDP header; 0 before).
+    header_size: usize,
+}
+
+impl DatagramRules {
+    /// The rules of the running interpreter's asyncio.
+    fn for_running_python(py: Python<'_>) -> Self {
+        let since_3_13 = py.version_info() >= (3, 13);
+        DatagramRules { sends_empty: since_3_13, header_size: if since_3_13 { 8 } else { 0 } }
+    }
+}
+
 /// A datagram waiting for the kernel.
 struct Queued {
     data: Py<PyBytes>,
@@ -57,7 +77,7 @@ struct DatagramState {
     /// The `remote_addr` of the endpoint: `sendto` accepts only it (or None).
     remote: Option<Py<PyAny>>,
     buffer: VecDeque<Queued>,
-    /// Bytes in `buffer`.
+    /// Bytes in `buffer`, plus the rules' header size per datagram.
     buffer_size: usize,
     /// `close()`, `abort()` or a fatal error happened.
     closing: bool,
@@ -82,6 +102,8 @@ pub struct DatagramTransport {
     family: libc::c_int,
     /// The socket is connected: datagrams go out with `send`, to its peer.
     connected: bool,
+    /// The running Python's datagram rules.
+    rules: DatagramRules,
     shared: SharedRef,
     state: GilCell<DatagramState>,
 }
@@ -369,6 +391,7 @@ impl DatagramTransport {
             fd,
             family,
             connected,
+            rules: DatagramRules::for_running_python(py),
             shared,
             state: GilCell::new(DatagramState {
                 protocol: Some(protocol.unbind()),
@@ -422,7 +445,7 @@ impl DatagramTransport {
             return Err(PyTypeError::new_err(format!("data argument must be a bytes-like object, not {}", data.get_type().name()?.repr()?)));
         }
         let length = data.len()?;
-        if length == 0 {
+        if length == 0 && !this.rules.sends_empty {
             return Ok(());
         }
         let mut address = addr.filter(|a| !a.is_none());
@@ -467,7 +490,7 @@ impl DatagramTransport {
         {
             let mut state = this.lock(py);
             state.buffer.push_back(Queued { data: copy, address: address.map(Bound::unbind) });
-            state.buffer_size += length;
+            state.buffer_size += length + this.rules.header_size;
         }
         this.upcall(py, "_maybe_pause_protocol", ())
     }
@@ -482,13 +505,13 @@ impl DatagramTransport {
             let address = queued.address.as_ref().map(|a| a.bind(py).clone());
             let outcome = this.send_one(py, data.as_bytes(), address.as_ref(), data.as_any())?;
             match outcome {
-                SendOutcome::Sent => this.lock(py).buffer_size -= data.as_bytes().len(),
+                SendOutcome::Sent => this.lock(py).buffer_size -= data.as_bytes().len() + this.rules.header_size,
                 SendOutcome::WouldBlock => {
                     this.lock(py).buffer.push_front(queued);
                     break;
                 }
                 SendOutcome::Failed(error) => {
-                    this.lock(py).buffer_size -= data.as_bytes().len();
+                    this.lock(py).buffer_size -= data.as_bytes().len() + this.rules.header_size;
                     return this.report(py, error, "Fatal write error on datagram transport");
                 }
             }
