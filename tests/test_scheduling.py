@@ -10,6 +10,7 @@ import decimal
 import fractions
 import gc
 import random
+import sys
 import time
 import weakref
 from unittest import mock
@@ -17,6 +18,8 @@ from unittest import mock
 import pytest
 
 RESOLUTION = time.get_clock_info("monotonic").resolution
+# From 3.13 asyncio shows a callback's arguments in handle reprs only in debug mode.
+SHOWS_CALLBACK_ARGUMENTS = sys.version_info < (3, 13)
 
 
 def run_until_stopped(loop, stop_after=5.0):
@@ -378,11 +381,11 @@ def test_handle_repr_names_the_callback(loop):
     handle = loop.call_soon(my_callback, 1)
     text = repr(handle)
     assert text.startswith("<Handle ")
-    assert "my_callback(1)" in text
+    assert ("my_callback(1)" if SHOWS_CALLBACK_ARGUMENTS else "my_callback()") in text
     timer = loop.call_later(10, my_callback, 2)
     text = repr(timer)
     assert text.startswith("<TimerHandle when=")
-    assert "my_callback(2)" in text
+    assert ("my_callback(2)" if SHOWS_CALLBACK_ARGUMENTS else "my_callback()") in text
     handle.cancel()
     timer.cancel()
     assert repr(handle) == "<Handle cancelled>"

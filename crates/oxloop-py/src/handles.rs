@@ -184,11 +184,19 @@ fn call_in_context(
     }
 }
 
-/// asyncio.format_helpers._format_callback_source, looked up once.
-fn format_callback_source<'py>(py: Python<'py>, func: &Py<PyAny>, args: &Py<PyTuple>) -> PyResult<String> {
+/// `asyncio.format_helpers._format_callback_source(func, args)`, looked up once. From Python
+/// 3.13 it shows the arguments only in debug mode (they may hold secrets), and asyncio's
+/// handles pass it their loop's `debug` flag; before 3.13 it always shows them.
+fn format_callback_source(py: Python<'_>, func: &Py<PyAny>, args: &Py<PyTuple>, debug: bool) -> PyResult<String> {
     static FORMAT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let format = FORMAT.import(py, "asyncio.format_helpers", "_format_callback_source")?;
-    format.call1((func, args))?.extract()
+    if py.version_info() >= (3, 13) {
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(pyo3::intern!(py, "debug"), debug)?;
+        format.call((func, args), Some(&kwargs))?.extract()
+    } else {
+        format.call1((func, args))?.extract()
+    }
 }
 
 /// What few handles carry (boxed: most never have any): what debug mode records, and the
@@ -332,7 +340,7 @@ impl Handle {
                 }
                 this.shared.note_callback_error(py);
                 let (func, args) = (func.unbind(), args.unbind());
-                let source = format_callback_source(py, &func, &args)?;
+                let source = format_callback_source(py, &func, &args, this.shared.debug_enabled())?;
                 if consumed {
                     // The exception handler sees the handle as asyncio shows it: with its callback.
                     this.state.borrow_mut(py).callback = Some(Callback { func, args });
@@ -371,7 +379,7 @@ impl Handle {
         }
         let parts = this.callback_parts(py);
         if let Some((func, args)) = parts {
-            info.push(format_callback_source(py, &func.unbind(), &args.unbind())?);
+            info.push(format_callback_source(py, &func.unbind(), &args.unbind(), this.shared.debug_enabled())?);
         }
         if let Some(tb) = this.source_traceback(py) {
             if tb.is_truthy()? {
