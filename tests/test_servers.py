@@ -572,8 +572,7 @@ def test_address_in_use(loop):
             loop,
             loop.create_server(asyncio.Protocol, *address),
             OSError,
-            f"[Errno {errno.EADDRINUSE}] error while attempting to bind on address {address!r}: "
-            "address already in use",
+            net_helpers.address_in_use_message(address),
         )
         assert type(error) is OSError
         assert error.errno == errno.EADDRINUSE

@@ -1269,8 +1269,7 @@ def test_create_connection_local_addr_in_use(loop):
             loop,
             loop.create_connection(asyncio.Protocol, *address, local_addr=address),
             OSError,
-            f"[Errno {errno.EADDRINUSE}] error while attempting to bind on address {address!r}: "
-            "address already in use",
+            net_helpers.address_in_use_message(address),
         )
         assert error.errno == errno.EADDRINUSE
 

@@ -126,6 +126,10 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._core.detach()
             self._sock.close()
+            # From 3.13 asyncio's unclosed transport leaves its server too (so that
+            # wait_closed() does not wait for it).
+            if _SERVER_TRACKS_TRANSPORTS and self._server is not None:
+                self._server._detach(self)
 
     # Set in __init__ of asyncio's own transports; native state here.
     @property
