@@ -42,6 +42,9 @@ from net_helpers import (
 kind = net_helpers.kind
 sock_dir = net_helpers.sock_dir
 
+# Server.close_clients()/abort_clients() and create_unix_server(cleanup_socket=) are new in 3.13.
+needs_3_13 = pytest.mark.skipif(sys.version_info < (3, 13), reason="an API new in Python 3.13")
+
 
 # --------------------------------------------------------------------------------------------
 # Helpers
@@ -538,6 +541,47 @@ def test_wait_closed_after_close_returns_at_once(loop):
     loop.run_until_complete(main())
 
 
+@needs_3_13
+def test_close_clients_closes_the_accepted_connections_after_their_writes(loop):
+    conns = Conns(loop)
+
+    async def main():
+        async with one_connection(loop, conns) as (server, _, _, client):
+            server.close()
+            waiter = asyncio.ensure_future(server.wait_closed())
+            try:
+                accepted = conns.protocols[0].transport
+                accepted.write(b"last words")
+                server.close_clients()
+                assert accepted.is_closing()
+                assert await client.wait_data(10) == b"last words"
+                assert await conns.protocols[0].lost is None
+                await client.lost
+                await asyncio.wait_for(waiter, CLEANUP_TIMEOUT)
+            finally:
+                waiter.cancel()
+
+    loop.run_until_complete(main())
+
+
+@needs_3_13
+def test_abort_clients_drops_what_the_accepted_connections_buffered(loop):
+    conns = Conns(loop)
+
+    async def main():
+        async with one_connection(loop, conns) as (server, _, _, client):
+            accepted = conns.protocols[0].transport
+            written = await net_helpers.fill_write_buffer(accepted)
+            server.abort_clients()
+            assert accepted.get_write_buffer_size() == 0
+            assert await conns.protocols[0].lost is None
+            await client.lost
+            assert len(client.data) < len(written)
+            assert server.is_serving()  # only the connections went
+
+    loop.run_until_complete(main())
+
+
 def test_async_with_server_closes_it(loop):
     async def main():
         server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
@@ -655,9 +699,52 @@ def test_create_unix_server_with_sock(loop, sock_dir):
             assert server.sockets[0].fileno() == sock.fileno()
             assert await client_round_trip(loop, path) == b"ping"
         assert sock.fileno() == -1
+        # From 3.13 the file of a given socket is removed too.
+        assert os.path.exists(path) == (sys.version_info < (3, 13))
 
     with sock:
         loop.run_until_complete(main())
+
+
+@needs_3_13
+def test_create_unix_server_cleanup_socket_false_leaves_the_file(loop, sock_dir):
+    path = os.path.join(sock_dir, "kept.sock")
+
+    async def main():
+        server = await loop.create_unix_server(asyncio.Protocol, path, cleanup_socket=False)
+        await close_server(server)
+        assert stat.S_ISSOCK(os.stat(path).st_mode)
+
+    loop.run_until_complete(main())
+
+
+@needs_3_13
+def test_closing_a_unix_server_leaves_a_file_that_replaced_its_own(loop, sock_dir):
+    path = os.path.join(sock_dir, "replaced.sock")
+
+    async def main():
+        server = await loop.create_unix_server(asyncio.Protocol, path)
+        os.unlink(path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+            other.bind(path)  # a new file at the path: not the server's any more
+            await close_server(server)
+            assert stat.S_ISSOCK(os.stat(path).st_mode)
+
+    loop.run_until_complete(main())
+
+
+@needs_3_13
+def test_closing_a_unix_server_whose_file_is_gone(loop, sock_dir, caplog):
+    path = os.path.join(sock_dir, "gone.sock")
+
+    async def main():
+        server = await loop.create_unix_server(asyncio.Protocol, path)
+        os.unlink(path)
+        await close_server(server)
+        assert not os.path.exists(path)
+
+    loop.run_until_complete(main())
+    assert [record for record in caplog.records if record.name == "asyncio"] == []
 
 
 def test_create_unix_server_start_serving_false(loop, sock_dir):
