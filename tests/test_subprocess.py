@@ -24,6 +24,7 @@ import hashlib
 import os
 import signal
 import sys
+import warnings
 
 import pytest
 
@@ -638,3 +639,39 @@ def test_cancelled_wait_then_kill(loop, waiting):
         assert await other.communicate() == (b"still fine\n", None)
 
     loop.run_until_complete(main())
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 14), reason="child watchers were removed in Python 3.14")
+def test_a_child_watcher_the_application_installed_is_used(loop):
+    """A child watcher installed with asyncio.set_child_watcher (deprecated from 3.12) is
+    handed every child, and reports its exit, as asyncio's loop does up to 3.13."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+
+        class Recording(asyncio.ThreadedChildWatcher):
+            """asyncio's threaded watcher, recording the children it is given."""
+
+            def __init__(self):
+                super().__init__()
+                self.pids = []
+
+            def add_child_handler(self, pid, callback, *args):
+                self.pids.append(pid)
+                super().add_child_handler(pid, callback, *args)
+
+        watcher = Recording()
+        asyncio.set_child_watcher(watcher)
+
+    async def main():
+        process = await asyncio.create_subprocess_exec(PYTHON, "-c", "raise SystemExit(3)", env=child_env())
+        return process.pid, await process.wait()
+
+    try:
+        pid, returncode = loop.run_until_complete(main())
+        assert (watcher.pids, returncode) == ([pid], 3)
+    finally:
+        for thread in list(watcher._threads.values()):
+            thread.join()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_child_watcher(None)

@@ -65,9 +65,11 @@ class ProcessOperations:
     async def _make_subprocess_transport(
         self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=None, **kwargs
     ):
-        watcher = _application_child_watcher()
-        if watcher is not None:
-            with watcher:  # as asyncio's loop: the context manager's value is not used
+        installed = _application_child_watcher()
+        if installed is not None:
+            with installed as entered:
+                # As asyncio's loop: 3.11 uses what __enter__ returned, 3.12 and 3.13 the watcher.
+                watcher = entered if sys.version_info < (3, 12) else installed
                 if not watcher.is_active():
                     # asyncio's message for this case.
                     raise RuntimeError(
