@@ -464,10 +464,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for item in args.modules or ["default"]:
         for name in filter(None, (n.strip() for n in item.split(","))):
             if name == "default":
-                names += [m.name for m in MODULES if m.default]
+                names += [m.name for m in MODULES if m.default and m.available()]
             elif name == "all":
-                names += [m.name for m in MODULES]
+                names += [m.name for m in MODULES if m.available()]
             elif name in MODULES_BY_NAME:
+                if not MODULES_BY_NAME[name].available():
+                    since = ".".join(map(str, MODULES_BY_NAME[name].since))
+                    parser.error(f"module {name!r} needs Python {since} or newer")
                 names.append(name)
             else:
                 parser.error(f"unknown module {name!r} (see --list)")
@@ -482,7 +485,8 @@ def list_modules() -> None:
     width = max(len(m.name) for m in MODULES)
     for m in MODULES:
         flag = "default" if m.default else "extra  "
-        print(f"{m.name:<{width}}  {flag}  {m.module:<40}  {m.note}")
+        note = m.note if m.available() else f"{m.note} (Python {'.'.join(map(str, m.since))}+: not run here)"
+        print(f"{m.name:<{width}}  {flag}  {m.module:<40}  {note}")
 
 
 def loop_importable(loop: str) -> str | None:

@@ -18,6 +18,7 @@ under test) -- exactly the way the stdlib module defines its own classes.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 #: The concrete per-selector classes that several stdlib modules define.  They
@@ -80,6 +81,13 @@ class StdlibModule:
     timeout: float | None = None
     #: One line for ``--list``: how the module gets its loops.
     note: str = ""
+    #: The first Python version whose ``test`` package has the module (on older ones it is
+    #: left out of ``default`` and ``all``, and naming it is an error).
+    since: tuple[int, int] = (3, 11)
+
+    def available(self) -> bool:
+        """Whether the running Python has the module."""
+        return sys.version_info >= self.since
 
 
 def _plain(name: str, note: str, **kwargs) -> StdlibModule:
@@ -121,6 +129,8 @@ MODULES: tuple[StdlibModule, ...] = (
         "mostly test_utils.TestLoop (asyncio's own, mock clock): not counted",
     ),
     _plain("test_futures2", "IsolatedAsyncioTestCase (asyncio.Runner)"),
+    _plain("test_eager_task_factory", "asyncio.new_event_loop(), with eager task factories", since=(3, 12)),
+    _plain("test_staggered", "IsolatedAsyncioTestCase (asyncio.Runner)", since=(3, 13)),
     _plain(
         "test_runners",
         "adapted: BaseTest.new_loop builds the loop instead of a mocked BaseEventLoop",
