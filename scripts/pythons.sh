@@ -6,16 +6,15 @@
 SUPPORTED_PYTHONS=(3.11 3.12 3.13)
 
 # Prints the path of a CPython VERSION interpreter (e.g. 3.12): `pythonVERSION` on PATH, else
-# the newest pyenv build of that version. Fails, printing nothing, if there is none.
+# the newest pyenv build of that version; a candidate counts only if it runs and is that
+# version (a pyenv shim for a version not selected does not run). Fails, printing nothing,
+# if there is none.
 python_for() {
     local version="$1" candidate
-    if candidate="$(command -v "python$version")"; then
-        echo "$candidate"
-        return 0
-    fi
-    for candidate in $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}/versions/$version".* 2>/dev/null | sort -V -r); do
-        if [ -x "$candidate/bin/python$version" ]; then
-            echo "$candidate/bin/python$version"
+    for candidate in "$(command -v "python$version")" \
+        $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}/versions/$version".*/bin/"python$version" 2>/dev/null | sort -V -r); do
+        if [ -n "$candidate" ] && [ "$("$candidate" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = "$version" ]; then
+            echo "$candidate"
             return 0
         fi
     done

@@ -51,7 +51,13 @@ for version in "${versions[@]}"; do
         continue
     fi
     echo "=== CPython $version: $python ==="
-    test_version "$version" "$python" "$@" || status=1
+    # Not called as `test_version ... || status=1`: bash ignores `set -e` in a function
+    # called in a condition, and env.sh's steps rely on it.
+    set +e
+    test_version "$version" "$python" "$@"
+    version_status=$?
+    set -e
+    if [ "$version_status" -ne 0 ]; then status=1; fi
 done
 
 echo "=== The wheel: built, installed into a fresh virtualenv, running the demo ==="
