@@ -13,6 +13,7 @@ roughly 100 ms on stock asyncio on a small 2-core VM.
 import asyncio
 import itertools
 import random
+import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from time import perf_counter
@@ -284,6 +285,71 @@ def future_ping_pong(loop: asyncio.AbstractEventLoop, n: int) -> float:
 
     elapsed, last_reply = _time_until_complete(loop, play())
     _check("last reply", last_reply, n - 1)
+    return elapsed
+
+
+# --- File descriptor watching ------------------------------------------------------------
+
+
+@workload(n=20_000, unit="callbacks")
+def reader_level(loop: asyncio.AbstractEventLoop, n: int) -> float:
+    """add_reader on a socket that stays readable: its callback runs once per loop pass.
+
+    Measures level-triggered readiness, asyncio's ``add_reader`` semantics: each iteration
+    polls, finds the socket still readable (nothing is read from it) and runs the callback.
+    """
+    ours, theirs = socket.socketpair()
+    remaining = n
+
+    def on_readable() -> None:
+        nonlocal remaining
+        remaining -= 1
+        if not remaining:
+            loop.remove_reader(ours.fileno())
+            loop.stop()
+
+    with ours, theirs:
+        theirs.send(b"x")
+        elapsed = _time_run_forever(loop, lambda: loop.add_reader(ours.fileno(), on_readable))
+    _check("callbacks left to run", remaining, 0)
+    return elapsed
+
+
+@workload(n=10_000, unit="round trips")
+def reader_ping_pong(loop: asyncio.AbstractEventLoop, n: int) -> float:
+    """Two add_reader callbacks on the ends of a socketpair bounce one byte n times.
+
+    Measures readiness of descriptors that become readable, are drained and wait again: per
+    message one poll, one ``recv`` and one ``send``; two messages per round trip.
+    """
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    right.setblocking(False)
+    round_trips = 0
+
+    def on_left() -> None:
+        nonlocal round_trips
+        left.recv(1)
+        round_trips += 1
+        if round_trips == n:
+            loop.remove_reader(left.fileno())
+            loop.remove_reader(right.fileno())
+            loop.stop()
+        else:
+            left.send(b"p")
+
+    def on_right() -> None:
+        right.recv(1)
+        right.send(b"p")
+
+    def schedule() -> None:
+        loop.add_reader(left.fileno(), on_left)
+        loop.add_reader(right.fileno(), on_right)
+        left.send(b"p")
+
+    with left, right:
+        elapsed = _time_run_forever(loop, schedule)
+    _check("round trips", round_trips, n)
     return elapsed
 
 
