@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds oxloop and runs every test on each supported CPython (scripts/pythons.sh): the Rust
-# core's unit tests once; then, for each version in its own virtualenv (.venv-3.11, ...), the
+# core's unit tests and the code gates (scripts/gates.sh: rustfmt, clippy, ruff) once; then, for each version in its own virtualenv (.venv-3.11, ...), the
 # pytest suite (behaviour tests run on stock asyncio and on oxloop; tests/ecosystem uses real
 # libraries and the PostgreSQL and Redis servers that scripts/services.sh installs and starts
 # on loopback) and CPython's own asyncio tests from that interpreter's stdlib; last, a wheel
@@ -21,6 +21,11 @@ rm -rf "$RESULTS"
 mkdir -p "$RESULTS"
 
 cargo test --release -p oxloop-core 2>&1 | tee "$RESULTS/cargo.log"
+
+status=0
+# The code gates (formatting, lints); a failed gate fails the run, after the tests.
+gate_python="$(python_for "${versions[0]}" || command -v python3)"
+PYTHON="$gate_python" ./scripts/gates.sh 2>&1 | tee "$RESULTS/gates.log" || status=1
 
 # The servers are stopped however the tests end. A server that cannot start is reported here,
 # and the tests that need it skip saying so.
@@ -43,7 +48,6 @@ test_version() {
     )
 }
 
-status=0
 for version in "${versions[@]}"; do
     if ! python="$(python_for "$version")"; then
         echo "CPython $version: no interpreter found" | tee "$RESULTS/missing-$version.log"

@@ -2,7 +2,7 @@
 
 Usage: python3 scripts/test_summary.py RESULTS_DIR VERSION [VERSION ...]
 
-One line per suite: cargo's counts, each version's pytest and stdlib counts (or that the
+One line per suite: cargo's counts, the code gates, each version's pytest and stdlib counts (or that the
 version was skipped for want of an interpreter), the wheel check; then a total line,
 ``total: N passed, M failed, K skipped``, where failed counts failures and errors.
 """
@@ -63,6 +63,10 @@ def main(results, versions):
             total[key] += value
 
     add("cargo", cargo_line(results / "cargo.log"))
+    gates = last_match(results / "gates.log", r"^gates: ")
+    rows.append(f"{'gates':<16} {gates or 'did not run'}")
+    if gates is None or not gates.startswith("gates: passed"):
+        total["failed"] += 1
     for version in versions:
         if (results / f"missing-{version}.log").exists():
             rows.append(f"{'CPython ' + version:<16} skipped: no interpreter")
