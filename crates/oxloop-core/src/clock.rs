@@ -20,6 +20,8 @@ pub enum Clock {
 }
 
 /// Reads `CLOCK_MONOTONIC` as nanoseconds.
+// `time_t` and `c_long` are `i32` on 32-bit targets: the casts are needed there.
+#[allow(clippy::unnecessary_cast)]
 fn monotonic_ns() -> i64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux,
@@ -52,6 +54,8 @@ impl Clock {
     }
 
     /// The smallest step this clock distinguishes, in seconds (asyncio's `_clock_resolution`).
+    // `time_t` and `c_long` are `i32` on 32-bit targets: the casts are needed there.
+    #[allow(clippy::unnecessary_cast)]
     pub fn resolution(&self) -> f64 {
         match self {
             Clock::Monotonic => {

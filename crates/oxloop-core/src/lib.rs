@@ -5,8 +5,8 @@
 //!
 //! Invariants shared by every module: none of these types is internally synchronised; the
 //! owner (the loop) decides which thread touches them. No type here owns a file descriptor
-//! except [`reactor::Reactor`], which owns its epoll instance and its waker (an eventfd) and
-//! only *watches* the descriptors registered with it.
+//! except the reactor's (see [`reactor`]): its two halves share its epoll instance and the
+//! [`reactor::Waker`] owns an eventfd; it only *watches* the descriptors registered with it.
 
 pub mod addr_literal;
 pub mod clock;

@@ -299,9 +299,6 @@ impl LoopState {
                 unwatched.release_into(released);
             }
         }
-        if let Some(registrar) = self.registrar.as_mut() {
-            registrar.rearm_if_level(event.fd);
-        }
     }
 }
 
