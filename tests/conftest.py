@@ -53,7 +53,14 @@ LOOP_TYPES = {
 }
 
 # Signals whose disposition a test must leave as it found it.
-WATCHED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD)
+WATCHED_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGCHLD,
+)
 
 # Files of this directory owned by others: not given a default timeout here.
 _NOT_OURS = {"test_dns_literals.py"}
@@ -74,8 +81,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.timeout(DEFAULT_TIMEOUT))
         marker = item.get_closest_marker("oxloop_xfail")
         callspec = getattr(item, "callspec", None)
-        if marker is not None and callspec is not None and callspec.params.get("loop_kind") == "oxloop":
-            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "oxloop bug")
+        if (
+            marker is not None
+            and callspec is not None
+            and callspec.params.get("loop_kind") == "oxloop"
+        ):
+            reason = marker.kwargs.get("reason") or (
+                marker.args[0] if marker.args else "oxloop bug"
+            )
             item.add_marker(pytest.mark.xfail(strict=True, reason=reason))
 
 
@@ -163,7 +176,9 @@ class LoopGuard:
                     loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
                 loop.close()
         if self.unexpected_errors:
-            problems.append(f"unexpected calls of the exception handler: {self.unexpected_errors!r}")
+            problems.append(
+                f"unexpected calls of the exception handler: {self.unexpected_errors!r}"
+            )
         self.loops.clear()
 
         for thread in set(threading.enumerate()) - self.threads_before:

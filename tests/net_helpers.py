@@ -199,7 +199,9 @@ def make_listener(kind, sock_dir, rcvbuf=None):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         address = os.path.join(sock_dir, f"{uuid.uuid4().hex[:8]}.sock")
     if rcvbuf is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # inherited by accepted sockets
+        sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf
+        )  # inherited by accepted sockets
     sock.bind(address)
     sock.listen(16)
     sock.setblocking(False)
@@ -288,7 +290,9 @@ async def raw_peer(loop, kind, sock_dir, factory=None, rcvbuf=None):
     unless ``factory`` is given) to a plain socket: yields a ``Conn``. ``rcvbuf`` sets the
     peer's receive buffer. Everything is closed at exit (see ``peer_of``)."""
     with make_listener(kind, sock_dir, rcvbuf) as listener:
-        connecting = connect(loop, kind, factory or (lambda: Recorder(loop)), listener.getsockname())
+        connecting = connect(
+            loop, kind, factory or (lambda: Recorder(loop)), listener.getsockname()
+        )
         async with peer_of(loop, listener, connecting) as conn:
             yield conn
 
@@ -317,7 +321,10 @@ def address_in_use_message(address):
     reason = os.strerror(errno.EADDRINUSE).lower()
     if sys.version_info >= (3, 13):
         reason = f"[errno {errno.EADDRINUSE}] {reason}"
-    return f"[Errno {errno.EADDRINUSE}] error while attempting to bind on address {address!r}: {reason}"
+    return (
+        f"[Errno {errno.EADDRINUSE}] error while attempting to bind on address {address!r}: "
+        f"{reason}"
+    )
 
 
 def run_raises(loop, coro, exc_type, message):

@@ -8,7 +8,9 @@ from oxloop._interpreter import check_supported
 
 def test_a_free_threaded_build_is_refused_with_a_clear_message():
     config = {"Py_GIL_DISABLED": 1}
-    with pytest.raises(ImportError, match=r"^oxloop does not support free-threaded CPython builds yet"):
+    with pytest.raises(
+        ImportError, match=r"^oxloop does not support free-threaded CPython builds yet"
+    ):
         check_supported(config.get)
 
 

@@ -179,7 +179,9 @@ def test_write_during_sendfile_raises(loop, kind, sock_dir, tmp_path):
                 sending = asyncio.ensure_future(loop.sendfile(conn.transport, f))
                 await poll_rounds(loop, 3)
                 assert not sending.done()  # the peer does not read: sendfile is in progress
-                with pytest.raises(RuntimeError, match="^unable to write; sendfile is in progress$"):
+                with pytest.raises(
+                    RuntimeError, match=r"^unable to write; sendfile is in progress$"
+                ):
                     conn.transport.write(b"interleaved")
                 received = await recv_exactly(loop, conn.peer, len(content))
                 assert await sending == len(content)
@@ -307,5 +309,7 @@ def test_sock_sendfile_argument_errors(loop, stream_pair, data_file):
             ]
             for args, message in cases:
                 run_raises(loop, loop.sock_sendfile(*args), ValueError, message)
-        with open(data_file, "r", encoding="latin-1") as f:
-            run_raises(loop, loop.sock_sendfile(a, f), ValueError, "file should be opened in binary mode")
+        with open(data_file, encoding="latin-1") as f:
+            run_raises(
+                loop, loop.sock_sendfile(a, f), ValueError, "file should be opened in binary mode"
+            )

@@ -121,7 +121,10 @@ async def one_connection(loop, conns):
     At exit, the client transport is closed, then the server (see ``Conns.serving``)."""
     async with conns.serving(loop.create_server, "127.0.0.1", 0) as server:
         address = server.sockets[0].getsockname()
-        async with connected(loop.create_connection(lambda: Recorder(loop), *address)) as (transport, client):
+        async with connected(loop.create_connection(lambda: Recorder(loop), *address)) as (
+            transport,
+            client,
+        ):
             await conns.wait_count(1)
             yield server, address, transport, client
 
@@ -211,7 +214,9 @@ def test_create_server_with_a_family(loop):
 
     async def main():
         async with conns.serving(loop.create_server, None, 0, family=socket.AF_INET) as server:
-            assert [(s.family, s.getsockname()[0]) for s in server.sockets] == [(socket.AF_INET, "0.0.0.0")]
+            assert [(s.family, s.getsockname()[0]) for s in server.sockets] == [
+                (socket.AF_INET, "0.0.0.0")
+            ]
 
     loop.run_until_complete(main())
 
@@ -369,7 +374,9 @@ def test_serve_forever_serves_until_cancelled(loop):
             assert not task.done()
             with pytest.raises(RuntimeError) as info:
                 await server.serve_forever()
-            assert str(info.value) == f"server {server!r} is already being awaited on serve_forever()"
+            assert (
+                str(info.value) == f"server {server!r} is already being awaited on serve_forever()"
+            )
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -440,7 +447,9 @@ def test_each_connection_gets_a_new_protocol(loop):
                 assert await client_round_trip(loop, address, message) == message
             await conns.wait_count(5)
             assert len({id(p) for p in conns.protocols}) == 5
-            assert [bytes(p.data) for p in conns.protocols] == [f"client {i}".encode() for i in range(5)]
+            assert [bytes(p.data) for p in conns.protocols] == [
+                f"client {i}".encode() for i in range(5)
+            ]
 
     loop.run_until_complete(main())
 
@@ -451,13 +460,18 @@ def test_many_concurrent_clients_are_all_served(loop, kind, sock_dir):
 
     async def one_client(i, address):
         message = f"client {i:03d} ".encode() * 10
-        async with connected(connect(loop, kind, lambda: Recorder(loop), address)) as (transport, client):
+        async with connected(connect(loop, kind, lambda: Recorder(loop), address)) as (
+            transport,
+            client,
+        ):
             transport.write(message)
             return await client.wait_data(len(message)) == message
 
     async def main():
         if kind == "unix":
-            serving = conns.serving(loop.create_unix_server, os.path.join(sock_dir, "many.sock"), backlog=n)
+            serving = conns.serving(
+                loop.create_unix_server, os.path.join(sock_dir, "many.sock"), backlog=n
+            )
         else:
             serving = conns.serving(loop.create_server, "127.0.0.1", 0, backlog=n)
         async with serving as server:
@@ -626,7 +640,9 @@ def test_address_in_use_for_one_host_of_a_list_closes_the_others(loop):
     with listening_socket("127.0.0.2") as taken:
         port = taken.getsockname()[1]
         with pytest.raises(OSError) as info:
-            loop.run_until_complete(loop.create_server(asyncio.Protocol, ["127.0.0.1", "127.0.0.2"], port))
+            loop.run_until_complete(
+                loop.create_server(asyncio.Protocol, ["127.0.0.1", "127.0.0.2"], port)
+            )
         assert info.value.errno == errno.EADDRINUSE
         # The socket already bound to 127.0.0.1 (when asyncio bound it first) was closed: the
         # leak check fails the test otherwise.
@@ -649,11 +665,23 @@ def test_create_server_argument_errors(loop):
             loop.create_server,
             [
                 ({**here, "ssl": True}, TypeError, "ssl argument must be an SSLContext or None"),
-                ({**here, "sock": sock}, ValueError, "host/port and sock can not be specified at the same time"),
+                (
+                    {**here, "sock": sock},
+                    ValueError,
+                    "host/port and sock can not be specified at the same time",
+                ),
                 ({}, ValueError, "Neither host/port nor sock were specified"),
                 ({"sock": dgram}, ValueError, f"A Stream Socket was expected, got {dgram!r}"),
-                ({**here, "ssl_handshake_timeout": 1}, ValueError, "ssl_handshake_timeout is only meaningful with ssl"),
-                ({**here, "ssl_shutdown_timeout": 1}, ValueError, "ssl_shutdown_timeout is only meaningful with ssl"),
+                (
+                    {**here, "ssl_handshake_timeout": 1},
+                    ValueError,
+                    "ssl_handshake_timeout is only meaningful with ssl",
+                ),
+                (
+                    {**here, "ssl_shutdown_timeout": 1},
+                    ValueError,
+                    "ssl_shutdown_timeout is only meaningful with ssl",
+                ),
             ],
         )
         assert sock.fileno() >= 0 and dgram.fileno() >= 0  # not closed by the failed calls
@@ -678,7 +706,10 @@ def test_create_unix_server_on_a_path(loop, sock_dir, path_type):
             assert sock.getsockname() == path
             assert stat.S_ISSOCK(os.stat(path).st_mode)
             assert await client_round_trip(loop, path) == b"ping"
-            async with connected(loop.create_unix_connection(lambda: Recorder(loop), path)) as (transport, client):
+            async with connected(loop.create_unix_connection(lambda: Recorder(loop), path)) as (
+                transport,
+                client,
+            ):
                 transport.write(b"proto")
                 assert await client.wait_data(5) == b"proto"
         # Python 3.11 leaves the socket file behind (3.13 removes it on close).
@@ -836,10 +867,22 @@ def test_create_unix_server_argument_errors(loop, sock_dir):
             loop,
             loop.create_unix_server,
             [
-                ({"path": path, "ssl": True}, TypeError, "ssl argument must be an SSLContext or None"),
-                ({"path": path, "sock": unix}, ValueError, "path and sock can not be specified at the same time"),
+                (
+                    {"path": path, "ssl": True},
+                    TypeError,
+                    "ssl argument must be an SSLContext or None",
+                ),
+                (
+                    {"path": path, "sock": unix},
+                    ValueError,
+                    "path and sock can not be specified at the same time",
+                ),
                 ({}, ValueError, "path was not specified, and no sock specified"),
-                ({"sock": inet}, ValueError, f"A UNIX Domain Stream Socket was expected, got {inet!r}"),
+                (
+                    {"sock": inet},
+                    ValueError,
+                    f"A UNIX Domain Stream Socket was expected, got {inet!r}",
+                ),
                 (
                     {"path": path, "ssl_handshake_timeout": 1},
                     ValueError,

@@ -40,8 +40,8 @@ import pytest
 
 import net_helpers
 from net_helpers import (
-    MiB,
     Echo,
+    MiB,
     Recorder,
     connect,
     connected,
@@ -164,14 +164,20 @@ async def served(loop, kind, sock_dir, server_factory, client_factory=None):
     transport = protocol = server_protocol = None
     try:
         address = server.sockets[0].getsockname()
-        transport, protocol = await connect(loop, kind, client_factory or (lambda: Recorder(loop)), address)
+        transport, protocol = await connect(
+            loop, kind, client_factory or (lambda: Recorder(loop)), address
+        )
         server_protocol = await accepted
         await server_protocol.made
         yield transport, protocol, server_protocol
     finally:
         if transport is not None and not protocol.lost.done():
             transport.abort()
-        if server_protocol is not None and server_protocol.made.done() and not server_protocol.lost.done():
+        if (
+            server_protocol is not None
+            and server_protocol.made.done()
+            and not server_protocol.lost.done()
+        ):
             server_protocol.made.result().abort()
         await settle(getattr(protocol, "lost", None), getattr(server_protocol, "lost", None))
         server.close()
@@ -202,7 +208,9 @@ def test_connection_made_has_run_when_create_connection_returns(loop, kind, sock
             protocol = conn.protocol
             assert protocol.made.done()
             assert protocol.made.result() is conn.transport
-            assert protocol.is_transport  # isinstance(transport, asyncio.Transport) in connection_made
+            assert (
+                protocol.is_transport
+            )  # isinstance(transport, asyncio.Transport) in connection_made
             assert protocol.events == ["made"]
             assert conn.transport.get_protocol() is protocol
             assert not conn.transport.is_closing()
@@ -369,7 +377,9 @@ def test_write_eof_is_sent_after_the_buffered_data(loop, kind, sock_dir):
 
 
 def test_write_after_write_eof_raises(loop, kind, sock_dir):
-    writelines_error = r"^Cannot call %s\(\) after write_eof\(\)$" % ("writelines" if WRITELINES_NAMES_ITSELF else "write")
+    writelines_error = r"^Cannot call %s\(\) after write_eof\(\)$" % (
+        "writelines" if WRITELINES_NAMES_ITSELF else "write"
+    )
 
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -394,7 +404,11 @@ def test_half_close_round_trip_through_a_server(loop, kind, sock_dir):
             return True
 
     async def main():
-        async with served(loop, kind, sock_dir, lambda: CountThenClose(loop)) as (transport, client, server):
+        async with served(loop, kind, sock_dir, lambda: CountThenClose(loop)) as (
+            transport,
+            client,
+            server,
+        ):
             transport.writelines([b"x" * 1000, b"y" * 234])
             transport.write_eof()
             assert await client.lost is None
@@ -435,7 +449,9 @@ def test_write_of_a_memoryview_slice(loop, kind, sock_dir):
 def test_write_rejects_str_and_empty_writes_do_nothing(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
-            with pytest.raises(TypeError, match="^data argument must be a bytes-like object, not 'str'$"):
+            with pytest.raises(
+                TypeError, match=r"^data argument must be a bytes-like object, not 'str'$"
+            ):
                 conn.transport.write("text")
             conn.transport.write(b"")
             conn.transport.writelines([])
@@ -462,9 +478,14 @@ def test_small_write_is_sent_at_once(loop, loop_kind, kind, sock_dir):
     loop.run_until_complete(main())
 
 
-def test_mutating_a_buffer_after_write_does_not_change_what_is_sent(loop, loop_kind, kind, sock_dir):
+def test_mutating_a_buffer_after_write_does_not_change_what_is_sent(
+    loop, loop_kind, kind, sock_dir
+):
     if loop_kind == "asyncio" and STOCK_KEEPS_CALLERS_BUFFERS:
-        pytest.skip("stock asyncio 3.12 and 3.13 send the caller's changed buffer (zero-copy writes, gh-91166)")
+        pytest.skip(
+            "stock asyncio 3.12 and 3.13 send the caller's changed buffer "
+            "(zero-copy writes, gh-91166)"
+        )
 
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -482,7 +503,7 @@ def test_mutating_a_buffer_after_write_does_not_change_what_is_sent(loop, loop_k
             conn.transport.close()
             received = await recv_to_eof(loop, conn.peer)
             assert len(received) == len(head) + 3000
-            assert received[len(head):] == b"A" * 1000 + b"B" * 1000 + b"C" * 1000
+            assert received[len(head) :] == b"A" * 1000 + b"B" * 1000 + b"C" * 1000
 
     loop.run_until_complete(main())
 
@@ -736,7 +757,9 @@ class PausingRecorder(Recorder):
             self.transport.pause_reading()
 
 
-def test_pause_reading_in_data_received_holds_back_the_rest_of_a_large_transfer(loop, kind, sock_dir):
+def test_pause_reading_in_data_received_holds_back_the_rest_of_a_large_transfer(
+    loop, kind, sock_dir
+):
     # A large transfer is read in several reads per readiness event: pausing between two of
     # them must stop the next one.
     data = os.urandom(8 * MiB)
@@ -778,7 +801,9 @@ class SwitchingRecorder(Recorder):
             self.transport.set_protocol(self.successor)
 
 
-def test_set_protocol_in_data_received_sends_the_rest_of_a_large_transfer_to_the_new_protocol(loop, kind, sock_dir):
+def test_set_protocol_in_data_received_sends_the_rest_of_a_large_transfer_to_the_new_protocol(
+    loop, kind, sock_dir
+):
     data = os.urandom(8 * MiB)
 
     async def main():
@@ -870,7 +895,9 @@ def test_close_flushes_buffered_data_then_calls_connection_lost(loop, kind, sock
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("close_first", [False, True], ids=["abort", "abort-while-close-is-flushing"])
+@pytest.mark.parametrize(
+    "close_first", [False, True], ids=["abort", "abort-while-close-is-flushing"]
+)
 def test_abort_discards_buffered_data(loop, kind, sock_dir, close_first):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -1105,7 +1132,9 @@ def test_set_protocol_to_a_buffered_protocol_and_back(loop, kind, sock_dir):
 
 
 def nodelay(transport):
-    return transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    return (
+        transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    )
 
 
 def test_tcp_nodelay_is_set_on_connected_and_accepted_sockets(loop, sock_dir):
@@ -1131,7 +1160,9 @@ def test_tcp_nodelay_on_an_adopted_proto_0_socket(loop, loop_kind):
     async def main():
         sock.setblocking(False)
         await loop.sock_connect(sock, listener.getsockname())
-        async with peer_of(loop, listener, loop.create_connection(lambda: Recorder(loop), sock=sock)) as conn:
+        async with peer_of(
+            loop, listener, loop.create_connection(lambda: Recorder(loop), sock=sock)
+        ) as conn:
             assert nodelay(conn.transport) == expected
 
     with listener, sock:
@@ -1174,7 +1205,10 @@ def fake_resolver(loop, addresses):
 
     async def getaddrinfo(host, port, *, family=0, type=0, proto=0, flags=0):
         calls.append((host, port))
-        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (a, port)) for a in addresses]
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (a, port))
+            for a in addresses
+        ]
 
     loop.getaddrinfo = getaddrinfo
     return calls
@@ -1182,7 +1216,12 @@ def fake_resolver(loop, addresses):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"interleave": 2}, {"happy_eyeballs_delay": 0.25}, {"happy_eyeballs_delay": 0.25, "interleave": 1}],
+    [
+        {},
+        {"interleave": 2},
+        {"happy_eyeballs_delay": 0.25},
+        {"happy_eyeballs_delay": 0.25, "interleave": 1},
+    ],
     ids=["sequential", "interleave", "happy-eyeballs", "happy-eyeballs+interleave"],
 )
 def test_create_connection_tries_each_address(loop, options):
@@ -1192,7 +1231,9 @@ def test_create_connection_tries_each_address(loop, options):
     calls = fake_resolver(loop, ["127.0.0.2", "127.0.0.1"])
 
     async def main():
-        connecting = loop.create_connection(lambda: Recorder(loop), "several.invalid", port, **options)
+        connecting = loop.create_connection(
+            lambda: Recorder(loop), "several.invalid", port, **options
+        )
         async with peer_of(loop, listener, connecting) as conn:
             assert conn.transport.get_extra_info("peername") == ("127.0.0.1", port)
             conn.transport.write(b"hi")
@@ -1203,7 +1244,9 @@ def test_create_connection_tries_each_address(loop, options):
     assert calls == [("several.invalid", port)]
 
 
-@pytest.mark.parametrize("options", [{}, {"happy_eyeballs_delay": 0.25}], ids=["sequential", "happy-eyeballs"])
+@pytest.mark.parametrize(
+    "options", [{}, {"happy_eyeballs_delay": 0.25}], ids=["sequential", "happy-eyeballs"]
+)
 def test_create_connection_every_address_refused(loop, refusing_address, options):
     port = refusing_address[1]
     fake_resolver(loop, ["127.0.0.2", "127.0.0.1"])
@@ -1211,7 +1254,8 @@ def test_create_connection_every_address_refused(loop, refusing_address, options
         loop,
         loop.create_connection(asyncio.Protocol, "several.invalid", port, **options),
         OSError,
-        f"Multiple exceptions: [Errno {errno.ECONNREFUSED}] Connect call failed ('127.0.0.2', {port}), "
+        f"Multiple exceptions: [Errno {errno.ECONNREFUSED}] "
+        f"Connect call failed ('127.0.0.2', {port}), "
         f"[Errno {errno.ECONNREFUSED}] Connect call failed ('127.0.0.1', {port})",
     )
     assert type(error) is OSError
@@ -1219,7 +1263,9 @@ def test_create_connection_every_address_refused(loop, refusing_address, options
 
 def test_create_connection_all_errors(loop, refusing_address):
     def run():
-        loop.run_until_complete(loop.create_connection(asyncio.Protocol, *refusing_address, all_errors=True))
+        loop.run_until_complete(
+            loop.create_connection(asyncio.Protocol, *refusing_address, all_errors=True)
+        )
 
     if sys.version_info >= (3, 12):
         with pytest.raises(ExceptionGroup) as info:
@@ -1288,7 +1334,9 @@ def test_create_connection_over_ipv6(loop):
     listener.setblocking(False)
 
     async def main():
-        connecting = loop.create_connection(lambda: Recorder(loop), "::1", listener.getsockname()[1])
+        connecting = loop.create_connection(
+            lambda: Recorder(loop), "::1", listener.getsockname()[1]
+        )
         async with peer_of(loop, listener, connecting) as conn:
             transport = conn.transport
             assert transport.get_extra_info("socket").family == socket.AF_INET6
@@ -1303,7 +1351,11 @@ def test_create_connection_over_ipv6(loop):
 
 @pytest.mark.parametrize(
     "kind, create",
-    [("tcp", "create_connection"), ("unix", "create_connection"), ("unix", "create_unix_connection")],
+    [
+        ("tcp", "create_connection"),
+        ("unix", "create_connection"),
+        ("unix", "create_unix_connection"),
+    ],
     ids=["tcp", "unix", "unix-create_unix_connection"],
 )
 def test_create_connection_with_sock_adopts_the_socket(loop, kind, sock_dir, create):
@@ -1344,9 +1396,18 @@ def test_create_connection_with_sock_adopts_the_socket(loop, kind, sock_dir, cre
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"host": "127.0.0.1", "port": 1, "server_hostname": "a.example"}, "server_hostname is only meaningful with ssl"),
-        ({"host": "127.0.0.1", "port": 1, "ssl_handshake_timeout": 1}, "ssl_handshake_timeout is only meaningful with ssl"),
-        ({"host": "127.0.0.1", "port": 1, "ssl_shutdown_timeout": 1}, "ssl_shutdown_timeout is only meaningful with ssl"),
+        (
+            {"host": "127.0.0.1", "port": 1, "server_hostname": "a.example"},
+            "server_hostname is only meaningful with ssl",
+        ),
+        (
+            {"host": "127.0.0.1", "port": 1, "ssl_handshake_timeout": 1},
+            "ssl_handshake_timeout is only meaningful with ssl",
+        ),
+        (
+            {"host": "127.0.0.1", "port": 1, "ssl_shutdown_timeout": 1},
+            "ssl_shutdown_timeout is only meaningful with ssl",
+        ),
         ({}, "host and port was not specified and no sock specified"),
     ],
 )
@@ -1377,7 +1438,9 @@ def test_create_connection_with_host_and_sock(loop):
 )
 def test_a_datagram_sock_is_rejected(loop, adopt):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        run_raises(loop, adopt(loop, sock), ValueError, f"A Stream Socket was expected, got {sock!r}")
+        run_raises(
+            loop, adopt(loop, sock), ValueError, f"A Stream Socket was expected, got {sock!r}"
+        )
 
 
 def test_cancelled_create_connection_leaves_nothing_behind(loop):
@@ -1496,10 +1559,18 @@ def test_create_unix_connection_errors(loop, sock_dir):
         with pytest.raises(ConnectionRefusedError):
             loop.run_until_complete(loop.create_unix_connection(asyncio.Protocol, not_listening))
         cases = [
-            ({"path": not_listening, "sock": bound}, "path and sock can not be specified at the same time"),
+            (
+                {"path": not_listening, "sock": bound},
+                "path and sock can not be specified at the same time",
+            ),
             ({}, "no path and sock were specified"),
             ({"sock": inet}, f"A UNIX Domain Stream Socket was expected, got {inet!r}"),
-            ({"path": not_listening, "server_hostname": "example.com"}, "server_hostname is only meaningful with ssl"),
+            (
+                {"path": not_listening, "server_hostname": "example.com"},
+                "server_hostname is only meaningful with ssl",
+            ),
         ]
         for kwargs, message in cases:
-            run_raises(loop, loop.create_unix_connection(asyncio.Protocol, **kwargs), ValueError, message)
+            run_raises(
+                loop, loop.create_unix_connection(asyncio.Protocol, **kwargs), ValueError, message
+            )

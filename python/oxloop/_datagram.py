@@ -33,7 +33,7 @@ class DatagramSocketTransport(transports._FlowControlMixin, transports.DatagramT
     """A UDP or Unix datagram transport (an ``asyncio.DatagramTransport``, and an
     ``asyncio.Transport`` as asyncio's own datagram transport is)."""
 
-    __slots__ = ("_core", "_sock", "_sock_fd", "sendto", "__weakref__", "__dict__")
+    __slots__ = ("__dict__", "__weakref__", "_core", "_sock", "_sock_fd", "sendto")
 
     max_size = 256 * 1024  # the largest datagram received whole
 
@@ -49,7 +49,9 @@ class DatagramSocketTransport(transports._FlowControlMixin, transports.DatagramT
         self._low_water = _DEFAULT_LOW_WATER
         self._sock_fd = sock.fileno()
         self._sock = None
-        self._core = _core.DatagramTransport(loop, sock, protocol, self, address, bool(self._extra["peername"]))
+        self._core = _core.DatagramTransport(
+            loop, sock, protocol, self, address, bool(self._extra["peername"])
+        )
         self.sendto = self._core.sendto
         # From here on the transport owns the socket.
         self._sock = sock
@@ -125,10 +127,15 @@ class DatagramSocketTransport(transports._FlowControlMixin, transports.DatagramT
     def _fatal_error(self, exc, message="Fatal error on transport"):
         if isinstance(exc, OSError):
             if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
+                logger.debug("%r: %s", self, message, exc_info=exc)
         else:
             self._loop.call_exception_handler(
-                {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
             )
         self._force_close(exc)
 

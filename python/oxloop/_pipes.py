@@ -104,7 +104,7 @@ class ReadPipeTransport(_PipeTransportBase, transports.ReadTransport):
     """The read end of a pipe, a pty or a socket: ``data_received`` until end of file, then
     ``eof_received`` and ``connection_lost(None)``."""
 
-    __slots__ = ("_core", "_pipe", "_fileno", "_loop", "__weakref__", "__dict__")
+    __slots__ = ("__dict__", "__weakref__", "_core", "_fileno", "_loop", "_pipe")
 
     max_size = 256 * 1024  # the most one read asks for
 
@@ -127,20 +127,24 @@ class ReadPipeTransport(_PipeTransportBase, transports.ReadTransport):
         # EIO is how a pty reports that its other side closed: not an error worth reporting.
         if isinstance(exc, OSError) and exc.errno == errno.EIO:
             if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
+                logger.debug("%r: %s", self, message, exc_info=exc)
         else:
             self._report_error(exc, message)
         self._core.force_close(exc)
 
 
-_core.install_transport_methods(ReadPipeTransport, ["is_closing", "is_reading", "pause_reading", "resume_reading"])
+_core.install_transport_methods(
+    ReadPipeTransport, ["is_closing", "is_reading", "pause_reading", "resume_reading"]
+)
 
 
-class WritePipeTransport(_PipeTransportBase, transports._FlowControlMixin, transports.WriteTransport):
+class WritePipeTransport(
+    _PipeTransportBase, transports._FlowControlMixin, transports.WriteTransport
+):
     """The write end of a pipe, a pty or a socket. ``close()`` and ``write_eof()`` close the
     pipe once the buffer is sent; the reader going away closes the transport."""
 
-    __slots__ = ("_core", "_pipe", "_fileno", "__weakref__", "__dict__")
+    __slots__ = ("__dict__", "__weakref__", "_core", "_fileno", "_pipe")
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         transports.WriteTransport.__init__(self, extra)
@@ -183,13 +187,15 @@ class WritePipeTransport(_PipeTransportBase, transports._FlowControlMixin, trans
         # OSErrors (a reader that went away...) are only logged in debug mode.
         if isinstance(exc, OSError):
             if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
+                logger.debug("%r: %s", self, message, exc_info=exc)
         else:
             self._report_error(exc, message)
         self._core.force_close(exc)
 
 
-_core.install_transport_methods(WritePipeTransport, ["write", "writelines", "is_closing", "get_write_buffer_size"])
+_core.install_transport_methods(
+    WritePipeTransport, ["write", "writelines", "is_closing", "get_write_buffer_size"]
+)
 
 
 class PipeOperations:

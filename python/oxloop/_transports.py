@@ -22,7 +22,15 @@ import inspect
 import logging
 import socket
 import warnings
-from asyncio import base_events, constants, futures, selector_events, sslproto, transports, trsock, unix_events
+from asyncio import (
+    base_events,
+    constants,
+    futures,
+    selector_events,
+    transports,
+    trsock,
+    unix_events,
+)
 
 from . import _core, _tls
 
@@ -76,7 +84,7 @@ _DEFAULT_LOW_WATER = _DEFAULT_HIGH_WATER // 4
 class SocketTransport(transports._FlowControlMixin, transports.Transport):
     """A TCP or Unix stream transport."""
 
-    __slots__ = ("_core", "_sock", "_sock_fd", "_server", "__weakref__", "__dict__")
+    __slots__ = ("__dict__", "__weakref__", "_core", "_server", "_sock", "_sock_fd")
 
     # Probed by asyncio (start_tls, sendfile) and by frameworks.
     _start_tls_compatible = True
@@ -200,7 +208,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         # OSErrors (a reset peer...) are the peer's doing: only logged in debug mode.
         if isinstance(exc, OSError):
             if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
+                logger.debug("%r: %s", self, message, exc_info=exc)
         else:
             self._loop.call_exception_handler(
                 {
@@ -342,12 +350,20 @@ class StreamOperations:
             if sslcontext:
                 self.create_task(
                     self._accept_connection2(
-                        protocol_factory, conn, extra, sslcontext, server, ssl_handshake_timeout, ssl_shutdown_timeout
+                        protocol_factory,
+                        conn,
+                        extra,
+                        sslcontext,
+                        server,
+                        ssl_handshake_timeout,
+                        ssl_shutdown_timeout,
                     )
                 )
             else:
                 # In a fresh copy of the context, as asyncio's task per connection would run.
-                contextvars.copy_context().run(self._serve_connection, protocol_factory, conn, extra, server)
+                contextvars.copy_context().run(
+                    self._serve_connection, protocol_factory, conn, extra, server
+                )
 
     def _serve_connection(self, protocol_factory, conn, extra, server):
         """Make the protocol and the transport of an accepted plain connection."""
@@ -361,7 +377,10 @@ class StreamOperations:
         except BaseException as exc:
             conn.close()
             if self._debug:
-                context = {"message": "Error on transport creation for incoming connection", "exception": exc}
+                context = {
+                    "message": "Error on transport creation for incoming connection",
+                    "exception": exc,
+                }
                 if protocol is not None:
                     context["protocol"] = protocol
                 self.call_exception_handler(context)

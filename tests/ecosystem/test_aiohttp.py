@@ -19,7 +19,7 @@ from aiohttp import web
 
 import tls_helpers
 from net_helpers import record_errors
-from web_helpers import MiB, aiohttp_server, random_bytes, sha256, short_dir
+from web_helpers import MiB, aiohttp_server, random_bytes, sha256, short_dir  # noqa: F401
 
 # What a loop in debug mode reports when an incoming connection's TLS handshake fails.
 FAILED_INCOMING = "Error on transport creation for incoming connection"

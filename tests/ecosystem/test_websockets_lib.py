@@ -5,7 +5,8 @@ running in the loop under test, over 127.0.0.1 (a free port).
 Covers echo, thousands of messages in order, 1 MiB messages each way, fragmented messages,
 pings, close codes and reasons seen on both sides, an aborted connection, 50 clients at once,
 broadcasting to several clients, Unix sockets, a plain HTTP answer from ``process_request``
-(fetched with aiohttp) and TLS (wss) with a certificate generated at test time. Every test runs on stock asyncio and on oxloop (see conftest.py);
+(fetched with aiohttp) and TLS (wss) with a certificate generated at test time. Every test
+runs on stock asyncio and on oxloop (see conftest.py);
 servers and connections are closed inside the test, so the leak checks of the fixtures apply.
 """
 
@@ -28,7 +29,7 @@ from websockets.exceptions import (
 
 import tls_helpers
 from net_helpers import record_errors
-from web_helpers import MiB, random_bytes, short_dir
+from web_helpers import MiB, random_bytes, short_dir  # noqa: F401
 
 # Fixtures from the helpers (pytest finds fixtures among a module's names; short_dir is one).
 tls_ca = tls_helpers.tls_ca
@@ -375,7 +376,7 @@ def test_fragmented_message(loop):
         return seen
 
     # the sender only knows the message is over when the iterator ends: an empty final frame
-    assert loop.run_until_complete(main()) == fragments + [b""]
+    assert loop.run_until_complete(main()) == [*fragments, b""]
 
 
 def test_over_a_unix_socket(loop, short_dir):

@@ -88,7 +88,9 @@ def reset_on_close(sock):
 def client_hello():
     """The bytes a TLS client sends first (its ClientHello), made with the ssl module."""
     outgoing = ssl.MemoryBIO()
-    client = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="localhost")
+    client = ssl.create_default_context().wrap_bio(
+        ssl.MemoryBIO(), outgoing, server_hostname="localhost"
+    )
     with contextlib.suppress(ssl.SSLWantReadError):
         client.do_handshake()
     return outgoing.read()
@@ -100,7 +102,10 @@ def reference_tls_error(context, server_side, received):
     its ClientHello, on the client side)."""
     incoming = ssl.MemoryBIO()
     endpoint = context.wrap_bio(
-        incoming, ssl.MemoryBIO(), server_side=server_side, server_hostname=None if server_side else "localhost"
+        incoming,
+        ssl.MemoryBIO(),
+        server_side=server_side,
+        server_hostname=None if server_side else "localhost",
     )
     with contextlib.suppress(ssl.SSLWantReadError):
         endpoint.do_handshake()

@@ -22,11 +22,18 @@ import threading
 
 import pytest
 
+import fault_helpers
 import net_helpers
 import tls_helpers
 from conftest import PYTHON, child_env
-from fault_helpers import KiB, MiB, client_hello, healthy_connection, reference_tls_error, reset_on_close
-import fault_helpers
+from fault_helpers import (
+    KiB,
+    MiB,
+    client_hello,
+    healthy_connection,
+    reference_tls_error,
+    reset_on_close,
+)
 
 kind = net_helpers.kind
 sock_dir = net_helpers.sock_dir
@@ -35,7 +42,9 @@ server_cert = tls_helpers.server_cert
 server_context = tls_helpers.server_context
 client_context = tls_helpers.client_context
 
-SEND_LOST_WARNING = "socket.send() raised exception."  # asyncio's log of writes to a lost connection
+SEND_LOST_WARNING = (
+    "socket.send() raised exception."  # asyncio's log of writes to a lost connection
+)
 
 
 class Writer(net_helpers.Recorder):
@@ -291,7 +300,9 @@ def test_datagram_sendto_with_a_full_socket_buffer(loop, loop_kind, sock_dir):
 # --------------------------------------------------------------------------------------------
 
 HANDSHAKE_TIMEOUT = 0.3
-TIMEOUT_MESSAGE = f"SSL handshake is taking longer than {HANDSHAKE_TIMEOUT} seconds: aborting the connection"
+TIMEOUT_MESSAGE = (
+    f"SSL handshake is taking longer than {HANDSHAKE_TIMEOUT} seconds: aborting the connection"
+)
 NOT_TLS = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"  # what a confused plain-HTTP client sends
 HELLO = client_hello()
 
@@ -320,7 +331,10 @@ async def tls_echo_round_trip(loop, address, client_context):
     """Connect a TLS client to the echo server at ``address`` and check a round trip."""
     async with net_helpers.connected(
         loop.create_connection(
-            lambda: net_helpers.Recorder(loop), *address, ssl=client_context, server_hostname="localhost"
+            lambda: net_helpers.Recorder(loop),
+            *address,
+            ssl=client_context,
+            server_hostname="localhost",
         )
     ) as (transport, protocol):
         transport.write(b"still serving")
@@ -447,7 +461,11 @@ def test_accept_out_of_file_descriptors(leak_check, loop_kind):
     are freed it accepts and serves every waiting client; a healthy connection goes on."""
     env = dict(child_env(), PYTHONPATH=str(HELPERS.parent.parent))  # tests/, for net_helpers
     result = subprocess.run(
-        [PYTHON, str(HELPERS), "emfile", loop_kind], env=env, capture_output=True, text=True, timeout=50
+        [PYTHON, str(HELPERS), "emfile", loop_kind],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
     )
     assert result.returncode == 0, result.stderr
     outcome = json.loads(result.stdout)

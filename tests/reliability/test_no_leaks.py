@@ -30,8 +30,8 @@ import pytest
 
 from net_helpers import sock_dir  # noqa: F401  (a fixture)
 from reliability_helpers import (
-    MiB,
     PING,
+    MiB,
     churn,
     fd_count,
     gc_disabled,
@@ -156,7 +156,9 @@ def test_closed_transports_and_servers_leave_no_registration(loop_factory, sock_
         tcp = await loop.create_server(lambda: Endpoint(loop, server_ends), "127.0.0.1", 0)
         unix = await loop.create_unix_server(lambda: Endpoint(loop, server_ends), path)
         for _ in range(10):
-            await loop.create_connection(lambda: Endpoint(loop, client_ends), *tcp.sockets[0].getsockname())
+            await loop.create_connection(
+                lambda: Endpoint(loop, client_ends), *tcp.sockets[0].getsockname()
+            )
             await loop.create_unix_connection(lambda: Endpoint(loop, client_ends), path)
         while len(server_ends) < len(client_ends):
             await asyncio.sleep(0.001)
