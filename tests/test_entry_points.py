@@ -15,7 +15,8 @@ import threading
 import pytest
 
 import oxloop
-from conftest import LOOP_FACTORIES, LOOP_TYPES, run_python
+from helpers.loops import LOOP_FACTORIES, LOOP_TYPES
+from helpers.processes import run_python
 
 RUN = {"asyncio": asyncio.run, "oxloop": oxloop.run}
 POLICIES = {"asyncio": asyncio.DefaultEventLoopPolicy, "oxloop": oxloop.EventLoopPolicy}

@@ -14,7 +14,7 @@ import weakref
 
 import pytest
 
-from conftest import LOOP_FACTORIES, LOOP_TYPES, open_fds
+from helpers.loops import LOOP_FACTORIES, LOOP_TYPES, open_fds
 
 # asyncio 3.13.0 to 3.13.2: a run_forever() refused because another loop is running still
 # clears the thread's running loop on its way out (gh-130145, fixed in 3.13.3), so a

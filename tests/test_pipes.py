@@ -31,7 +31,7 @@ import tty
 
 import pytest
 
-from net_helpers import MiB, Recorder, fill_write_buffer, poll_rounds, record_errors
+from helpers.net import MiB, Recorder, fill_write_buffer, poll_rounds, record_errors
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="Linux pty semantics (EIO)"

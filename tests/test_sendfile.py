@@ -9,7 +9,7 @@ transport) and that the transport still works after them; sock_sendfile on a non
 socket. Data is always compared by hash.
 
 Runs on stock asyncio and on oxloop (see conftest.py); asyncio's behaviour is the expectation.
-A test taking ``kind`` runs over TCP and over Unix sockets (helpers: net_helpers.py).
+A test taking ``kind`` runs over TCP and over Unix sockets (helpers: helpers/net.py).
 """
 
 import asyncio
@@ -20,12 +20,7 @@ import socket
 
 import pytest
 
-import net_helpers
-from net_helpers import MiB, fill_write_buffer, poll_rounds, raw_peer, recv_exactly, run_raises
-
-# Fixtures from net_helpers (pytest finds fixtures among a module's names).
-kind = net_helpers.kind
-sock_dir = net_helpers.sock_dir
+from helpers.net import MiB, fill_write_buffer, poll_rounds, raw_peer, recv_exactly, run_raises
 
 SIZE = 3 * MiB + 12345
 

@@ -9,7 +9,7 @@ stale socket files, a path taken by another file), and the errors asyncio raises
 messages (address in use, argument errors).
 
 Runs on stock asyncio and on oxloop (see conftest.py); asyncio's behaviour is the expectation.
-A test taking ``kind`` runs over TCP and over Unix sockets (helpers: net_helpers.py).
+A test taking ``kind`` runs over TCP and over Unix sockets (helpers: helpers/net.py).
 """
 
 import asyncio
@@ -25,8 +25,8 @@ import uuid
 
 import pytest
 
-import net_helpers
-from net_helpers import (
+from helpers import net
+from helpers.net import (
     CLEANUP_TIMEOUT,
     Echo,
     Recorder,
@@ -37,10 +37,6 @@ from net_helpers import (
     run_raises,
     settle,
 )
-
-# Fixtures from net_helpers (pytest finds fixtures among a module's names).
-kind = net_helpers.kind
-sock_dir = net_helpers.sock_dir
 
 # Server.close_clients()/abort_clients() and create_unix_server(cleanup_socket=) are new in 3.13.
 needs_3_13 = pytest.mark.skipif(sys.version_info < (3, 13), reason="an API new in Python 3.13")
@@ -585,7 +581,7 @@ def test_abort_clients_drops_what_the_accepted_connections_buffered(loop):
     async def main():
         async with one_connection(loop, conns) as (server, _, _, client):
             accepted = conns.protocols[0].transport
-            written = await net_helpers.fill_write_buffer(accepted)
+            written = await net.fill_write_buffer(accepted)
             server.abort_clients()
             assert accepted.get_write_buffer_size() == 0
             assert await conns.protocols[0].lost is None
@@ -630,7 +626,7 @@ def test_address_in_use(loop):
             loop,
             loop.create_server(asyncio.Protocol, *address),
             OSError,
-            net_helpers.address_in_use_message(address),
+            net.address_in_use_message(address),
         )
         assert type(error) is OSError
         assert error.errno == errno.EADDRINUSE

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import PYTHON, child_env
+from helpers.processes import PYTHON, child_env
 
 
 def kill_self(sig=signal.SIGUSR1):

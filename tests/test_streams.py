@@ -9,7 +9,7 @@ write_eof; close and wait_closed; drain after close; get_extra_info; an exceptio
 connection handler; many concurrent clients.
 
 Runs on stock asyncio and on oxloop (see conftest.py); asyncio's behaviour is the expectation.
-A test taking ``kind`` runs over TCP and over Unix sockets (helpers: net_helpers.py).
+A test taking ``kind`` runs over TCP and over Unix sockets (helpers: helpers/net.py).
 """
 
 import asyncio
@@ -20,13 +20,7 @@ import socket
 
 import pytest
 
-import net_helpers
-from net_helpers import MiB, close_server, poll_rounds, record_errors
-
-# Fixtures from net_helpers (pytest finds fixtures among a module's names).
-kind = net_helpers.kind
-sock_dir = net_helpers.sock_dir
-
+from helpers.net import MiB, close_server, poll_rounds, record_errors
 
 # --------------------------------------------------------------------------------------------
 # Helpers

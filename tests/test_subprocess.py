@@ -28,8 +28,8 @@ import warnings
 
 import pytest
 
-from conftest import PYTHON, child_env
-from net_helpers import MiB, poll_rounds
+from helpers.net import MiB, poll_rounds
+from helpers.processes import PYTHON, child_env
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/fd")
 

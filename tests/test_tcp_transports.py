@@ -18,7 +18,7 @@ Most tests drive the transport under test against a plain socket peer (accepted 
 
 Runs on stock asyncio and on oxloop (see conftest.py); asyncio's behaviour is the expectation.
 A test taking ``kind`` runs over TCP and over Unix sockets; the helpers shared with the other
-network tests (``raw_peer``, ``Recorder``...) are in net_helpers.py.
+network tests (``raw_peer``, ``Recorder``...) are in helpers/net.py.
 One documented difference: oxloop sets TCP_NODELAY on every TCP stream transport, asyncio only
 on sockets whose ``proto`` is IPPROTO_TCP (see test_tcp_nodelay_on_an_adopted_proto_0_socket).
 """
@@ -38,8 +38,8 @@ from unittest import mock
 
 import pytest
 
-import net_helpers
-from net_helpers import (
+from helpers import net
+from helpers.net import (
     Echo,
     MiB,
     Recorder,
@@ -57,10 +57,6 @@ from net_helpers import (
     settle,
     wait_readable,
 )
-
-# Fixtures from net_helpers (pytest finds fixtures among a module's names).
-kind = net_helpers.kind
-sock_dir = net_helpers.sock_dir
 
 # Bugs of stock asyncio's selector transport from 3.12, whose zero-copy writes (gh-91166) gave
 # it a writelines() of its own; present in the versions tested here (3.12.1, 3.13.0). The
@@ -1315,7 +1311,7 @@ def test_create_connection_local_addr_in_use(loop):
             loop,
             loop.create_connection(asyncio.Protocol, *address, local_addr=address),
             OSError,
-            net_helpers.address_in_use_message(address),
+            net.address_in_use_message(address),
         )
         assert error.errno == errno.EADDRINUSE
 

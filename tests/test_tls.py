@@ -3,7 +3,7 @@
 
 TLS itself is asyncio's ``SSLProtocol`` on top of the loop's socket transport. Runs on stock
 asyncio and on oxloop (see conftest.py). The certificates are generated at test time (a CA and
-a server certificate for "localhost" and "127.0.0.1", see tls_helpers.py); clients trust only
+a server certificate for "localhost" and "127.0.0.1", see conftest.py); clients trust only
 that CA and check the host name.
 """
 
@@ -16,17 +16,11 @@ from asyncio import sslproto
 import pytest
 import trustme
 
-import tls_helpers
-from net_helpers import record_errors
+from helpers.net import record_errors
+from helpers.tls import make_client_context
 from oxloop import _core
 
 MiB = 1024 * 1024
-
-# Fixtures from tls_helpers (pytest finds fixtures among a module's names).
-tls_ca = tls_helpers.tls_ca
-server_cert = tls_helpers.server_cert
-server_context = tls_helpers.server_context
-client_context = tls_helpers.client_context
 
 
 async def others_done(timeout=5.0):
@@ -168,13 +162,13 @@ def test_tls_handshake_failure_reaches_the_client(loop, tls_ca, server_context, 
     errors = record_errors(loop)
     if failure == "untrusted CA":
         client, hostname, reason = (
-            tls_helpers.make_client_context(trustme.CA()),
+            make_client_context(trustme.CA()),
             "localhost",
             "unable to get",
         )
     else:
         client, hostname, reason = (
-            tls_helpers.make_client_context(tls_ca),
+            make_client_context(tls_ca),
             "example.com",
             "Hostname mismatch",
         )

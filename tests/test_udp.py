@@ -34,15 +34,12 @@ from unittest import mock
 
 import pytest
 
-import net_helpers
-from net_helpers import assert_datagram_buffer_empty, poll_rounds, record_errors, settle
-
-# Fixtures from net_helpers (pytest finds fixtures among a module's names).
-sock_dir = net_helpers.sock_dir
+from helpers import net
+from helpers.net import assert_datagram_buffer_empty, poll_rounds, record_errors, settle
 
 # asyncio sends empty datagrams (and counts a datagram header in its write buffer) from 3.13.
 SENDS_EMPTY_DATAGRAMS = sys.version_info >= (3, 13)
-HEADER_SIZE = net_helpers.DATAGRAM_HEADER_SIZE
+HEADER_SIZE = net.DATAGRAM_HEADER_SIZE
 # How create_datagram_endpoint names the socket it wanted (reworded in 3.13).
 NOT_A_DATAGRAM_SOCKET = "A datagram socket" if sys.version_info >= (3, 13) else "A UDP Socket"
 MAX_UDP_PAYLOAD = 65507  # the largest IPv4 UDP datagram

@@ -34,8 +34,8 @@ import pytest
 from anyio.abc import UNIXSocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from conftest import LOOP_FACTORIES, LOOP_TYPES, PYTHON, child_env
-from net_helpers import sock_dir  # noqa: F401
+from helpers.loops import LOOP_FACTORIES, LOOP_TYPES
+from helpers.processes import PYTHON, child_env
 
 MiB = 1024 * 1024
 

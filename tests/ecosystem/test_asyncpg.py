@@ -23,7 +23,6 @@ import asyncpg
 import pytest
 
 import services
-from services import postgres_dsn  # noqa: F401  (a fixture)
 
 # A limit for each test's coroutine, well under pytest-timeout's, for a clearer failure.
 TEST_TIMEOUT = 20

@@ -20,7 +20,6 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 import services
-from services import redis_url  # noqa: F401  (a fixture)
 
 # A limit for each test's coroutine, well under pytest-timeout's, for a clearer failure.
 TEST_TIMEOUT = 20

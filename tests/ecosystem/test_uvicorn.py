@@ -35,13 +35,8 @@ import uvicorn
 from websockets.asyncio.client import connect as ws_connect
 
 import asgi_app
-import tls_helpers
-from conftest import LOOP_TYPES, PYTHON, child_env
-from net_helpers import sock_dir  # noqa: F401
-
-server_context = tls_helpers.server_context
-client_context = tls_helpers.client_context
-tls_ca, server_cert = tls_helpers.tls_ca, tls_helpers.server_cert
+from helpers.loops import LOOP_TYPES
+from helpers.processes import PYTHON, child_env
 
 APP_DIR = os.path.dirname(os.path.abspath(__file__))
 MiB = 1024 * 1024

@@ -27,15 +27,10 @@ from websockets.exceptions import (
     InvalidStatus,
 )
 
-import tls_helpers
-from net_helpers import record_errors
-from web_helpers import MiB, random_bytes, short_dir  # noqa: F401
+from helpers.net import record_errors
+from web_helpers import MiB, random_bytes
 
 # Fixtures from the helpers (pytest finds fixtures among a module's names; short_dir is one).
-tls_ca = tls_helpers.tls_ca
-server_cert = tls_helpers.server_cert
-server_context = tls_helpers.server_context
-client_context = tls_helpers.client_context
 
 # What a loop in debug mode reports when an incoming connection's TLS handshake fails.
 FAILED_INCOMING = "Error on transport creation for incoming connection"

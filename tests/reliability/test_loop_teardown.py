@@ -19,7 +19,7 @@ import weakref
 
 import pytest
 
-from conftest import LOOP_FACTORIES, LOOP_TYPES
+from helpers.loops import LOOP_FACTORIES, LOOP_TYPES
 from reliability_helpers import fd_count
 
 

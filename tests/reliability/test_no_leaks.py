@@ -28,7 +28,6 @@ import weakref
 
 import pytest
 
-from net_helpers import sock_dir  # noqa: F401  (a fixture)
 from reliability_helpers import (
     PING,
     MiB,
@@ -88,7 +87,7 @@ def test_10000_tcp_connections_give_back_every_fd(loop):
 
 
 @pytest.mark.timeout(120)
-def test_10000_unix_stream_connections_give_back_every_fd(loop, sock_dir):  # noqa: F811
+def test_10000_unix_stream_connections_give_back_every_fd(loop, sock_dir):
     """The same over Unix sockets, with asyncio streams (start_unix_server +
     open_unix_connection, each side closing its writer and waiting for wait_closed)."""
     stats = collections.Counter()
@@ -141,7 +140,7 @@ class Endpoint(asyncio.Protocol):
         self.lost.set_result(exc)
 
 
-def test_closed_transports_and_servers_leave_no_registration(loop_factory, sock_dir):  # noqa: F811
+def test_closed_transports_and_servers_leave_no_registration(loop_factory, sock_dir):
     """A TCP and a Unix server, and connections to both closed every way (client close, abort,
     close while reading is paused, close with 1 MiB unsent, server side closing first):
     afterwards the loop watches no more fds than before and none of theirs is open; the loop

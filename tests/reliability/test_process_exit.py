@@ -22,8 +22,7 @@ Every test runs on stock asyncio and on oxloop (see tests/conftest.py).
 import subprocess
 import textwrap
 
-from conftest import PYTHON, child_env
-from net_helpers import sock_dir  # noqa: F401  (a fixture)
+from helpers.processes import PYTHON, child_env
 
 #: Seconds the child may take to exit after its session (a bound, not a speed measure).
 EXIT_LIMIT = 10

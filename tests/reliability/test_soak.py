@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, child_env
+from helpers.processes import PYTHON, child_env
 
 SOAK = Path(__file__).resolve().parents[2] / "benchmarks" / "soak.py"
 DURATION = 8  # seconds of load per run

@@ -48,13 +48,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import net_helpers
-from conftest import LOOP_FACTORIES, open_fds
-from net_helpers import Recorder, poll_rounds, raw_peer, recv_exactly
-
-# Fixtures from net_helpers, for the tests of single differences at the end.
-kind = net_helpers.kind
-sock_dir = net_helpers.sock_dir
+from helpers import net
+from helpers.loops import LOOP_FACTORIES, open_fds
+from helpers.net import Recorder, poll_rounds, raw_peer, recv_exactly
 
 KiB = 1024
 
@@ -896,7 +892,7 @@ def test_writelines_with_an_empty_piece(loop, loop_kind, kind, sock_dir):
                 conn.transport.abort()  # its close() would never end
                 return
             conn.transport.close()
-            assert await asyncio.wait_for(net_helpers.recv_to_eof(loop, conn.peer), 10) == b""
+            assert await asyncio.wait_for(net.recv_to_eof(loop, conn.peer), 10) == b""
             assert await asyncio.wait_for(conn.protocol.lost, 10) is None
 
     loop.run_until_complete(main())
@@ -912,7 +908,7 @@ def test_data_written_before_abort_in_one_callback_is_sent(loop, kind, sock_dir)
             conn.transport.write(b"last words")
             conn.transport.abort()
             await conn.protocol.lost
-            assert await net_helpers.recv_to_eof(loop, conn.peer) == b"last words"
+            assert await net.recv_to_eof(loop, conn.peer) == b"last words"
 
     loop.run_until_complete(main())
 

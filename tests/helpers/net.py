@@ -1,9 +1,9 @@
-"""Helpers shared by the network behaviour tests (test_tcp_transports.py, test_servers.py,
-test_streams.py and test_sendfile.py).
+"""Helpers shared by the network behaviour tests (stream transports, servers, streams,
+sendfile, datagrams, pipes, and the reliability tests).
 
-``kind``, ``sock_dir``  fixtures: the stream socket a test runs over (parametrized: "tcp"
-                        and "unix"), and a short directory for Unix socket paths. A test
-                        module makes them available with ``kind = net_helpers.kind``...
+The fixtures ``kind`` (the stream socket a test runs over: "tcp" and "unix") and ``sock_dir``
+(a short directory for Unix socket paths) are in conftest.py; ``KINDS`` is the list of kinds.
+
 ``Recorder``, ``Echo``  protocols that record what their transport does (``Echo`` also sends
                         every byte back).
 ``raw_peer``            a transport (create_connection/create_unix_connection) connected to a
@@ -21,10 +21,8 @@ import asyncio
 import contextlib
 import errno
 import os
-import shutil
 import socket
 import sys
-import tempfile
 import uuid
 
 import pytest
@@ -37,21 +35,6 @@ DATAGRAM_HEADER_SIZE = 8 if sys.version_info >= (3, 13) else 0
 DATAGRAM_BUFFER_KEEPS_HEADERS = (3, 13) <= sys.version_info < (3, 13, 6)
 MiB = 1024 * 1024
 CLEANUP_TIMEOUT = 5
-
-
-@pytest.fixture(params=KINDS)
-def kind(request):
-    """The stream socket a test runs over: "tcp" (127.0.0.1) or "unix" (a path in ``sock_dir``);
-    every test taking ``kind`` runs over both."""
-    return request.param
-
-
-@pytest.fixture
-def sock_dir():
-    """A short directory for Unix socket paths (pytest's tmp_path can exceed their 107 bytes)."""
-    path = tempfile.mkdtemp(prefix="oxl-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
