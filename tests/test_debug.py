@@ -211,10 +211,15 @@ def test_run_in_executor_rejects_coroutine_functions_in_debug_mode(debug_loop):
 
 
 def test_coroutine_function_is_accepted_outside_debug_mode(loop):
-    # asyncio only checks in debug mode; the handle is created (and cancelled here).
+    # asyncio only checks in debug mode: every scheduler takes it and returns a pending handle
+    # holding it (cancelled here: running it would only make a coroutine nobody awaits).
     loop.set_debug(False)
-    handle = loop.call_soon(coroutine_function)
-    handle.cancel()
+    for method in sorted(SCHEDULERS):
+        handle = SCHEDULERS[method](loop, coroutine_function)
+        assert not handle.cancelled(), method
+        assert handle._callback is coroutine_function, method
+        handle.cancel()
+        assert handle.cancelled(), method
 
 
 # --------------------------------------------------------------------------------------------

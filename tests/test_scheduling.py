@@ -497,15 +497,22 @@ def test_each_callback_gets_its_own_context_copy(loop):
 
 def test_context_is_released_when_a_handle_runs(loop):
     # Not asyncio-specified, but both keep the callback's references only as long as needed:
-    # after the loop ran (and dropped) its handles, the callback object is gone.
+    # after the loop ran (and dropped) its handles, the callback object and the context it ran
+    # in (here, an object only that context holds) are gone.
     callback = CallbackObject()
     ref = weakref.ref(callback)
-    loop.call_soon(callback)
-    del callback
+    var = contextvars.ContextVar("var")
+    in_context = CallbackObject()
+    in_context_ref = weakref.ref(in_context)
+    context = contextvars.copy_context()
+    context.run(var.set, in_context)
+    loop.call_soon(callback, context=context)
+    del callback, in_context, context
     loop.call_soon(loop.stop)
     loop.run_forever()
     gc.collect()
     assert ref() is None
+    assert in_context_ref() is None
 
 
 def test_oxloop_handles_have_get_context(oxloop_loop):

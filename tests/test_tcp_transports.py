@@ -1071,12 +1071,20 @@ def test_get_extra_info_of_accepted_transports(loop, kind, sock_dir):
 
 
 def test_extra_info_stays_after_close(loop, kind, sock_dir):
+    """peername, sockname and socket are still there after connection_lost (sockname and
+    socket asked for the first time only then)."""
+
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
-            peername = conn.transport.get_extra_info("peername")
-            conn.transport.close()
+            transport = conn.transport
+            peername = transport.get_extra_info("peername")
+            transport.close()
             await conn.protocol.lost
-            assert conn.transport.get_extra_info("peername") == peername
+            assert transport.get_extra_info("peername") == peername
+            assert transport.get_extra_info("sockname") == conn.client_address
+            sock = transport.get_extra_info("socket")
+            assert isinstance(sock, asyncio.trsock.TransportSocket)
+            assert sock.family == (socket.AF_INET if kind == "tcp" else socket.AF_UNIX)
 
     loop.run_until_complete(main())
 

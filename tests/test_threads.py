@@ -113,6 +113,7 @@ def test_call_soon_threadsafe_handle_can_be_cancelled(loop):
     out = []
     handle = loop.call_soon_threadsafe(out.append, "cancelled")
     handle.cancel()
+    assert handle.cancelled()
     loop.call_soon(loop.stop)
     loop.run_forever()
     assert out == []

@@ -731,6 +731,7 @@ def test_unix_burst_is_buffered_and_arrives_in_order(loop, loop_kind, sock_dir):
             async with endpoint(loop, family=socket.AF_UNIX, remote_addr=path) as (sender, _):
                 for data in datagrams:  # more than the receiving socket's queue takes
                     sender.sendto(data)
+                assert sender.get_write_buffer_size() > 0  # the rest waits in the transport
                 received = await receiver.wait_datagrams(len(datagrams))
                 assert [data for data, _ in received] == datagrams
                 await poll_rounds(loop)
