@@ -93,9 +93,7 @@ class ErrorReportedByLoop(RuntimeError):
     """A callback or task raised during a workload; the loop passed it to its exception handler."""
 
 
-def measure_once(
-    loop: AvailableLoop, workload: Workload, n: int, collector: bool = True
-) -> float:
+def measure_once(loop: AvailableLoop, workload: Workload, n: int, collector: bool = True) -> float:
     """Runs ``workload`` once on a fresh ``loop`` and returns the time its work took.
 
     The garbage collector starts from a full collection, and runs during the workload unless

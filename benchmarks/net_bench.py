@@ -391,9 +391,7 @@ class Loadgen:
     def command(self, mode: str, port: int, *options: object) -> list[str]:
         return [str(self.binary), mode, "--addr", f"127.0.0.1:{port}", *map(str, options)]
 
-    def run(
-        self, cpu: int | None, mode: str, port: int, *options: object, timeout: float
-    ) -> dict:
+    def run(self, cpu: int | None, mode: str, port: int, *options: object, timeout: float) -> dict:
         try:
             finished = subprocess.run(
                 self.command(mode, port, *options),
@@ -757,8 +755,10 @@ def run_workload(
     runs: list[LoopRun] = []
 
     def drop(run: LoopRun, error: Exception) -> None:
-        result.errors[run.loop] = str(error) if isinstance(error, MeasurementError) else (
-            f"{type(error).__name__}: {error}"
+        result.errors[run.loop] = (
+            str(error)
+            if isinstance(error, MeasurementError)
+            else (f"{type(error).__name__}: {error}")
         )
         result.samples.pop(run.loop, None)
         run.kill()
@@ -890,9 +890,11 @@ def markdown_report(
     lines = [
         "## Network benchmarks",
         "",
-        f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
-        f"{os.cpu_count()} CPUs; {_transports_used(results)} over loopback; median of {rounds} "
-        "interleaved rounds per loop; ±x% is the median absolute deviation.",
+        (
+            f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
+            f"{os.cpu_count()} CPUs; {_transports_used(results)} over loopback; median of {rounds} "
+            "interleaved rounds per loop; ±x% is the median absolute deviation."
+        ),
         f"Placement ({placement_choice}): {pinning}.",
         "Loops: " + ", ".join(f"{loop.name} {loop.version}" for loop in loops) + ".",
         "",
@@ -902,9 +904,11 @@ def markdown_report(
         lines += [
             "### Speed",
             "",
-            "Echo cells: round trips/s ±spread · median p99 latency; bulk: bytes/s received "
-            "by the server; idle: time until every connection was accepted and answered "
-            "· connections/s.",
+            (
+                "Echo cells: round trips/s ±spread · median p99 latency; bulk: bytes/s received "
+                "by the server; idle: time until every connection was accepted and answered "
+                "· connections/s."
+            ),
         ]
         if baselines:
             lines.append(
@@ -930,8 +934,10 @@ def markdown_report(
             "",
             "### Memory per idle connection",
             "",
-            f"Growth of the server's VmRSS from listening to {n:,} connections accepted and "
-            f"answered, divided by {n:,}; lower is better. Kernel socket memory is not in it.",
+            (
+                f"Growth of the server's VmRSS from listening to {n:,} connections accepted and "
+                f"answered, divided by {n:,}; lower is better. Kernel socket memory is not in it."
+            ),
         ]
         if baselines:
             lines.append(

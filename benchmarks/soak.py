@@ -363,7 +363,7 @@ class LoadClient:
             writer.close()
             try:
                 await writer.wait_closed()
-            except (ConnectionError, asyncio.TimeoutError):
+            except (TimeoutError, ConnectionError):
                 pass
 
 
@@ -494,9 +494,18 @@ def soak(args: argparse.Namespace) -> dict:
         )
         client = Child(
             "client",
-            ["--role", "client", "--loop", client_loop, "--port", str(port),
-             "--connections", str(args.connections),
-             "--requests-per-connection", str(args.requests_per_connection)],
+            [
+                "--role",
+                "client",
+                "--loop",
+                client_loop,
+                "--port",
+                str(port),
+                "--connections",
+                str(args.connections),
+                "--requests-per-connection",
+                str(args.requests_per_connection),
+            ],
         )
         print(ROW.format(*HEADINGS), flush=True)
         start = previous_time = time.monotonic()
@@ -589,21 +598,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--loop", choices=LOOPS, default="oxloop", help="the server's loop (default oxloop)")
-    add("--server", choices=SERVERS, default="aiohttp",
-        help="an aiohttp.web app or a plain asyncio.Protocol (default aiohttp)")
+    add(
+        "--server",
+        choices=SERVERS,
+        default="aiohttp",
+        help="an aiohttp.web app or a plain asyncio.Protocol (default aiohttp)",
+    )
     add("--duration", type=float, default=600, help="seconds of load (default 600)")
     add("--interval", type=float, default=5, help="seconds between samples (default 5)")
-    add("--warmup", type=float,
+    add(
+        "--warmup",
+        type=float,
         help="seconds of load left out of the RSS and fd summary "
-             "(default: a fifth of --duration, at most 60)")
+        "(default: a fifth of --duration, at most 60)",
+    )
     add("--connections", type=int, default=64, help="concurrent connections (default 64)")
-    add("--requests-per-connection", type=int, default=20,
-        help="keep-alive requests before a connection is closed and reopened (default 20)")
-    add("--client-loop", choices=("asyncio", "uvloop"),
-        help="the load generator's loop (default uvloop if installed)")
+    add(
+        "--requests-per-connection",
+        type=int,
+        default=20,
+        help="keep-alive requests before a connection is closed and reopened (default 20)",
+    )
+    add(
+        "--client-loop",
+        choices=("asyncio", "uvloop"),
+        help="the load generator's loop (default uvloop if installed)",
+    )
     add("--json", metavar="PATH", help="also write the samples and summary as JSON")
-    add("--role", choices=("harness", "server", "client"), default="harness",
-        help=argparse.SUPPRESS)
+    add(
+        "--role", choices=("harness", "server", "client"), default="harness", help=argparse.SUPPRESS
+    )
     add("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.interval <= 0 or args.duration < args.interval:

@@ -23,7 +23,10 @@ async def main() -> None:
 
     started = time.perf_counter()
     squares = await asyncio.gather(*(worker(n) for n in range(1000)))
-    print(f"1000 tasks gathered in {time.perf_counter() - started:.3f}s, sum of squares {sum(squares)}")
+    print(
+        f"1000 tasks gathered in {time.perf_counter() - started:.3f}s, "
+        f"sum of squares {sum(squares)}"
+    )
 
     fired = loop.create_future()
     loop.call_later(0.05, fired.set_result, "timer fired")
@@ -38,7 +41,9 @@ async def main() -> None:
     b.close()
 
     done = loop.create_future()
-    threading.Thread(target=lambda: loop.call_soon_threadsafe(done.set_result, "hello from a thread")).start()
+    threading.Thread(
+        target=lambda: loop.call_soon_threadsafe(done.set_result, "hello from a thread")
+    ).start()
     print(await done)
 
     async with asyncio.TaskGroup() as group:

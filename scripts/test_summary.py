@@ -71,7 +71,12 @@ def main(results, versions):
         if (results / f"missing-{version}.log").exists():
             rows.append(f"{'CPython ' + version:<16} skipped: no interpreter")
             continue
-        add(f"{version} pytest", last_match(results / f"pytest-{version}.log", r"\d+ (passed|failed|errors?)\b.* in [\d.]+s"))
+        add(
+            f"{version} pytest",
+            last_match(
+                results / f"pytest-{version}.log", r"\d+ (passed|failed|errors?)\b.* in [\d.]+s"
+            ),
+        )
         add(f"{version} stdlib", last_match(results / f"stdlib-{version}.log", r"^stdlib: "))
     wheel = last_match(results / "wheel.log", r"^wheel: passed")
     rows.append(f"{'wheel':<16} {wheel or 'FAILED (see ' + str(results / 'wheel.log') + ')'}")

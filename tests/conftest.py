@@ -12,12 +12,21 @@ Fixtures
 ``oxloop_leak_check``  a guard for tests not parametrized by loop kind (oxloop-only features).
 ``oxloop_loop``        an oxloop loop under that guard.
 ``restore_policy``     restores asyncio's event loop policy after the test.
+``pair``               a connected pair of non-blocking Unix sockets.
+``kind``               "tcp" or "unix" (parametrized): the stream socket a network test runs
+                       over.
+``sock_dir``           a short directory for Unix socket paths.
+``tls_ca``, ``server_cert``, ``server_context``, ``client_context``: certificates generated at
+                       test time (a CA and a server certificate for "localhost" and
+                       "127.0.0.1", once per session) and SSL contexts made from them.
 
 Marks
 -----
 ``@pytest.mark.oxloop_xfail(reason=...)``  the oxloop case of a parametrized test is a known
 oxloop bug: it becomes ``xfail(strict=True)`` (the asyncio case must still pass, and the
 oxloop case starts failing the suite as soon as the bug is fixed, so the mark gets removed).
+
+The helpers tests import are in the ``helpers`` package (tests/helpers/), never here.
 
 Every test gets a pytest-timeout limit (``DEFAULT_TIMEOUT`` unless it sets its own), so a hang
 fails one test instead of stalling CI.
@@ -26,34 +35,20 @@ fails one test instead of stalling CI.
 from __future__ import annotations
 
 import asyncio
-import gc
-import os
-import signal
+import shutil
 import socket
-import subprocess
-import sys
-import threading
-import warnings
+import ssl
+import tempfile
 from pathlib import Path
 
 import pytest
+import trustme
 
-import oxloop
+from helpers.loops import LOOP_FACTORIES, LoopGuard
+from helpers.net import KINDS
+from helpers.tls import SERVER_NAMES, make_client_context, make_server_context
 
 DEFAULT_TIMEOUT = 30
-
-LOOP_FACTORIES = {
-    "asyncio": asyncio.new_event_loop,
-    "oxloop": oxloop.new_event_loop,
-}
-
-LOOP_TYPES = {
-    "asyncio": asyncio.SelectorEventLoop,
-    "oxloop": oxloop.Loop,
-}
-
-# Signals whose disposition a test must leave as it found it.
-WATCHED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD)
 
 # Files of this directory owned by others: not given a default timeout here.
 _NOT_OURS = {"test_dns_literals.py"}
@@ -74,126 +69,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.timeout(DEFAULT_TIMEOUT))
         marker = item.get_closest_marker("oxloop_xfail")
         callspec = getattr(item, "callspec", None)
-        if marker is not None and callspec is not None and callspec.params.get("loop_kind") == "oxloop":
-            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "oxloop bug")
+        if (
+            marker is not None
+            and callspec is not None
+            and callspec.params.get("loop_kind") == "oxloop"
+        ):
+            reason = marker.kwargs.get("reason") or (
+                marker.args[0] if marker.args else "oxloop bug"
+            )
             item.add_marker(pytest.mark.xfail(strict=True, reason=reason))
 
 
 # --------------------------------------------------------------------------------------------
-# Process state snapshots
+# Loops
 # --------------------------------------------------------------------------------------------
-
-
-def open_fds() -> set[tuple[int, str]]:
-    """The process's open file descriptors, as (number, what it points to) pairs."""
-    result = set()
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            result.add((int(name), os.readlink(f"/proc/self/fd/{name}")))
-        except OSError:  # the listing's own fd, or closed meanwhile
-            pass
-    return result
-
-
-def current_wakeup_fd() -> int:
-    """``signal.set_wakeup_fd``'s current value, without changing it (main thread only)."""
-    previous = signal.set_wakeup_fd(-1)
-    signal.set_wakeup_fd(previous)
-    return previous
-
-
-def process_state() -> dict:
-    """What a test must leave as it found it."""
-    policy = asyncio.get_event_loop_policy()
-    return {
-        "running loop": asyncio._get_running_loop(),
-        "asyncgen hooks": tuple(sys.get_asyncgen_hooks()),
-        "coroutine origin tracking depth": sys.get_coroutine_origin_tracking_depth(),
-        "wakeup fd": current_wakeup_fd(),
-        "signal handlers": {sig: signal.getsignal(sig) for sig in WATCHED_SIGNALS},
-        "event loop policy": type(policy),
-        "current event loop": getattr(policy._local, "_loop", None),
-    }
-
-
-class LoopGuard:
-    """Makes loops of one kind for a test, and checks at the end that nothing leaked.
-
-    Checked at teardown: the test left no loop running, no task pending, no unexpected call of
-    the exception handler (a test expecting errors installs its own handler); after closing
-    the loops, no file descriptor opened during the test is left open (except those the loop
-    constructors opened: that ``close()`` releases those is a test of its own), no thread
-    started during the test is still alive, and the process state (running loop, async
-    generator hooks, signal handlers, wakeup fd, policy...) is as before.
-    """
-
-    def __init__(self, kind: str):
-        self.kind = kind
-        self.loops: list[asyncio.AbstractEventLoop] = []
-        self.loop_fds: set[tuple[int, str]] = set()
-        self.unexpected_errors: list[dict] = []
-        self.fds_before = open_fds()
-        self.threads_before = set(threading.enumerate())
-        self.state_before = process_state()
-
-    def _record_error(self, loop, context):
-        self.unexpected_errors.append(context)
-
-    def new_loop(self, kind: str | None = None):
-        """A new loop of the guard's kind (or of ``kind``), checked at teardown."""
-        before = open_fds()
-        loop = LOOP_FACTORIES[kind or self.kind]()
-        self.loop_fds |= open_fds() - before
-        loop.set_exception_handler(self._record_error)
-        self.loops.append(loop)
-        return loop
-
-    def finish(self):
-        problems = []
-        for loop in self.loops:
-            if loop.is_running():
-                problems.append(f"{loop!r} is still running")
-                continue
-            if not loop.is_closed():
-                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-                if pending:
-                    problems.append(f"pending tasks left on {loop!r}: {pending!r}")
-                    for task in pending:
-                        task.cancel()
-                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-                loop.close()
-        if self.unexpected_errors:
-            problems.append(f"unexpected calls of the exception handler: {self.unexpected_errors!r}")
-        self.loops.clear()
-
-        for thread in set(threading.enumerate()) - self.threads_before:
-            thread.join(timeout=10)
-            if thread.is_alive():
-                problems.append(f"thread left running: {thread!r}")
-
-        leaked = open_fds() - self.fds_before - self.loop_fds
-        if leaked:
-            # Maybe only garbage not yet collected (an exception's traceback can keep a loop
-            # alive): collect it (slow, so only now); what was left unclosed in it says so
-            # with a ResourceWarning.
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", ResourceWarning)
-                gc.collect()
-            for warning in caught:
-                if issubclass(warning.category, ResourceWarning):
-                    problems.append(f"left unclosed: {warning.message}")
-            leaked = open_fds() - self.fds_before - self.loop_fds
-        if leaked:
-            problems.append(f"file descriptors left open: {sorted(leaked)}")
-
-        state = process_state()
-        for key, before in self.state_before.items():
-            if state[key] != before:
-                problems.append(f"{key} changed: {before!r} -> {state[key]!r}")
-        if state["running loop"] is not None:
-            asyncio.events._set_running_loop(None)
-        if problems:
-            pytest.fail("leak check failed:\n  " + "\n  ".join(problems))
 
 
 @pytest.fixture(params=sorted(LOOP_FACTORIES))
@@ -247,26 +136,8 @@ def restore_policy():
 
 
 # --------------------------------------------------------------------------------------------
-# Helpers for subprocess tests
+# Sockets
 # --------------------------------------------------------------------------------------------
-
-PYTHON = sys.executable
-
-
-def child_env() -> dict:
-    """The environment of a child interpreter: ours, without asyncio debug switches."""
-    env = dict(os.environ)
-    env.pop("PYTHONASYNCIODEBUG", None)
-    env.pop("PYTHONDEVMODE", None)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def run_python(args, *, cwd=None, timeout=60) -> subprocess.CompletedProcess:
-    """Run ``python args...`` to completion and return its result (text output)."""
-    return subprocess.run(
-        [PYTHON, *args], cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout
-    )
 
 
 @pytest.fixture
@@ -278,3 +149,49 @@ def pair():
     yield a, b
     a.close()
     b.close()
+
+
+@pytest.fixture(params=KINDS)
+def kind(request):
+    """The stream socket a test runs over: "tcp" (127.0.0.1) or "unix" (a path in ``sock_dir``);
+    every test taking ``kind`` runs over both."""
+    return request.param
+
+
+@pytest.fixture
+def sock_dir():
+    """A short directory for Unix socket paths (pytest's tmp_path can exceed their 107 bytes)."""
+    path = tempfile.mkdtemp(prefix="oxl-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# TLS (certificates generated at test time: generating them is the slow part, done once per
+# session; the contexts are made for each test, so that a test may change its own)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tls_ca() -> trustme.CA:
+    """A certificate authority made for this test session."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def server_cert(tls_ca) -> trustme.LeafCert:
+    """A server certificate from ``tls_ca`` for "localhost" and "127.0.0.1"."""
+    return tls_ca.issue_cert(*SERVER_NAMES)
+
+
+@pytest.fixture
+def server_context(server_cert) -> ssl.SSLContext:
+    """A server-side context presenting ``server_cert``."""
+    return make_server_context(server_cert)
+
+
+@pytest.fixture
+def client_context(tls_ca) -> ssl.SSLContext:
+    """A client-side context trusting only ``tls_ca``, with hostname checks on (connect with
+    ``server_hostname`` "localhost" or "127.0.0.1")."""
+    return make_client_context(tls_ca)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, child_env
+from helpers.processes import PYTHON, child_env
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 LOOPS = "asyncio,oxloop"

@@ -22,7 +22,11 @@ def debug_loop(loop):
 
 
 def asyncio_warnings(caplog):
-    return [r.getMessage() for r in caplog.records if r.name == "asyncio" and r.levelno == logging.WARNING]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "asyncio" and r.levelno == logging.WARNING
+    ]
 
 
 def next_line():
@@ -46,7 +50,9 @@ def test_slow_task_step_warning_names_the_task(debug_loop, caplog):
         loop.run_until_complete(loop.create_task(slowpoke(), name="the-slow-one"))
     messages = asyncio_warnings(caplog)
     assert len(messages) == 1, messages
-    assert re.fullmatch(r"Executing <Task .*name='the-slow-one'.*> took \d+\.\d{3} seconds", messages[0], re.S)
+    assert re.fullmatch(
+        r"Executing <Task .*name='the-slow-one'.*> took \d+\.\d{3} seconds", messages[0], re.S
+    )
     assert "slowpoke()" in messages[0]
     seconds = float(messages[0].rsplit(" took ", 1)[1].split()[0])
     assert seconds >= 0.05
@@ -65,7 +71,9 @@ def test_slow_plain_callback_warning_names_the_handle(debug_loop, caplog):
         loop.run_forever()
     messages = asyncio_warnings(caplog)
     assert len(messages) == 1, messages
-    assert re.fullmatch(r"Executing <Handle .*blocking_callback\(\).*> took \d+\.\d{3} seconds", messages[0], re.S)
+    assert re.fullmatch(
+        r"Executing <Handle .*blocking_callback\(\).*> took \d+\.\d{3} seconds", messages[0], re.S
+    )
 
 
 def test_fast_callbacks_are_not_reported(debug_loop, caplog):
@@ -119,7 +127,10 @@ def test_non_threadsafe_call_from_another_thread_raises_in_debug_mode(debug_loop
 
     error = loop.run_until_complete(main())
     assert isinstance(error, RuntimeError)
-    assert str(error) == "Non-thread-safe operation invoked on an event loop other than the current one"
+    assert (
+        str(error)
+        == "Non-thread-safe operation invoked on an event loop other than the current one"
+    )
 
 
 def test_call_soon_threadsafe_from_another_thread_is_fine_in_debug_mode(debug_loop):
@@ -158,7 +169,12 @@ SCHEDULERS = {
     "call_at": lambda loop, cb: loop.call_at(loop.time() + 1, cb),
 }
 # asyncio implements call_later with call_at: its errors name call_at.
-CHECKED_AS = {"call_soon": "call_soon", "call_soon_threadsafe": "call_soon_threadsafe", "call_later": "call_at", "call_at": "call_at"}
+CHECKED_AS = {
+    "call_soon": "call_soon",
+    "call_soon_threadsafe": "call_soon_threadsafe",
+    "call_later": "call_at",
+    "call_at": "call_at",
+}
 
 
 @pytest.mark.parametrize("method", sorted(SCHEDULERS))
@@ -183,7 +199,10 @@ def test_coroutine_object_is_rejected_in_debug_mode(debug_loop, method):
 def test_non_callable_is_rejected_in_debug_mode(debug_loop, method):
     with pytest.raises(TypeError) as info:
         SCHEDULERS[method](debug_loop, "not callable")
-    assert str(info.value) == f"a callable object was expected by {CHECKED_AS[method]}(), got 'not callable'"
+    assert (
+        str(info.value)
+        == f"a callable object was expected by {CHECKED_AS[method]}(), got 'not callable'"
+    )
 
 
 def test_run_in_executor_rejects_coroutine_functions_in_debug_mode(debug_loop):
@@ -192,10 +211,15 @@ def test_run_in_executor_rejects_coroutine_functions_in_debug_mode(debug_loop):
 
 
 def test_coroutine_function_is_accepted_outside_debug_mode(loop):
-    # asyncio only checks in debug mode; the handle is created (and cancelled here).
+    # asyncio only checks in debug mode: every scheduler takes it and returns a pending handle
+    # holding it (cancelled here: running it would only make a coroutine nobody awaits).
     loop.set_debug(False)
-    handle = loop.call_soon(coroutine_function)
-    handle.cancel()
+    for method in sorted(SCHEDULERS):
+        handle = SCHEDULERS[method](loop, coroutine_function)
+        assert not handle.cancelled(), method
+        assert handle._callback is coroutine_function, method
+        handle.cancel()
+        assert handle.cancelled(), method
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,7 +281,9 @@ def test_default_handler_adds_the_current_handle_traceback_in_debug_mode(debug_l
     loop.call_soon(loop.stop)
     with caplog.at_level(logging.ERROR, logger="asyncio"):
         loop.run_forever()
-    messages = [r.getMessage() for r in caplog.records if r.name == "asyncio" and r.levelno == logging.ERROR]
+    messages = [
+        r.getMessage() for r in caplog.records if r.name == "asyncio" and r.levelno == logging.ERROR
+    ]
     assert len(messages) == 1
     lines = messages[0].split("\n")
     assert lines[0] == "reported from a callback"

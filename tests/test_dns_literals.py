@@ -153,9 +153,19 @@ PORTS = [
 FAMILIES = [0, AF_INET, AF_INET6, socket.AF_UNIX]
 TYPES = [0, socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_RAW, socket.SOCK_SEQPACKET]
 PROTOS = [0, socket.IPPROTO_TCP, socket.IPPROTO_UDP, 132]
-FLAG_BITS = [AI_PASSIVE, AI_CANONNAME, AI_NUMERICHOST, AI_NUMERICSERV, AI_V4MAPPED, AI_ALL, AI_ADDRCONFIG]
+FLAG_BITS = [
+    AI_PASSIVE,
+    AI_CANONNAME,
+    AI_NUMERICHOST,
+    AI_NUMERICSERV,
+    AI_V4MAPPED,
+    AI_ALL,
+    AI_ADDRCONFIG,
+]
 ALL_FLAG_COMBINATIONS = [
-    sum(bits) for count in range(len(FLAG_BITS) + 1) for bits in itertools.combinations(FLAG_BITS, count)
+    sum(bits)
+    for count in range(len(FLAG_BITS) + 1)
+    for bits in itertools.combinations(FLAG_BITS, count)
 ]
 
 
@@ -163,7 +173,7 @@ def libc_answer(args):
     """socket.getaddrinfo(*args), or the exception it raises."""
     try:
         return socket.getaddrinfo(*args)
-    except Exception as error:  # noqa: BLE001 - any exception means "must decline"
+    except Exception as error:
         return error
 
 
@@ -202,14 +212,19 @@ class Tally:
 
     def assert_no_mismatch(self, label):
         print(f"{label}: {self.compared} combinations compared, {self.answered} answered natively")
-        shown = "\n".join(f"{args!r}:\n  fast {fast!r}\n  libc {libc!r}" for args, fast, libc in self.mismatches[:10])
-        assert not self.mismatches, f"{len(self.mismatches)} wrong answers of {self.answered}:\n{shown}"
+        shown = "\n".join(
+            f"{args!r}:\n  fast {fast!r}\n  libc {libc!r}"
+            for args, fast, libc in self.mismatches[:10]
+        )
+        assert not self.mismatches, (
+            f"{len(self.mismatches)} wrong answers of {self.answered}:\n{shown}"
+        )
 
 
 def test_common_queries_are_answered_natively():
-    assert _core.getaddrinfo_literal("127.0.0.1", 80, AF_INET, socket.SOCK_STREAM) == socket.getaddrinfo(
+    assert _core.getaddrinfo_literal(
         "127.0.0.1", 80, AF_INET, socket.SOCK_STREAM
-    )
+    ) == socket.getaddrinfo("127.0.0.1", 80, AF_INET, socket.SOCK_STREAM)
     must_answer = [
         ("127.0.0.1", 80, AF_INET, socket.SOCK_STREAM, 0, 0),
         ("::1", 443, 0, 0, 0, 0),
@@ -230,8 +245,12 @@ def test_common_queries_are_answered_natively():
         tally.check(args)
     tally.assert_no_mismatch("common queries")
     assert tally.answered == len(must_answer), "the fast path declined a common query"
-    by_keyword = _core.getaddrinfo_literal("127.0.0.1", 80, family=AF_INET, type=socket.SOCK_STREAM, proto=6, flags=0)
-    assert by_keyword == socket.getaddrinfo("127.0.0.1", 80, family=AF_INET, type=socket.SOCK_STREAM, proto=6, flags=0)
+    by_keyword = _core.getaddrinfo_literal(
+        "127.0.0.1", 80, family=AF_INET, type=socket.SOCK_STREAM, proto=6, flags=0
+    )
+    assert by_keyword == socket.getaddrinfo(
+        "127.0.0.1", 80, family=AF_INET, type=socket.SOCK_STREAM, proto=6, flags=0
+    )
 
 
 def test_names_and_odd_arguments_are_declined():
@@ -265,7 +284,9 @@ def test_answers_raise_the_audit_event_of_socket_getaddrinfo():
         import socket, sys
         from oxloop import _core
         events = []
-        sys.addaudithook(lambda event, args: events.append(args) if event == "socket.getaddrinfo" else None)
+        sys.addaudithook(
+            lambda event, args: events.append(args) if event == "socket.getaddrinfo" else None
+        )
         query = ("127.0.0.1", 80, socket.AF_INET, socket.SOCK_STREAM, 6)
         assert _core.getaddrinfo_literal(*query) is not None
         socket.getaddrinfo(*query)
@@ -280,7 +301,9 @@ def test_answers_raise_the_audit_event_of_socket_getaddrinfo():
 def test_grid_of_hosts_ports_families_types_protocols_and_flags():
     chooser = random.Random(20240521)
     tally = Tally()
-    for host, port, family, socktype, proto in itertools.product(HOSTS, PORTS, FAMILIES, TYPES, PROTOS):
+    for host, port, family, socktype, proto in itertools.product(
+        HOSTS, PORTS, FAMILIES, TYPES, PROTOS
+    ):
         flags = chooser.choice(ALL_FLAG_COMBINATIONS)
         tally.check((host, port, family, socktype, proto, flags))
     tally.assert_no_mismatch("grid")
@@ -288,7 +311,16 @@ def test_grid_of_hosts_ports_families_types_protocols_and_flags():
 
 
 def test_every_flag_combination():
-    hosts = [None, "127.0.0.1", "127.1", "::1", "::ffff:1.2.3.4", "fe80::1%lo", b"10.0.0.1", "localhost"]
+    hosts = [
+        None,
+        "127.0.0.1",
+        "127.1",
+        "::1",
+        "::ffff:1.2.3.4",
+        "fe80::1%lo",
+        b"10.0.0.1",
+        "localhost",
+    ]
     tally = Tally()
     for host, port, family, socktype, flags in itertools.product(
         hosts, [0, 443, None], FAMILIES, TYPES, ALL_FLAG_COMBINATIONS
@@ -304,7 +336,16 @@ def test_numeric_hosts_are_never_declined_needlessly():
     answer wherever socket.getaddrinfo does (numeric ports, no AI_ADDRCONFIG)."""
     chooser = random.Random(7)
     alphabet = "0123456789abcdefABCDEFxX.:%" * 3 + "lo" + "g "
-    seeds = ["127.0.0.1", "::1", "::ffff:1.2.3.4", "fe80::1%lo", "1.2.3", "0x7f.1", "ff02::1%1", "1:2:3:4:5:6:7:8"]
+    seeds = [
+        "127.0.0.1",
+        "::1",
+        "::ffff:1.2.3.4",
+        "fe80::1%lo",
+        "1.2.3",
+        "0x7f.1",
+        "ff02::1%1",
+        "1:2:3:4:5:6:7:8",
+    ]
     flag_choices = [0, AI_PASSIVE, AI_CANONNAME, AI_V4MAPPED, AI_V4MAPPED | AI_ALL, AI_NUMERICSERV]
     tally = Tally()
     for round_number in range(30_000):

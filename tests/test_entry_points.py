@@ -15,7 +15,8 @@ import threading
 import pytest
 
 import oxloop
-from conftest import LOOP_FACTORIES, LOOP_TYPES, run_python
+from helpers.loops import LOOP_FACTORIES, LOOP_TYPES
+from helpers.processes import run_python
 
 RUN = {"asyncio": asyncio.run, "oxloop": oxloop.run}
 POLICIES = {"asyncio": asyncio.DefaultEventLoopPolicy, "oxloop": oxloop.EventLoopPolicy}
@@ -78,7 +79,7 @@ def test_run_cancels_leftover_tasks_and_closes_async_generators(loop_kind, leak_
     generators = []
 
     async def main():
-        asyncio.ensure_future(leftover())
+        asyncio.ensure_future(leftover())  # noqa: RUF006 (left for the runner to cancel)
         g = agen()
         generators.append(g)
         await g.__anext__()
@@ -93,7 +94,9 @@ def test_run_shuts_the_default_executor_down(loop_kind, leak_check):
     threads = []
 
     async def main():
-        threads.append(await asyncio.get_running_loop().run_in_executor(None, threading.current_thread))
+        threads.append(
+            await asyncio.get_running_loop().run_in_executor(None, threading.current_thread)
+        )
 
     RUN[loop_kind](main())
     assert not threads[0].is_alive()
@@ -229,7 +232,10 @@ SCRIPT = textwrap.dedent(
     """
 )
 
-EXPECTED_LOOP = {"asyncio": "asyncio.unix_events._UnixSelectorEventLoop", "oxloop": "oxloop._loop.Loop"}
+EXPECTED_LOOP = {
+    "asyncio": "asyncio.unix_events._UnixSelectorEventLoop",
+    "oxloop": "oxloop._loop.Loop",
+}
 LAUNCHER = {"asyncio": [], "oxloop": ["-m", "oxloop"]}
 
 
@@ -238,7 +244,9 @@ def test_script_runs_with_its_arguments(loop_kind, tmp_path, leak_check):
     (tmp_path / "helper_module.py").write_text("VALUE = 'helped'\n")
     script = tmp_path / "script.py"
     script.write_text(SCRIPT)
-    result = run_python([*LAUNCHER[loop_kind], str(script), "first", "--second", "3", "-m", "--help"], cwd="/")
+    result = run_python(
+        [*LAUNCHER[loop_kind], str(script), "first", "--second", "3", "-m", "--help"], cwd="/"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "name __main__",
@@ -300,7 +308,9 @@ def test_python_m_oxloop_usage():
         (["-m"], "Argument expected for the -m option"),
     ],
 )
-def test_command_line_mistakes_get_a_usage_message_and_status_2(loop_kind, args, message, tmp_path, leak_check):
+def test_command_line_mistakes_get_a_usage_message_and_status_2(
+    loop_kind, args, message, tmp_path, leak_check
+):
     """As ``python`` reports them: the mistake, then the usage, no traceback."""
     (tmp_path / "app.py").write_text("print('ran')\n")
     result = run_python([*LAUNCHER[loop_kind], *args], cwd=tmp_path)
@@ -312,7 +322,9 @@ def test_command_line_mistakes_get_a_usage_message_and_status_2(loop_kind, args,
     assert "Traceback" not in result.stderr
 
 
-def test_a_script_that_cannot_be_opened_is_reported_without_a_traceback(loop_kind, tmp_path, leak_check):
+def test_a_script_that_cannot_be_opened_is_reported_without_a_traceback(
+    loop_kind, tmp_path, leak_check
+):
     """``python missing.py``: "<program>: can't open file '<absolute path>': [Errno 2] ...",
     exit status 2."""
     result = run_python([*LAUNCHER[loop_kind], "missing.py", "arg"], cwd=tmp_path)

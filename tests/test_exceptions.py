@@ -235,7 +235,13 @@ def test_default_handler_log_format(loop, caplog):
     handle.cancel()
     with caplog.at_level(logging.ERROR, logger="asyncio"):
         loop.call_exception_handler(
-            {"message": "Something failed", "exception": error, "zeta": [1, 2], "alpha": "a", "handle": handle}
+            {
+                "message": "Something failed",
+                "exception": error,
+                "zeta": [1, 2],
+                "alpha": "a",
+                "handle": handle,
+            }
         )
     records = asyncio_records(caplog)
     assert len(records) == 1
@@ -243,7 +249,7 @@ def test_default_handler_log_format(loop, caplog):
     assert record.levelno == logging.ERROR
     # The message, then every other key but "exception", sorted, with repr() values.
     assert record.getMessage() == (
-        "Something failed\n" "alpha: 'a'\n" f"handle: {handle!r}\n" "zeta: [1, 2]"
+        f"Something failed\nalpha: 'a'\nhandle: {handle!r}\nzeta: [1, 2]"
     )
     assert record.exc_info == (Boom, error, error.__traceback__)
 
@@ -295,7 +301,9 @@ def test_unretrieved_task_exception_reaches_the_handler(loop):
 
 
 @pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
-def test_fatal_exception_from_callback_propagates_and_keeps_the_rest_of_the_iteration(loop, exc_type):
+def test_fatal_exception_from_callback_propagates_and_keeps_the_rest_of_the_iteration(
+    loop, exc_type
+):
     contexts = collect_errors(loop)
     out = []
     loop.call_soon(out.append, "before")

@@ -105,7 +105,7 @@ def test_reader_is_called_with_its_arguments_when_data_arrives(loop, pair, as_wh
 
 
 def test_reader_is_not_called_without_data(loop, pair):
-    a, b = pair
+    a, _b = pair
     calls = []
     loop.add_reader(a, calls.append, 1)
     loop.call_later(0.02, loop.stop)
@@ -354,7 +354,7 @@ def test_remove_of_a_never_watched_fd_returns_false(loop, pair):
 @pytest.mark.parametrize("method", ["add_reader", "add_writer"])
 def test_add_on_a_closed_loop_raises(loop, pair, method):
     loop.close()
-    with pytest.raises(RuntimeError, match="^Event loop is closed$"):
+    with pytest.raises(RuntimeError, match=r"^Event loop is closed$"):
         getattr(loop, method)(pair[0], print)
 
 
@@ -392,7 +392,9 @@ def test_add_of_a_closed_descriptor_raises_and_leaves_no_registration(loop, meth
 
 
 @pytest.mark.parametrize("method", ["add_reader", "add_writer"])
-def test_add_of_a_regular_file_raises_permission_error_and_leaves_no_registration(loop, method, tmp_path):
+def test_add_of_a_regular_file_raises_permission_error_and_leaves_no_registration(
+    loop, method, tmp_path
+):
     # epoll cannot watch regular files.
     with open(tmp_path / "file", "wb") as f:
         with pytest.raises(PermissionError):
@@ -490,7 +492,9 @@ def test_reader_removed_by_an_earlier_callback_of_the_iteration_does_not_run(loo
             b.close()
 
 
-def test_reader_replaced_by_an_earlier_callback_of_the_iteration_runs_the_new_callback_later(loop, pair):
+def test_reader_replaced_by_an_earlier_callback_of_the_iteration_runs_the_new_callback_later(
+    loop, pair
+):
     a, b = pair
     b.send(b"x")
     calls = []
@@ -638,13 +642,19 @@ def the_next_owner_of_a_closed_descriptor(*add_methods):
 
 
 @pytest.mark.parametrize("side", ["reader", "writer"])
-def test_a_descriptor_closed_while_watched_can_be_watched_again_by_its_next_owner(oxloop_loop, side):
+def test_a_descriptor_closed_while_watched_can_be_watched_again_by_its_next_owner(
+    oxloop_loop, side
+):
     """Never removed: the kernel dropped the old file from epoll when it was closed. The next
     file with the same number is watched for its new callback alone, and the old callbacks are
     released. (Stock asyncio keeps the stale key: the new watch either never fires or raises
     FileNotFoundError; see docs/compatibility.md.)"""
     loop = oxloop_loop
-    with the_next_owner_of_a_closed_descriptor(loop.add_reader, loop.add_writer) as (stale, reused, other):
+    with the_next_owner_of_a_closed_descriptor(loop.add_reader, loop.add_writer) as (
+        stale,
+        reused,
+        other,
+    ):
         calls = []
         if side == "reader":
             other.send(b"x")

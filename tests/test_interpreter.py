@@ -8,15 +8,17 @@ from oxloop._interpreter import check_supported
 
 def test_a_free_threaded_build_is_refused_with_a_clear_message():
     config = {"Py_GIL_DISABLED": 1}
-    with pytest.raises(ImportError, match=r"^oxloop does not support free-threaded CPython builds yet"):
+    with pytest.raises(
+        ImportError, match=r"^oxloop does not support free-threaded CPython builds yet"
+    ):
         check_supported(config.get)
 
 
 @pytest.mark.parametrize("value", [0, None])
 def test_a_build_with_the_gil_is_accepted(value):
     config = {"Py_GIL_DISABLED": value}
-    check_supported(config.get)
+    assert check_supported(config.get) is None  # no ImportError
 
 
 def test_this_interpreter_is_accepted():
-    check_supported()
+    assert check_supported() is None  # no ImportError

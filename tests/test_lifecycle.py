@@ -14,7 +14,7 @@ import weakref
 
 import pytest
 
-from conftest import LOOP_FACTORIES, LOOP_TYPES, open_fds
+from helpers.loops import LOOP_FACTORIES, LOOP_TYPES, open_fds
 
 # asyncio 3.13.0 to 3.13.2: a run_forever() refused because another loop is running still
 # clears the thread's running loop on its way out (gh-130145, fixed in 3.13.3), so a
@@ -101,7 +101,9 @@ def test_running_state_inside_and_outside(loop):
 
 
 def test_run_until_complete_while_running_raises(loop):
-    errors = runtime_errors_while_running(loop, lambda: loop.run_until_complete(loop.create_future()))
+    errors = runtime_errors_while_running(
+        loop, lambda: loop.run_until_complete(loop.create_future())
+    )
     assert errors == ["This event loop is already running"]
 
 
@@ -122,7 +124,9 @@ def test_running_a_loop_while_another_runs_in_this_thread_raises(loop, loop_fact
         errors = runtime_errors_while_running(loop, *actions)
     finally:
         inner.close()
-    assert errors == ["Cannot run the event loop while another loop is running"] * (len(actions) - 1)
+    assert errors == ["Cannot run the event loop while another loop is running"] * (
+        len(actions) - 1
+    )
     if inner_kind == "asyncio" and REFUSED_RUN_FOREVER_CLEARS_THE_RUNNING_LOOP:
         assert running_loops == [None]
     else:
@@ -132,10 +136,10 @@ def test_running_a_loop_while_another_runs_in_this_thread_raises(loop, loop_fact
 
 def test_run_on_a_closed_loop_raises(loop):
     loop.close()
-    with pytest.raises(RuntimeError, match="^Event loop is closed$"):
+    with pytest.raises(RuntimeError, match=r"^Event loop is closed$"):
         loop.run_forever()
     coro = answer()
-    with pytest.raises(RuntimeError, match="^Event loop is closed$"):
+    with pytest.raises(RuntimeError, match=r"^Event loop is closed$"):
         loop.run_until_complete(coro)
     coro.close()
 
@@ -386,7 +390,9 @@ def test_shutdown_asyncgens_reports_errors_of_finalizers(loop):
     loop.run_until_complete(start())
     loop.run_until_complete(loop.shutdown_asyncgens())
     assert len(contexts) == 1
-    assert contexts[0]["message"].startswith("an error occurred during closing of asynchronous generator")
+    assert contexts[0]["message"].startswith(
+        "an error occurred during closing of asynchronous generator"
+    )
     assert isinstance(contexts[0]["exception"], ZeroDivisionError)
     assert contexts[0]["asyncgen"] is g
 
@@ -416,7 +422,7 @@ def test_oxloop_counters_count_what_the_loop_did(oxloop_loop):
     loop.set_exception_handler(lambda lp, ctx: None)
     start = loop._counters()
     assert set(start) == COUNTER_KEYS
-    for i in range(10):
+    for _i in range(10):
         loop.call_soon(lambda: None)
     loop.call_soon(lambda: 1 / 0)
     cancelled = loop.call_later(3600, print)
@@ -442,7 +448,9 @@ def test_oxloop_counters_count_stream_transports(oxloop_loop):
     async def main():
         server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
         base = loop._counters()
-        transport, _ = await loop.create_connection(asyncio.Protocol, *server.sockets[0].getsockname())
+        transport, _ = await loop.create_connection(
+            asyncio.Protocol, *server.sockets[0].getsockname()
+        )
         await asyncio.sleep(0.01)  # the server side's transport is made by a task
         made = loop._counters()
         assert made["stream_transports"] == base["stream_transports"] + 2

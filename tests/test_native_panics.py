@@ -17,7 +17,7 @@ from oxloop import _core
 def panic_exception_type():
     try:
         _core._panic_for_tests("probe")
-    except BaseException as exc:  # noqa: B036 - PanicException is a BaseException
+    except BaseException as exc:
         return type(exc)
     pytest.fail("_panic_for_tests returned")
 

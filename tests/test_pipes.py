@@ -31,9 +31,11 @@ import tty
 
 import pytest
 
-from net_helpers import MiB, Recorder, fill_write_buffer, poll_rounds, record_errors
+from helpers.net import MiB, Recorder, fill_write_buffer, poll_rounds, record_errors
 
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux pty semantics (EIO)")
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="Linux pty semantics (EIO)"
+)
 
 CONNLOST_WARNING = "pipe closed by peer or os.write(pipe, data) raised exception."
 
@@ -117,7 +119,11 @@ async def connect_write(loop, pipe_object, factory=None):
 
 
 def asyncio_warnings(caplog):
-    return [r.getMessage() for r in caplog.records if r.name == "asyncio" and r.levelno == logging.WARNING]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "asyncio" and r.levelno == logging.WARNING
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,7 +175,7 @@ def test_read_pipe_large_transfer_from_a_thread(loop, pipe):
     data = os.urandom(8 * MiB)
 
     async def main():
-        transport, protocol = await connect_read(loop, r)
+        _transport, protocol = await connect_read(loop, r)
         with writing_thread(w, data):
             assert await protocol.lost is None  # the thread closes its end when done
         assert len(protocol.data) == len(data)
@@ -185,7 +191,9 @@ def test_read_pipe_eof_then_connection_lost(loop, pipe, eof_result):
     r, w = pipe
 
     async def main():
-        transport, protocol = await connect_read(loop, r, lambda: Recorder(loop, eof_result=eof_result))
+        transport, protocol = await connect_read(
+            loop, r, lambda: Recorder(loop, eof_result=eof_result)
+        )
         w.write(b"last words")
         w.close()
         assert await protocol.lost is None
@@ -264,7 +272,7 @@ def test_read_pipe_close_calls_connection_lost_once_and_closes_the_pipe(loop, pi
 
 
 def test_read_pipe_pause_and_resume_reading_are_no_ops_after_close(loop, pipe):
-    r, w = pipe
+    r, _w = pipe
 
     async def main():
         transport, protocol = await connect_read(loop, r)
@@ -572,7 +580,9 @@ def test_write_pipe_write_eof_and_close_with_nothing_buffered(loop, pipe, end):
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("close_first", [False, True], ids=["abort", "abort-while-close-is-flushing"])
+@pytest.mark.parametrize(
+    "close_first", [False, True], ids=["abort", "abort-while-close-is-flushing"]
+)
 def test_write_pipe_abort_discards_buffered_data(loop, pipe, close_first):
     r, w = pipe
 
@@ -729,7 +739,9 @@ def test_write_pipe_rejects_a_regular_file(loop, tmp_path):
         with open(tmp_path / "regular", "wb") as file:
             with pytest.raises(ValueError) as info:
                 await connect_write(loop, file)
-            assert str(info.value) == "Pipe transport is only for pipes, sockets and character devices"
+            assert (
+                str(info.value) == "Pipe transport is only for pipes, sockets and character devices"
+            )
             assert not file.closed  # left to its owner
 
     loop.run_until_complete(main())

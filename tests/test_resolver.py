@@ -88,7 +88,9 @@ def test_getaddrinfo_of_literals_equals_socket_getaddrinfo(loop, host, family):
         expected = expected_getaddrinfo(host, port, family, type_, flags)
         problem = differences(loop_getaddrinfo(loop, host, port, family, type_, flags), expected)
         if problem:
-            mismatches.append(f"getaddrinfo({host!r}, {port!r}, {family}, {type_}, 0, {flags}): {problem}")
+            mismatches.append(
+                f"getaddrinfo({host!r}, {port!r}, {family}, {type_}, 0, {flags}): {problem}"
+            )
     assert mismatches == []
 
 
@@ -104,7 +106,9 @@ def test_getaddrinfo_in_and_out_of_debug_mode(loop, debug):
     loop.set_debug(debug)
     for host, port, family in [("127.0.0.1", 80, 0), ("::1", "22", AF_INET6), (None, 0, AF_INET)]:
         expected = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
-        actual = loop.run_until_complete(loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM))
+        actual = loop.run_until_complete(
+            loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
+        )
         assert actual == expected
 
 
@@ -117,7 +121,9 @@ def test_getaddrinfo_positional_and_keyword_only_arguments(loop):
 
 def test_concurrent_getaddrinfo_calls(loop):
     async def main():
-        return await asyncio.gather(*(loop.getaddrinfo("127.0.0.1", port) for port in range(1, 101)))
+        return await asyncio.gather(
+            *(loop.getaddrinfo("127.0.0.1", port) for port in range(1, 101))
+        )
 
     results = loop.run_until_complete(main())
     assert results == [socket.getaddrinfo("127.0.0.1", port) for port in range(1, 101)]

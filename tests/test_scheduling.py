@@ -211,7 +211,7 @@ def test_call_at_rejects_none_when(loop):
 def test_scheduling_on_a_closed_loop_raises(loop, method):
     loop.close()
     args = (print,) if method.startswith("call_soon") else (0, print)
-    with pytest.raises(RuntimeError, match="^Event loop is closed$"):
+    with pytest.raises(RuntimeError, match=r"^Event loop is closed$"):
         getattr(loop, method)(*args)
 
 
@@ -309,7 +309,9 @@ def test_timer_handle_when_is_the_absolute_deadline(loop):
     assert before + 10 <= handle.when() <= after + 10
 
 
-@pytest.mark.parametrize("when", [10**6, 10**6 + 0.5, fractions.Fraction(10**6, 3), decimal.Decimal("1e6")], ids=repr)
+@pytest.mark.parametrize(
+    "when", [10**6, 10**6 + 0.5, fractions.Fraction(10**6, 3), decimal.Decimal("1e6")], ids=repr
+)
 def test_call_at_keeps_the_type_of_when(loop, when):
     """asyncio keeps what ``call_at`` was given: an int stays an int (aiohttp's helpers rely on
     it); the repr shows it as asyncio's does."""
@@ -495,15 +497,22 @@ def test_each_callback_gets_its_own_context_copy(loop):
 
 def test_context_is_released_when_a_handle_runs(loop):
     # Not asyncio-specified, but both keep the callback's references only as long as needed:
-    # after the loop ran (and dropped) its handles, the callback object is gone.
+    # after the loop ran (and dropped) its handles, the callback object and the context it ran
+    # in (here, an object only that context holds) are gone.
     callback = CallbackObject()
     ref = weakref.ref(callback)
-    loop.call_soon(callback)
-    del callback
+    var = contextvars.ContextVar("var")
+    in_context = CallbackObject()
+    in_context_ref = weakref.ref(in_context)
+    context = contextvars.copy_context()
+    context.run(var.set, in_context)
+    loop.call_soon(callback, context=context)
+    del callback, in_context, context
     loop.call_soon(loop.stop)
     loop.run_forever()
     gc.collect()
     assert ref() is None
+    assert in_context_ref() is None
 
 
 def test_oxloop_handles_have_get_context(oxloop_loop):
@@ -539,7 +548,9 @@ def test_many_timers_run_in_deadline_order(loop):
     rng = random.Random(1234)
     fired = []
     base = loop.time()
-    handles = [loop.call_at(base + rng.uniform(0, 0.05), lambda i=i: fired.append(i)) for i in range(2000)]
+    handles = [
+        loop.call_at(base + rng.uniform(0, 0.05), lambda i=i: fired.append(i)) for i in range(2000)
+    ]
     whens = {i: h.when() for i, h in enumerate(handles)}
     loop.call_at(base + 0.06, loop.stop)
     run_until_stopped(loop)
@@ -619,8 +630,9 @@ def test_timer_handles_compare_and_hash_by_deadline(loop):
 
 def test_a_cycle_through_a_handles_context_is_collected(loop):
     """A handle's own context copy, once handed out (``_context``; ``get_context()`` from
-    Python 3.12), is visible to the garbage collector: a reference cycle through it is freed (oxloop keeps that copy out of
-    the collector's sight only while the handle alone holds it)."""
+    Python 3.12), is visible to the garbage collector: a reference cycle through it is freed
+    (oxloop keeps that copy out of the collector's sight only while the handle alone holds
+    it)."""
     var = contextvars.ContextVar("var")
 
     class Holder:

@@ -9,7 +9,7 @@ transport) and that the transport still works after them; sock_sendfile on a non
 socket. Data is always compared by hash.
 
 Runs on stock asyncio and on oxloop (see conftest.py); asyncio's behaviour is the expectation.
-A test taking ``kind`` runs over TCP and over Unix sockets (helpers: net_helpers.py).
+A test taking ``kind`` runs over TCP and over Unix sockets (helpers: helpers/net.py).
 """
 
 import asyncio
@@ -20,12 +20,7 @@ import socket
 
 import pytest
 
-import net_helpers
-from net_helpers import MiB, fill_write_buffer, poll_rounds, raw_peer, recv_exactly, run_raises
-
-# Fixtures from net_helpers (pytest finds fixtures among a module's names).
-kind = net_helpers.kind
-sock_dir = net_helpers.sock_dir
+from helpers.net import MiB, fill_write_buffer, poll_rounds, raw_peer, recv_exactly, run_raises
 
 SIZE = 3 * MiB + 12345
 
@@ -179,7 +174,9 @@ def test_write_during_sendfile_raises(loop, kind, sock_dir, tmp_path):
                 sending = asyncio.ensure_future(loop.sendfile(conn.transport, f))
                 await poll_rounds(loop, 3)
                 assert not sending.done()  # the peer does not read: sendfile is in progress
-                with pytest.raises(RuntimeError, match="^unable to write; sendfile is in progress$"):
+                with pytest.raises(
+                    RuntimeError, match=r"^unable to write; sendfile is in progress$"
+                ):
                     conn.transport.write(b"interleaved")
                 received = await recv_exactly(loop, conn.peer, len(content))
                 assert await sending == len(content)
@@ -307,5 +304,7 @@ def test_sock_sendfile_argument_errors(loop, stream_pair, data_file):
             ]
             for args, message in cases:
                 run_raises(loop, loop.sock_sendfile(*args), ValueError, message)
-        with open(data_file, "r", encoding="latin-1") as f:
-            run_raises(loop, loop.sock_sendfile(a, f), ValueError, "file should be opened in binary mode")
+        with open(data_file, encoding="latin-1") as f:
+            run_raises(
+                loop, loop.sock_sendfile(a, f), ValueError, "file should be opened in binary mode"
+            )

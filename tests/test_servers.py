@@ -9,7 +9,7 @@ stale socket files, a path taken by another file), and the errors asyncio raises
 messages (address in use, argument errors).
 
 Runs on stock asyncio and on oxloop (see conftest.py); asyncio's behaviour is the expectation.
-A test taking ``kind`` runs over TCP and over Unix sockets (helpers: net_helpers.py).
+A test taking ``kind`` runs over TCP and over Unix sockets (helpers: helpers/net.py).
 """
 
 import asyncio
@@ -25,8 +25,8 @@ import uuid
 
 import pytest
 
-import net_helpers
-from net_helpers import (
+from helpers import net
+from helpers.net import (
     CLEANUP_TIMEOUT,
     Echo,
     Recorder,
@@ -37,10 +37,6 @@ from net_helpers import (
     run_raises,
     settle,
 )
-
-# Fixtures from net_helpers (pytest finds fixtures among a module's names).
-kind = net_helpers.kind
-sock_dir = net_helpers.sock_dir
 
 # Server.close_clients()/abort_clients() and create_unix_server(cleanup_socket=) are new in 3.13.
 needs_3_13 = pytest.mark.skipif(sys.version_info < (3, 13), reason="an API new in Python 3.13")
@@ -121,7 +117,10 @@ async def one_connection(loop, conns):
     At exit, the client transport is closed, then the server (see ``Conns.serving``)."""
     async with conns.serving(loop.create_server, "127.0.0.1", 0) as server:
         address = server.sockets[0].getsockname()
-        async with connected(loop.create_connection(lambda: Recorder(loop), *address)) as (transport, client):
+        async with connected(loop.create_connection(lambda: Recorder(loop), *address)) as (
+            transport,
+            client,
+        ):
             await conns.wait_count(1)
             yield server, address, transport, client
 
@@ -211,7 +210,9 @@ def test_create_server_with_a_family(loop):
 
     async def main():
         async with conns.serving(loop.create_server, None, 0, family=socket.AF_INET) as server:
-            assert [(s.family, s.getsockname()[0]) for s in server.sockets] == [(socket.AF_INET, "0.0.0.0")]
+            assert [(s.family, s.getsockname()[0]) for s in server.sockets] == [
+                (socket.AF_INET, "0.0.0.0")
+            ]
 
     loop.run_until_complete(main())
 
@@ -369,7 +370,9 @@ def test_serve_forever_serves_until_cancelled(loop):
             assert not task.done()
             with pytest.raises(RuntimeError) as info:
                 await server.serve_forever()
-            assert str(info.value) == f"server {server!r} is already being awaited on serve_forever()"
+            assert (
+                str(info.value) == f"server {server!r} is already being awaited on serve_forever()"
+            )
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -440,7 +443,9 @@ def test_each_connection_gets_a_new_protocol(loop):
                 assert await client_round_trip(loop, address, message) == message
             await conns.wait_count(5)
             assert len({id(p) for p in conns.protocols}) == 5
-            assert [bytes(p.data) for p in conns.protocols] == [f"client {i}".encode() for i in range(5)]
+            assert [bytes(p.data) for p in conns.protocols] == [
+                f"client {i}".encode() for i in range(5)
+            ]
 
     loop.run_until_complete(main())
 
@@ -451,13 +456,18 @@ def test_many_concurrent_clients_are_all_served(loop, kind, sock_dir):
 
     async def one_client(i, address):
         message = f"client {i:03d} ".encode() * 10
-        async with connected(connect(loop, kind, lambda: Recorder(loop), address)) as (transport, client):
+        async with connected(connect(loop, kind, lambda: Recorder(loop), address)) as (
+            transport,
+            client,
+        ):
             transport.write(message)
             return await client.wait_data(len(message)) == message
 
     async def main():
         if kind == "unix":
-            serving = conns.serving(loop.create_unix_server, os.path.join(sock_dir, "many.sock"), backlog=n)
+            serving = conns.serving(
+                loop.create_unix_server, os.path.join(sock_dir, "many.sock"), backlog=n
+            )
         else:
             serving = conns.serving(loop.create_server, "127.0.0.1", 0, backlog=n)
         async with serving as server:
@@ -571,7 +581,7 @@ def test_abort_clients_drops_what_the_accepted_connections_buffered(loop):
     async def main():
         async with one_connection(loop, conns) as (server, _, _, client):
             accepted = conns.protocols[0].transport
-            written = await net_helpers.fill_write_buffer(accepted)
+            written = await net.fill_write_buffer(accepted)
             server.abort_clients()
             assert accepted.get_write_buffer_size() == 0
             assert await conns.protocols[0].lost is None
@@ -616,7 +626,7 @@ def test_address_in_use(loop):
             loop,
             loop.create_server(asyncio.Protocol, *address),
             OSError,
-            net_helpers.address_in_use_message(address),
+            net.address_in_use_message(address),
         )
         assert type(error) is OSError
         assert error.errno == errno.EADDRINUSE
@@ -626,7 +636,9 @@ def test_address_in_use_for_one_host_of_a_list_closes_the_others(loop):
     with listening_socket("127.0.0.2") as taken:
         port = taken.getsockname()[1]
         with pytest.raises(OSError) as info:
-            loop.run_until_complete(loop.create_server(asyncio.Protocol, ["127.0.0.1", "127.0.0.2"], port))
+            loop.run_until_complete(
+                loop.create_server(asyncio.Protocol, ["127.0.0.1", "127.0.0.2"], port)
+            )
         assert info.value.errno == errno.EADDRINUSE
         # The socket already bound to 127.0.0.1 (when asyncio bound it first) was closed: the
         # leak check fails the test otherwise.
@@ -649,11 +661,23 @@ def test_create_server_argument_errors(loop):
             loop.create_server,
             [
                 ({**here, "ssl": True}, TypeError, "ssl argument must be an SSLContext or None"),
-                ({**here, "sock": sock}, ValueError, "host/port and sock can not be specified at the same time"),
+                (
+                    {**here, "sock": sock},
+                    ValueError,
+                    "host/port and sock can not be specified at the same time",
+                ),
                 ({}, ValueError, "Neither host/port nor sock were specified"),
                 ({"sock": dgram}, ValueError, f"A Stream Socket was expected, got {dgram!r}"),
-                ({**here, "ssl_handshake_timeout": 1}, ValueError, "ssl_handshake_timeout is only meaningful with ssl"),
-                ({**here, "ssl_shutdown_timeout": 1}, ValueError, "ssl_shutdown_timeout is only meaningful with ssl"),
+                (
+                    {**here, "ssl_handshake_timeout": 1},
+                    ValueError,
+                    "ssl_handshake_timeout is only meaningful with ssl",
+                ),
+                (
+                    {**here, "ssl_shutdown_timeout": 1},
+                    ValueError,
+                    "ssl_shutdown_timeout is only meaningful with ssl",
+                ),
             ],
         )
         assert sock.fileno() >= 0 and dgram.fileno() >= 0  # not closed by the failed calls
@@ -678,7 +702,10 @@ def test_create_unix_server_on_a_path(loop, sock_dir, path_type):
             assert sock.getsockname() == path
             assert stat.S_ISSOCK(os.stat(path).st_mode)
             assert await client_round_trip(loop, path) == b"ping"
-            async with connected(loop.create_unix_connection(lambda: Recorder(loop), path)) as (transport, client):
+            async with connected(loop.create_unix_connection(lambda: Recorder(loop), path)) as (
+                transport,
+                client,
+            ):
                 transport.write(b"proto")
                 assert await client.wait_data(5) == b"proto"
         # Python 3.11 leaves the socket file behind (3.13 removes it on close).
@@ -836,10 +863,22 @@ def test_create_unix_server_argument_errors(loop, sock_dir):
             loop,
             loop.create_unix_server,
             [
-                ({"path": path, "ssl": True}, TypeError, "ssl argument must be an SSLContext or None"),
-                ({"path": path, "sock": unix}, ValueError, "path and sock can not be specified at the same time"),
+                (
+                    {"path": path, "ssl": True},
+                    TypeError,
+                    "ssl argument must be an SSLContext or None",
+                ),
+                (
+                    {"path": path, "sock": unix},
+                    ValueError,
+                    "path and sock can not be specified at the same time",
+                ),
                 ({}, ValueError, "path was not specified, and no sock specified"),
-                ({"sock": inet}, ValueError, f"A UNIX Domain Stream Socket was expected, got {inet!r}"),
+                (
+                    {"sock": inet},
+                    ValueError,
+                    f"A UNIX Domain Stream Socket was expected, got {inet!r}",
+                ),
                 (
                     {"path": path, "ssl_handshake_timeout": 1},
                     ValueError,

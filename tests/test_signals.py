@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import PYTHON, child_env
+from helpers.processes import PYTHON, child_env
 
 
 def kill_self(sig=signal.SIGUSR1):
@@ -119,7 +119,9 @@ def test_adding_a_handler_again_replaces_it(loop):
     async def main():
         done = loop.create_future()
         loop.add_signal_handler(signal.SIGUSR1, calls.append, "first")
-        loop.add_signal_handler(signal.SIGUSR1, lambda: (calls.append("second"), done.set_result(None)))
+        loop.add_signal_handler(
+            signal.SIGUSR1, lambda: (calls.append("second"), done.set_result(None))
+        )
         kill_self()
         await done
         await asyncio.sleep(0.01)
@@ -239,7 +241,9 @@ def test_coroutine_callbacks_are_rejected(loop):
         loop.add_signal_handler(signal.SIGUSR1, coroutine_function)
     coro = coroutine_function()
     try:
-        with pytest.raises(TypeError, match=r"^coroutines cannot be used with add_signal_handler\(\)$"):
+        with pytest.raises(
+            TypeError, match=r"^coroutines cannot be used with add_signal_handler\(\)$"
+        ):
             loop.add_signal_handler(signal.SIGUSR1, coro)
     finally:
         coro.close()
@@ -248,7 +252,7 @@ def test_coroutine_callbacks_are_rejected(loop):
 
 def test_add_signal_handler_on_a_closed_loop_raises(loop):
     loop.close()
-    with pytest.raises(RuntimeError, match="^Event loop is closed$"):
+    with pytest.raises(RuntimeError, match=r"^Event loop is closed$"):
         loop.add_signal_handler(signal.SIGUSR1, print)
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
 

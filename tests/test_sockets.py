@@ -120,7 +120,7 @@ def test_sock_sendall_accepts_bytes_like_objects(loop, pair, kind):
 
 
 def test_sock_sendall_empty_data(loop, pair):
-    a, b = pair
+    a, _b = pair
     assert loop.run_until_complete(loop.sock_sendall(a, b"")) is None
 
 
@@ -373,7 +373,11 @@ def test_cancelled_sock_recv_leaves_no_reader_and_the_socket_stays_usable(loop, 
 @pytest.mark.parametrize("method", ["sock_recv_into", "sock_recvfrom", "sock_recvfrom_into"])
 def test_cancelled_receive_leaves_no_reader(loop, udp_pair, method):
     _, b = udp_pair
-    args = {"sock_recv_into": (bytearray(10),), "sock_recvfrom": (10,), "sock_recvfrom_into": (bytearray(10),)}
+    args = {
+        "sock_recv_into": (bytearray(10),),
+        "sock_recvfrom": (10,),
+        "sock_recvfrom_into": (bytearray(10),),
+    }
 
     async def main():
         task = asyncio.ensure_future(getattr(loop, method)(b, *args[method]))
@@ -399,7 +403,7 @@ def test_cancelled_sock_accept_leaves_no_reader(loop, listener):
 
 
 def test_cancelled_sock_sendall_leaves_no_writer(loop, pair):
-    a, b = pair
+    a, _b = pair
 
     async def main():
         task = asyncio.ensure_future(loop.sock_sendall(a, b"x" * (16 * 1024 * 1024)))
@@ -455,7 +459,7 @@ def test_blocking_socket_is_rejected_in_debug_mode(loop, method):
     try:
         assert sock.gettimeout() is None
         coro = getattr(loop, method)(*sock_calls(sock, ("127.0.0.1", 9))[method])
-        with pytest.raises(ValueError, match="^the socket must be non-blocking$"):
+        with pytest.raises(ValueError, match=r"^the socket must be non-blocking$"):
             loop.run_until_complete(coro)
     finally:
         sock.close()
@@ -470,7 +474,7 @@ def test_oxloop_rejects_blocking_sockets_outside_debug_mode_too(oxloop_loop, met
     sock.settimeout(timeout)
     try:
         coro = getattr(loop, method)(*sock_calls(sock, ("127.0.0.1", 9))[method])
-        with pytest.raises(ValueError, match="^the socket must be non-blocking$"):
+        with pytest.raises(ValueError, match=r"^the socket must be non-blocking$"):
             loop.run_until_complete(coro)
     finally:
         sock.close()
@@ -521,13 +525,17 @@ async def failing_sock_sendall(loop):
     [refused_sock_connect, refused_create_connection, failing_sock_sendall],
     ids=lambda f: f.__name__,
 )
-def test_a_failed_operation_leaves_no_future_or_exception_in_a_cycle(loop_kind, loop, operation, request):
+def test_a_failed_operation_leaves_no_future_or_exception_in_a_cycle(
+    loop_kind, loop, operation, request
+):
     """asyncio breaks the cycle exception -> traceback -> frame -> future -> exception (anyio's
     refcycle test looks for the future in ``gc.get_referrers``). Anything in a cycle is found
     by a collection with ``DEBUG_SAVEALL``, which keeps what it would have freed."""
     if loop_kind == "asyncio" and operation is failing_sock_sendall:
         # Stock asyncio's sock_sendall does not break its cycle (no `fut = None`).
-        request.applymarker(pytest.mark.xfail(reason="stock asyncio's sock_sendall keeps its future in a cycle"))
+        request.applymarker(
+            pytest.mark.xfail(reason="stock asyncio's sock_sendall keeps its future in a cycle")
+        )
 
     async def fail():
         try:
@@ -542,7 +550,9 @@ def test_a_failed_operation_leaves_no_future_or_exception_in_a_cycle(loop_kind, 
     try:
         assert issubclass(loop.run_until_complete(fail()), OSError)
         gc.collect()
-        in_cycles = [type(o).__name__ for o in gc.garbage if isinstance(o, (asyncio.Future, BaseException))]
+        in_cycles = [
+            type(o).__name__ for o in gc.garbage if isinstance(o, (asyncio.Future, BaseException))
+        ]
     finally:
         gc.set_debug(0)
         gc.garbage.clear()

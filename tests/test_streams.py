@@ -9,7 +9,7 @@ write_eof; close and wait_closed; drain after close; get_extra_info; an exceptio
 connection handler; many concurrent clients.
 
 Runs on stock asyncio and on oxloop (see conftest.py); asyncio's behaviour is the expectation.
-A test taking ``kind`` runs over TCP and over Unix sockets (helpers: net_helpers.py).
+A test taking ``kind`` runs over TCP and over Unix sockets (helpers: helpers/net.py).
 """
 
 import asyncio
@@ -20,13 +20,7 @@ import socket
 
 import pytest
 
-import net_helpers
-from net_helpers import MiB, close_server, poll_rounds, record_errors
-
-# Fixtures from net_helpers (pytest finds fixtures among a module's names).
-kind = net_helpers.kind
-sock_dir = net_helpers.sock_dir
-
+from helpers.net import MiB, close_server, poll_rounds, record_errors
 
 # --------------------------------------------------------------------------------------------
 # Helpers
@@ -157,7 +151,7 @@ def test_read_methods(loop, kind, sock_dir):
     handler = sending(b"line one\nline two\r\n0123456789", b"<record>END", b"tail without newline")
 
     async def client(address):
-        async with opened(kind, address) as (reader, writer):
+        async with opened(kind, address) as (reader, _writer):
             assert not reader.at_eof()
             assert await reader.readline() == b"line one\n"
             assert await reader.readline() == b"line two\r\n"
@@ -182,7 +176,7 @@ def test_readuntil_with_a_separator_split_across_writes(loop, kind, sock_dir):
             await writer.drain()
 
     async def client(address):
-        async with opened(kind, address) as (reader, writer):
+        async with opened(kind, address) as (reader, _writer):
             received = []
             received.append(await reader.readuntil(b"----"))
             received.append(await reader.readuntil(b"----"))
@@ -193,7 +187,7 @@ def test_readuntil_with_a_separator_split_across_writes(loop, kind, sock_dir):
 
 def test_incomplete_read_when_the_peer_closes_early(loop, kind, sock_dir):
     async def client(address):
-        async with opened(kind, address) as (reader, writer):
+        async with opened(kind, address) as (reader, _writer):
             with pytest.raises(asyncio.IncompleteReadError) as info:
                 await reader.readexactly(10)
             assert info.value.partial == b"abcd"
@@ -205,7 +199,7 @@ def test_incomplete_read_when_the_peer_closes_early(loop, kind, sock_dir):
 
 def test_readuntil_at_end_of_stream(loop, kind, sock_dir):
     async def client(address):
-        async with opened(kind, address) as (reader, writer):
+        async with opened(kind, address) as (reader, _writer):
             with pytest.raises(asyncio.IncompleteReadError) as info:
                 await reader.readuntil(b"\n")
             assert info.value.partial == b"no separator here"
@@ -216,7 +210,7 @@ def test_readuntil_at_end_of_stream(loop, kind, sock_dir):
 
 def test_reader_limit(loop, kind, sock_dir):
     async def client(address):
-        async with opened(kind, address, limit=10) as (reader, writer):
+        async with opened(kind, address, limit=10) as (reader, _writer):
             with pytest.raises(ValueError, match="chunk"):
                 await reader.readline()
             # readline() dropped the oversized line up to and including its separator.
@@ -339,7 +333,7 @@ def test_close_and_wait_closed(loop, kind, sock_dir):
         server_saw.set_result(await reader.read())
 
     async def client(address):
-        reader, writer = await open_(kind, address)
+        _reader, writer = await open_(kind, address)
         writer.write(b"bye")
         assert not writer.is_closing()
         writer.close()
@@ -354,9 +348,9 @@ def test_close_and_wait_closed(loop, kind, sock_dir):
 
 def test_drain_after_close_raises_connection_reset(loop, kind, sock_dir):
     async def client(address):
-        reader, writer = await open_(kind, address)
+        _reader, writer = await open_(kind, address)
         writer.close()
-        with pytest.raises(ConnectionResetError, match="^Connection lost$"):
+        with pytest.raises(ConnectionResetError, match=r"^Connection lost$"):
             await writer.drain()
         await writer.wait_closed()
 
@@ -365,7 +359,7 @@ def test_drain_after_close_raises_connection_reset(loop, kind, sock_dir):
 
 def test_at_eof_after_the_peer_closes(loop, kind, sock_dir):
     async def client(address):
-        async with opened(kind, address) as (reader, writer):
+        async with opened(kind, address) as (reader, _writer):
             assert not reader.at_eof()
             assert await reader.readexactly(4) == b"data"
             assert await reader.read(10) == b""
@@ -384,7 +378,7 @@ def test_get_extra_info(loop, kind, sock_dir):
         await reader.read()
 
     async def client(address):
-        async with opened(kind, address) as (reader, writer):
+        async with opened(kind, address) as (_reader, writer):
             assert writer.get_extra_info("peername") == address
             assert isinstance(writer.get_extra_info("socket"), asyncio.trsock.TransportSocket)
             assert writer.get_extra_info("missing", "default") == "default"

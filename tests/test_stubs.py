@@ -82,9 +82,7 @@ def test_stubtest_passes(tmp_path):
 
 def test_stub_declares_every_private_runtime_name():
     module_names, class_names = _stub_names()
-    missing = [
-        name for name in vars(_core) if _is_private(name) and name not in module_names
-    ]
+    missing = [name for name in vars(_core) if _is_private(name) and name not in module_names]
     for class_name in ("LoopCore", "Handle", "TimerHandle"):
         runtime_class = getattr(_core, class_name)
         stub_class = class_names.get(class_name, set())
@@ -94,4 +92,3 @@ def test_stub_declares_every_private_runtime_name():
             if _is_private(name) and name not in stub_class
         ]
     assert not missing, f"private names of oxloop._core missing from {STUB.name}: {missing}"
-

@@ -28,8 +28,8 @@ import warnings
 
 import pytest
 
-from conftest import PYTHON, child_env
-from net_helpers import MiB, poll_rounds
+from helpers.net import MiB, poll_rounds
+from helpers.processes import PYTHON, child_env
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/fd")
 
@@ -228,7 +228,9 @@ def test_signalling_a_waited_child_raises_process_lookup_error(loop):
 
 def test_create_subprocess_shell(loop):
     async def main():
-        proc = await asyncio.create_subprocess_shell("echo out; echo err >&2; exit 4", stdout=PIPE, stderr=PIPE)
+        proc = await asyncio.create_subprocess_shell(
+            "echo out; echo err >&2; exit 4", stdout=PIPE, stderr=PIPE
+        )
         assert await proc.communicate() == (b"out\n", b"err\n")
         assert proc.returncode == 4
 
@@ -381,7 +383,9 @@ def test_start_new_session(loop):
 
 def test_executable_runs_another_program_under_the_given_name(loop):
     async def main():
-        proc = await asyncio.create_subprocess_exec("my-shell", "-c", 'echo "$0"', executable="/bin/sh", stdout=PIPE)
+        proc = await asyncio.create_subprocess_exec(
+            "my-shell", "-c", 'echo "$0"', executable="/bin/sh", stdout=PIPE
+        )
         assert await proc.communicate() == (b"my-shell\n", None)
         assert proc.returncode == 0
 
@@ -402,7 +406,9 @@ COMMON_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("kwargs, message", COMMON_ERRORS + [({"shell": True}, "shell must be False")])
+@pytest.mark.parametrize(
+    "kwargs, message", [*COMMON_ERRORS, ({"shell": True}, "shell must be False")]
+)
 def test_subprocess_exec_argument_errors(loop, kwargs, message):
     made = []
 
@@ -438,11 +444,11 @@ def test_subprocess_shell_argument_errors(loop, cmd, kwargs, message):
 
 def test_create_subprocess_functions_pass_the_checks_on(loop):
     async def main():
-        with pytest.raises(ValueError, match="^shell must be False$"):
+        with pytest.raises(ValueError, match=r"^shell must be False$"):
             await asyncio.create_subprocess_exec(PYTHON, "-c", "pass", shell=True)
-        with pytest.raises(ValueError, match="^shell must be True$"):
+        with pytest.raises(ValueError, match=r"^shell must be True$"):
             await asyncio.create_subprocess_shell("true", shell=False)
-        with pytest.raises(ValueError, match="^text must be False$"):
+        with pytest.raises(ValueError, match=r"^text must be False$"):
             await asyncio.create_subprocess_exec(PYTHON, "-c", "pass", text=True)
 
     loop.run_until_complete(main())
@@ -451,7 +457,9 @@ def test_create_subprocess_functions_pass_the_checks_on(loop):
 def test_a_program_that_does_not_exist(loop, tmp_path):
     async def main():
         with pytest.raises(FileNotFoundError) as info:
-            await asyncio.create_subprocess_exec(str(tmp_path / "missing"), stdin=PIPE, stdout=PIPE, stderr=PIPE)
+            await asyncio.create_subprocess_exec(
+                str(tmp_path / "missing"), stdin=PIPE, stdout=PIPE, stderr=PIPE
+            )
         assert info.value.errno == errno.ENOENT
 
     loop.run_until_complete(main())  # and no pipe fd left open (leak check)
@@ -565,7 +573,7 @@ def test_close_kills_a_running_child_and_reaps_it(loop):
 def test_subprocess_shell_through_the_loop(loop):
     async def main():
         transport, protocol = await loop.subprocess_shell(
-            lambda: ProcessRecorder(loop), "read line; echo \"got $line\"; exit 2"
+            lambda: ProcessRecorder(loop), 'read line; echo "got $line"; exit 2'
         )
         stdin = transport.get_pipe_transport(0)
         stdin.write(b"it\n")
@@ -641,7 +649,9 @@ def test_cancelled_wait_then_kill(loop, waiting):
     loop.run_until_complete(main())
 
 
-@pytest.mark.skipif(sys.version_info >= (3, 14), reason="child watchers were removed in Python 3.14")
+@pytest.mark.skipif(
+    sys.version_info >= (3, 14), reason="child watchers were removed in Python 3.14"
+)
 def test_a_child_watcher_the_application_installed_is_used(loop):
     """A child watcher installed with asyncio.set_child_watcher (deprecated from 3.12) is
     handed every child, and reports its exit, as asyncio's loop does up to 3.13."""
@@ -663,7 +673,9 @@ def test_a_child_watcher_the_application_installed_is_used(loop):
         asyncio.set_child_watcher(watcher)
 
     async def main():
-        process = await asyncio.create_subprocess_exec(PYTHON, "-c", "raise SystemExit(3)", env=child_env())
+        process = await asyncio.create_subprocess_exec(
+            PYTHON, "-c", "raise SystemExit(3)", env=child_env()
+        )
         return process.pid, await process.wait()
 
     try:

@@ -125,7 +125,9 @@ def test_task_factory_gets_the_context_only_when_given(loop):
     assert calls[:2] == [[], ["context"]]
 
 
-EAGER_TASKS = pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks are new in Python 3.12")
+EAGER_TASKS = pytest.mark.skipif(
+    sys.version_info < (3, 12), reason="eager tasks are new in Python 3.12"
+)
 
 
 @EAGER_TASKS
@@ -208,7 +210,7 @@ def test_create_task_on_a_closed_loop_raises(loop):
         pass
 
     coro = work()
-    with pytest.raises(RuntimeError, match="^Event loop is closed$"):
+    with pytest.raises(RuntimeError, match=r"^Event loop is closed$"):
         loop.create_task(coro)
     coro.close()
 
@@ -242,7 +244,9 @@ def test_sleep_order(loop):
         out.append(name)
 
     async def main():
-        await asyncio.gather(sleeper(0.03, "c"), sleeper(0.01, "a"), sleeper(0.02, "b"), sleeper(0, "zero"))
+        await asyncio.gather(
+            sleeper(0.03, "c"), sleeper(0.01, "a"), sleeper(0.02, "b"), sleeper(0, "zero")
+        )
 
     loop.run_until_complete(main())
     assert out == ["zero", "a", "b", "c"]

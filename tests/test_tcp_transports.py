@@ -18,7 +18,7 @@ Most tests drive the transport under test against a plain socket peer (accepted 
 
 Runs on stock asyncio and on oxloop (see conftest.py); asyncio's behaviour is the expectation.
 A test taking ``kind`` runs over TCP and over Unix sockets; the helpers shared with the other
-network tests (``raw_peer``, ``Recorder``...) are in net_helpers.py.
+network tests (``raw_peer``, ``Recorder``...) are in helpers/net.py.
 One documented difference: oxloop sets TCP_NODELAY on every TCP stream transport, asyncio only
 on sockets whose ``proto`` is IPPROTO_TCP (see test_tcp_nodelay_on_an_adopted_proto_0_socket).
 """
@@ -38,10 +38,10 @@ from unittest import mock
 
 import pytest
 
-import net_helpers
-from net_helpers import (
-    MiB,
+from helpers import net
+from helpers.net import (
     Echo,
+    MiB,
     Recorder,
     connect,
     connected,
@@ -57,10 +57,6 @@ from net_helpers import (
     settle,
     wait_readable,
 )
-
-# Fixtures from net_helpers (pytest finds fixtures among a module's names).
-kind = net_helpers.kind
-sock_dir = net_helpers.sock_dir
 
 # Bugs of stock asyncio's selector transport from 3.12, whose zero-copy writes (gh-91166) gave
 # it a writelines() of its own; present in the versions tested here (3.12.1, 3.13.0). The
@@ -164,14 +160,20 @@ async def served(loop, kind, sock_dir, server_factory, client_factory=None):
     transport = protocol = server_protocol = None
     try:
         address = server.sockets[0].getsockname()
-        transport, protocol = await connect(loop, kind, client_factory or (lambda: Recorder(loop)), address)
+        transport, protocol = await connect(
+            loop, kind, client_factory or (lambda: Recorder(loop)), address
+        )
         server_protocol = await accepted
         await server_protocol.made
         yield transport, protocol, server_protocol
     finally:
         if transport is not None and not protocol.lost.done():
             transport.abort()
-        if server_protocol is not None and server_protocol.made.done() and not server_protocol.lost.done():
+        if (
+            server_protocol is not None
+            and server_protocol.made.done()
+            and not server_protocol.lost.done()
+        ):
             server_protocol.made.result().abort()
         await settle(getattr(protocol, "lost", None), getattr(server_protocol, "lost", None))
         server.close()
@@ -202,7 +204,9 @@ def test_connection_made_has_run_when_create_connection_returns(loop, kind, sock
             protocol = conn.protocol
             assert protocol.made.done()
             assert protocol.made.result() is conn.transport
-            assert protocol.is_transport  # isinstance(transport, asyncio.Transport) in connection_made
+            assert (
+                protocol.is_transport
+            )  # isinstance(transport, asyncio.Transport) in connection_made
             assert protocol.events == ["made"]
             assert conn.transport.get_protocol() is protocol
             assert not conn.transport.is_closing()
@@ -369,7 +373,9 @@ def test_write_eof_is_sent_after_the_buffered_data(loop, kind, sock_dir):
 
 
 def test_write_after_write_eof_raises(loop, kind, sock_dir):
-    writelines_error = r"^Cannot call %s\(\) after write_eof\(\)$" % ("writelines" if WRITELINES_NAMES_ITSELF else "write")
+    writelines_error = r"^Cannot call %s\(\) after write_eof\(\)$" % (
+        "writelines" if WRITELINES_NAMES_ITSELF else "write"
+    )
 
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -394,7 +400,11 @@ def test_half_close_round_trip_through_a_server(loop, kind, sock_dir):
             return True
 
     async def main():
-        async with served(loop, kind, sock_dir, lambda: CountThenClose(loop)) as (transport, client, server):
+        async with served(loop, kind, sock_dir, lambda: CountThenClose(loop)) as (
+            transport,
+            client,
+            server,
+        ):
             transport.writelines([b"x" * 1000, b"y" * 234])
             transport.write_eof()
             assert await client.lost is None
@@ -435,7 +445,9 @@ def test_write_of_a_memoryview_slice(loop, kind, sock_dir):
 def test_write_rejects_str_and_empty_writes_do_nothing(loop, kind, sock_dir):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
-            with pytest.raises(TypeError, match="^data argument must be a bytes-like object, not 'str'$"):
+            with pytest.raises(
+                TypeError, match=r"^data argument must be a bytes-like object, not 'str'$"
+            ):
                 conn.transport.write("text")
             conn.transport.write(b"")
             conn.transport.writelines([])
@@ -462,9 +474,14 @@ def test_small_write_is_sent_at_once(loop, loop_kind, kind, sock_dir):
     loop.run_until_complete(main())
 
 
-def test_mutating_a_buffer_after_write_does_not_change_what_is_sent(loop, loop_kind, kind, sock_dir):
+def test_mutating_a_buffer_after_write_does_not_change_what_is_sent(
+    loop, loop_kind, kind, sock_dir
+):
     if loop_kind == "asyncio" and STOCK_KEEPS_CALLERS_BUFFERS:
-        pytest.skip("stock asyncio 3.12 and 3.13 send the caller's changed buffer (zero-copy writes, gh-91166)")
+        pytest.skip(
+            "stock asyncio 3.12 and 3.13 send the caller's changed buffer "
+            "(zero-copy writes, gh-91166)"
+        )
 
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -482,7 +499,7 @@ def test_mutating_a_buffer_after_write_does_not_change_what_is_sent(loop, loop_k
             conn.transport.close()
             received = await recv_to_eof(loop, conn.peer)
             assert len(received) == len(head) + 3000
-            assert received[len(head):] == b"A" * 1000 + b"B" * 1000 + b"C" * 1000
+            assert received[len(head) :] == b"A" * 1000 + b"B" * 1000 + b"C" * 1000
 
     loop.run_until_complete(main())
 
@@ -736,7 +753,9 @@ class PausingRecorder(Recorder):
             self.transport.pause_reading()
 
 
-def test_pause_reading_in_data_received_holds_back_the_rest_of_a_large_transfer(loop, kind, sock_dir):
+def test_pause_reading_in_data_received_holds_back_the_rest_of_a_large_transfer(
+    loop, kind, sock_dir
+):
     # A large transfer is read in several reads per readiness event: pausing between two of
     # them must stop the next one.
     data = os.urandom(8 * MiB)
@@ -778,7 +797,9 @@ class SwitchingRecorder(Recorder):
             self.transport.set_protocol(self.successor)
 
 
-def test_set_protocol_in_data_received_sends_the_rest_of_a_large_transfer_to_the_new_protocol(loop, kind, sock_dir):
+def test_set_protocol_in_data_received_sends_the_rest_of_a_large_transfer_to_the_new_protocol(
+    loop, kind, sock_dir
+):
     data = os.urandom(8 * MiB)
 
     async def main():
@@ -870,7 +891,9 @@ def test_close_flushes_buffered_data_then_calls_connection_lost(loop, kind, sock
     loop.run_until_complete(main())
 
 
-@pytest.mark.parametrize("close_first", [False, True], ids=["abort", "abort-while-close-is-flushing"])
+@pytest.mark.parametrize(
+    "close_first", [False, True], ids=["abort", "abort-while-close-is-flushing"]
+)
 def test_abort_discards_buffered_data(loop, kind, sock_dir, close_first):
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
@@ -1048,12 +1071,20 @@ def test_get_extra_info_of_accepted_transports(loop, kind, sock_dir):
 
 
 def test_extra_info_stays_after_close(loop, kind, sock_dir):
+    """peername, sockname and socket are still there after connection_lost (sockname and
+    socket asked for the first time only then)."""
+
     async def main():
         async with raw_peer(loop, kind, sock_dir) as conn:
-            peername = conn.transport.get_extra_info("peername")
-            conn.transport.close()
+            transport = conn.transport
+            peername = transport.get_extra_info("peername")
+            transport.close()
             await conn.protocol.lost
-            assert conn.transport.get_extra_info("peername") == peername
+            assert transport.get_extra_info("peername") == peername
+            assert transport.get_extra_info("sockname") == conn.client_address
+            sock = transport.get_extra_info("socket")
+            assert isinstance(sock, asyncio.trsock.TransportSocket)
+            assert sock.family == (socket.AF_INET if kind == "tcp" else socket.AF_UNIX)
 
     loop.run_until_complete(main())
 
@@ -1105,7 +1136,9 @@ def test_set_protocol_to_a_buffered_protocol_and_back(loop, kind, sock_dir):
 
 
 def nodelay(transport):
-    return transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    return (
+        transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    )
 
 
 def test_tcp_nodelay_is_set_on_connected_and_accepted_sockets(loop, sock_dir):
@@ -1131,7 +1164,9 @@ def test_tcp_nodelay_on_an_adopted_proto_0_socket(loop, loop_kind):
     async def main():
         sock.setblocking(False)
         await loop.sock_connect(sock, listener.getsockname())
-        async with peer_of(loop, listener, loop.create_connection(lambda: Recorder(loop), sock=sock)) as conn:
+        async with peer_of(
+            loop, listener, loop.create_connection(lambda: Recorder(loop), sock=sock)
+        ) as conn:
             assert nodelay(conn.transport) == expected
 
     with listener, sock:
@@ -1174,7 +1209,10 @@ def fake_resolver(loop, addresses):
 
     async def getaddrinfo(host, port, *, family=0, type=0, proto=0, flags=0):
         calls.append((host, port))
-        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (a, port)) for a in addresses]
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (a, port))
+            for a in addresses
+        ]
 
     loop.getaddrinfo = getaddrinfo
     return calls
@@ -1182,7 +1220,12 @@ def fake_resolver(loop, addresses):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"interleave": 2}, {"happy_eyeballs_delay": 0.25}, {"happy_eyeballs_delay": 0.25, "interleave": 1}],
+    [
+        {},
+        {"interleave": 2},
+        {"happy_eyeballs_delay": 0.25},
+        {"happy_eyeballs_delay": 0.25, "interleave": 1},
+    ],
     ids=["sequential", "interleave", "happy-eyeballs", "happy-eyeballs+interleave"],
 )
 def test_create_connection_tries_each_address(loop, options):
@@ -1192,7 +1235,9 @@ def test_create_connection_tries_each_address(loop, options):
     calls = fake_resolver(loop, ["127.0.0.2", "127.0.0.1"])
 
     async def main():
-        connecting = loop.create_connection(lambda: Recorder(loop), "several.invalid", port, **options)
+        connecting = loop.create_connection(
+            lambda: Recorder(loop), "several.invalid", port, **options
+        )
         async with peer_of(loop, listener, connecting) as conn:
             assert conn.transport.get_extra_info("peername") == ("127.0.0.1", port)
             conn.transport.write(b"hi")
@@ -1203,7 +1248,9 @@ def test_create_connection_tries_each_address(loop, options):
     assert calls == [("several.invalid", port)]
 
 
-@pytest.mark.parametrize("options", [{}, {"happy_eyeballs_delay": 0.25}], ids=["sequential", "happy-eyeballs"])
+@pytest.mark.parametrize(
+    "options", [{}, {"happy_eyeballs_delay": 0.25}], ids=["sequential", "happy-eyeballs"]
+)
 def test_create_connection_every_address_refused(loop, refusing_address, options):
     port = refusing_address[1]
     fake_resolver(loop, ["127.0.0.2", "127.0.0.1"])
@@ -1211,7 +1258,8 @@ def test_create_connection_every_address_refused(loop, refusing_address, options
         loop,
         loop.create_connection(asyncio.Protocol, "several.invalid", port, **options),
         OSError,
-        f"Multiple exceptions: [Errno {errno.ECONNREFUSED}] Connect call failed ('127.0.0.2', {port}), "
+        f"Multiple exceptions: [Errno {errno.ECONNREFUSED}] "
+        f"Connect call failed ('127.0.0.2', {port}), "
         f"[Errno {errno.ECONNREFUSED}] Connect call failed ('127.0.0.1', {port})",
     )
     assert type(error) is OSError
@@ -1219,7 +1267,9 @@ def test_create_connection_every_address_refused(loop, refusing_address, options
 
 def test_create_connection_all_errors(loop, refusing_address):
     def run():
-        loop.run_until_complete(loop.create_connection(asyncio.Protocol, *refusing_address, all_errors=True))
+        loop.run_until_complete(
+            loop.create_connection(asyncio.Protocol, *refusing_address, all_errors=True)
+        )
 
     if sys.version_info >= (3, 12):
         with pytest.raises(ExceptionGroup) as info:
@@ -1269,7 +1319,7 @@ def test_create_connection_local_addr_in_use(loop):
             loop,
             loop.create_connection(asyncio.Protocol, *address, local_addr=address),
             OSError,
-            net_helpers.address_in_use_message(address),
+            net.address_in_use_message(address),
         )
         assert error.errno == errno.EADDRINUSE
 
@@ -1288,7 +1338,9 @@ def test_create_connection_over_ipv6(loop):
     listener.setblocking(False)
 
     async def main():
-        connecting = loop.create_connection(lambda: Recorder(loop), "::1", listener.getsockname()[1])
+        connecting = loop.create_connection(
+            lambda: Recorder(loop), "::1", listener.getsockname()[1]
+        )
         async with peer_of(loop, listener, connecting) as conn:
             transport = conn.transport
             assert transport.get_extra_info("socket").family == socket.AF_INET6
@@ -1303,7 +1355,11 @@ def test_create_connection_over_ipv6(loop):
 
 @pytest.mark.parametrize(
     "kind, create",
-    [("tcp", "create_connection"), ("unix", "create_connection"), ("unix", "create_unix_connection")],
+    [
+        ("tcp", "create_connection"),
+        ("unix", "create_connection"),
+        ("unix", "create_unix_connection"),
+    ],
     ids=["tcp", "unix", "unix-create_unix_connection"],
 )
 def test_create_connection_with_sock_adopts_the_socket(loop, kind, sock_dir, create):
@@ -1344,9 +1400,18 @@ def test_create_connection_with_sock_adopts_the_socket(loop, kind, sock_dir, cre
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"host": "127.0.0.1", "port": 1, "server_hostname": "a.example"}, "server_hostname is only meaningful with ssl"),
-        ({"host": "127.0.0.1", "port": 1, "ssl_handshake_timeout": 1}, "ssl_handshake_timeout is only meaningful with ssl"),
-        ({"host": "127.0.0.1", "port": 1, "ssl_shutdown_timeout": 1}, "ssl_shutdown_timeout is only meaningful with ssl"),
+        (
+            {"host": "127.0.0.1", "port": 1, "server_hostname": "a.example"},
+            "server_hostname is only meaningful with ssl",
+        ),
+        (
+            {"host": "127.0.0.1", "port": 1, "ssl_handshake_timeout": 1},
+            "ssl_handshake_timeout is only meaningful with ssl",
+        ),
+        (
+            {"host": "127.0.0.1", "port": 1, "ssl_shutdown_timeout": 1},
+            "ssl_shutdown_timeout is only meaningful with ssl",
+        ),
         ({}, "host and port was not specified and no sock specified"),
     ],
 )
@@ -1377,7 +1442,9 @@ def test_create_connection_with_host_and_sock(loop):
 )
 def test_a_datagram_sock_is_rejected(loop, adopt):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        run_raises(loop, adopt(loop, sock), ValueError, f"A Stream Socket was expected, got {sock!r}")
+        run_raises(
+            loop, adopt(loop, sock), ValueError, f"A Stream Socket was expected, got {sock!r}"
+        )
 
 
 def test_cancelled_create_connection_leaves_nothing_behind(loop):
@@ -1496,10 +1563,18 @@ def test_create_unix_connection_errors(loop, sock_dir):
         with pytest.raises(ConnectionRefusedError):
             loop.run_until_complete(loop.create_unix_connection(asyncio.Protocol, not_listening))
         cases = [
-            ({"path": not_listening, "sock": bound}, "path and sock can not be specified at the same time"),
+            (
+                {"path": not_listening, "sock": bound},
+                "path and sock can not be specified at the same time",
+            ),
             ({}, "no path and sock were specified"),
             ({"sock": inet}, f"A UNIX Domain Stream Socket was expected, got {inet!r}"),
-            ({"path": not_listening, "server_hostname": "example.com"}, "server_hostname is only meaningful with ssl"),
+            (
+                {"path": not_listening, "server_hostname": "example.com"},
+                "server_hostname is only meaningful with ssl",
+            ),
         ]
         for kwargs, message in cases:
-            run_raises(loop, loop.create_unix_connection(asyncio.Protocol, **kwargs), ValueError, message)
+            run_raises(
+                loop, loop.create_unix_connection(asyncio.Protocol, **kwargs), ValueError, message
+            )

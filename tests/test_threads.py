@@ -105,7 +105,7 @@ def test_call_soon_threadsafe_after_close_raises(loop):
 
     start_thread(call).join()
     assert errors == ["Event loop is closed"]
-    with pytest.raises(RuntimeError, match="^Event loop is closed$"):
+    with pytest.raises(RuntimeError, match=r"^Event loop is closed$"):
         loop.call_soon_threadsafe(print)
 
 
@@ -113,6 +113,7 @@ def test_call_soon_threadsafe_handle_can_be_cancelled(loop):
     out = []
     handle = loop.call_soon_threadsafe(out.append, "cancelled")
     handle.cancel()
+    assert handle.cancelled()
     loop.call_soon(loop.stop)
     loop.run_forever()
     assert out == []
@@ -169,7 +170,9 @@ def test_loop_running_in_a_worker_thread(loop_factory):
         assert loop.is_running()
         with pytest.raises(RuntimeError, match="Cannot close a running event loop"):
             loop.close()
-        results["ident"], results["loop"] = asyncio.run_coroutine_threadsafe(where(), loop).result(10)
+        results["ident"], results["loop"] = asyncio.run_coroutine_threadsafe(where(), loop).result(
+            10
+        )
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
@@ -223,14 +226,18 @@ def test_run_in_executor_propagates_exceptions(loop):
 
 def test_run_in_executor_with_a_given_executor(loop):
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="given-executor") as executor:
-        name = loop.run_until_complete(loop.run_in_executor(executor, lambda: threading.current_thread().name))
+        name = loop.run_until_complete(
+            loop.run_in_executor(executor, lambda: threading.current_thread().name)
+        )
     assert name.startswith("given-executor")
 
 
 def test_set_default_executor(loop):
     executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="default-executor")
     loop.set_default_executor(executor)
-    name = loop.run_until_complete(loop.run_in_executor(None, lambda: threading.current_thread().name))
+    name = loop.run_until_complete(
+        loop.run_in_executor(None, lambda: threading.current_thread().name)
+    )
     assert name.startswith("default-executor")
     loop.run_until_complete(loop.shutdown_default_executor())
     assert executor._shutdown
@@ -272,7 +279,7 @@ def test_shutdown_default_executor_with_a_timeout(loop):
 
 def test_run_in_executor_on_a_closed_loop_raises(loop):
     loop.close()
-    with pytest.raises(RuntimeError, match="^Event loop is closed$"):
+    with pytest.raises(RuntimeError, match=r"^Event loop is closed$"):
         loop.run_in_executor(None, print)
 
 

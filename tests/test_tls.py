@@ -3,7 +3,7 @@
 
 TLS itself is asyncio's ``SSLProtocol`` on top of the loop's socket transport. Runs on stock
 asyncio and on oxloop (see conftest.py). The certificates are generated at test time (a CA and
-a server certificate for "localhost" and "127.0.0.1", see tls_helpers.py); clients trust only
+a server certificate for "localhost" and "127.0.0.1", see conftest.py); clients trust only
 that CA and check the host name.
 """
 
@@ -16,17 +16,11 @@ from asyncio import sslproto
 import pytest
 import trustme
 
-import tls_helpers
-from net_helpers import record_errors
+from helpers.net import record_errors
+from helpers.tls import make_client_context
 from oxloop import _core
 
 MiB = 1024 * 1024
-
-# Fixtures from tls_helpers (pytest finds fixtures among a module's names).
-tls_ca = tls_helpers.tls_ca
-server_cert = tls_helpers.server_cert
-server_context = tls_helpers.server_context
-client_context = tls_helpers.client_context
 
 
 async def others_done(timeout=5.0):
@@ -126,7 +120,9 @@ def _send_with_a_blocking_client(port, client_context, chunk, count):
 
 
 @pytest.mark.parametrize("chunk_size", [65536, 10_000])
-def test_tls_records_split_across_reads_are_all_delivered(loop, server_context, client_context, chunk_size):
+def test_tls_records_split_across_reads_are_all_delivered(
+    loop, server_context, client_context, chunk_size
+):
     """Records arrive cut at arbitrary points (the client writes as fast as TLS lets it); a
     record whose start TLS consumed in one read must be delivered when the rest arrives."""
     count = 8 * MiB // chunk_size
@@ -145,7 +141,10 @@ def test_tls_records_split_across_reads_are_all_delivered(loop, server_context, 
         server = await loop.create_server(factory, "127.0.0.1", 0, ssl=server_context)
         port = server.sockets[0].getsockname()[1]
         answer = await asyncio.wait_for(
-            loop.run_in_executor(None, _send_with_a_blocking_client, port, client_context, chunk, count), 30
+            loop.run_in_executor(
+                None, _send_with_a_blocking_client, port, client_context, chunk, count
+            ),
+            30,
         )
         assert (answer, sink.received) == (b"done", expected)
         await asyncio.wait_for(sink.closed, 10)  # the server's side of the client's close
@@ -162,9 +161,17 @@ def test_tls_handshake_failure_reaches_the_client(loop, tls_ca, server_context, 
     # exception handler.
     errors = record_errors(loop)
     if failure == "untrusted CA":
-        client, hostname, reason = tls_helpers.make_client_context(trustme.CA()), "localhost", "unable to get"
+        client, hostname, reason = (
+            make_client_context(trustme.CA()),
+            "localhost",
+            "unable to get",
+        )
     else:
-        client, hostname, reason = tls_helpers.make_client_context(tls_ca), "example.com", "Hostname mismatch"
+        client, hostname, reason = (
+            make_client_context(tls_ca),
+            "example.com",
+            "Hostname mismatch",
+        )
 
     async def main():
         server = await asyncio.start_server(echo_lines, "127.0.0.1", 0, ssl=server_context)
@@ -176,7 +183,9 @@ def test_tls_handshake_failure_reaches_the_client(loop, tls_ca, server_context, 
         await server.wait_closed()
 
     loop.run_until_complete(main())
-    assert all(isinstance(error.get("exception"), (ssl.SSLError, ConnectionError)) for error in errors)
+    assert all(
+        isinstance(error.get("exception"), (ssl.SSLError, ConnectionError)) for error in errors
+    )
 
 
 def test_start_tls_upgrades_a_plain_connection(loop, server_context, client_context):
@@ -225,11 +234,16 @@ def test_ssl_argument_errors_are_asyncio_s(loop):
 def test_the_native_tls_methods_refuse_a_class_without_their_state():
     """oxloop-only: ``install_tls_methods`` puts methods that read native state on a class; a
     class that does not have that state is refused at once (never a wrong read later)."""
+
     class NotAProtocolState(sslproto.SSLProtocol):
         pass
 
     with pytest.raises(TypeError, match="is not a subclass of TlsProtocolState"):
         _core.install_tls_methods(
-            NotAProtocolState, sslproto._SSLProtocolTransport, sslproto.SSLProtocol, sslproto.SSLProtocolState.WRAPPED, (ssl.SSLWantReadError,)
+            NotAProtocolState,
+            sslproto._SSLProtocolTransport,
+            sslproto.SSLProtocol,
+            sslproto.SSLProtocolState.WRAPPED,
+            (ssl.SSLWantReadError,),
         )
     assert "get_buffer" not in vars(NotAProtocolState)

@@ -34,15 +34,12 @@ from unittest import mock
 
 import pytest
 
-import net_helpers
-from net_helpers import assert_datagram_buffer_empty, poll_rounds, record_errors, settle
-
-# Fixtures from net_helpers (pytest finds fixtures among a module's names).
-sock_dir = net_helpers.sock_dir
+from helpers import net
+from helpers.net import assert_datagram_buffer_empty, poll_rounds, record_errors, settle
 
 # asyncio sends empty datagrams (and counts a datagram header in its write buffer) from 3.13.
 SENDS_EMPTY_DATAGRAMS = sys.version_info >= (3, 13)
-HEADER_SIZE = net_helpers.DATAGRAM_HEADER_SIZE
+HEADER_SIZE = net.DATAGRAM_HEADER_SIZE
 # How create_datagram_endpoint names the socket it wanted (reworded in 3.13).
 NOT_A_DATAGRAM_SOCKET = "A datagram socket" if sys.version_info >= (3, 13) else "A UDP Socket"
 MAX_UDP_PAYLOAD = 65507  # the largest IPv4 UDP datagram
@@ -138,7 +135,9 @@ class DatagramRecorder(asyncio.DatagramProtocol):
         """Wait until ``count`` datagrams were received; return their (data, address) pairs."""
         while len(self.datagrams) < count:
             if self.lost.done():
-                raise AssertionError(f"connection lost after {len(self.datagrams)} of {count} datagrams")
+                raise AssertionError(
+                    f"connection lost after {len(self.datagrams)} of {count} datagrams"
+                )
             waiter = self.loop.create_future()
             self._waiters.append(waiter)
             await waiter
@@ -232,7 +231,10 @@ async def unix_to_plain_peer(loop, sock_dir, factory=None):
     only when the test does: yields (transport, protocol, peer socket)."""
     path = unix_path(sock_dir, "peer.sock")
     with plain_socket(socket.AF_UNIX, path) as peer:
-        async with endpoint(loop, factory, family=socket.AF_UNIX, remote_addr=path) as (transport, protocol):
+        async with endpoint(loop, factory, family=socket.AF_UNIX, remote_addr=path) as (
+            transport,
+            protocol,
+        ):
             yield transport, protocol, peer
 
 
@@ -324,7 +326,7 @@ def test_sendto_another_address_on_a_connected_endpoint_raises(loop, inet):
         with plain_socket(inet.family, (inet.host, 0)) as peer:
             async with endpoint(loop, remote_addr=peer.getsockname()[:2]) as (transport, _):
                 remote = transport.get_extra_info("peername")
-                other = (inet.host, unused_port(inet)) + remote[2:]
+                other = (inet.host, unused_port(inet), *remote[2:])
                 with pytest.raises(ValueError) as info:
                     transport.sendto(b"x", other)
                 assert str(info.value) == f"Invalid address: must be None or {remote}"
@@ -377,7 +379,10 @@ def test_family_alone_makes_an_unbound_endpoint(loop):
 
 def test_family_selects_the_resolved_address(loop):
     async def main():
-        async with endpoint(loop, local_addr=("localhost", 0), family=socket.AF_INET) as (transport, _):
+        async with endpoint(loop, local_addr=("localhost", 0), family=socket.AF_INET) as (
+            transport,
+            _,
+        ):
             assert transport.get_extra_info("sockname")[0] == "127.0.0.1"
             assert transport.get_extra_info("socket").family == socket.AF_INET
         with pytest.raises(socket.gaierror):  # an IPv4 address is no IPv6 one
@@ -390,7 +395,10 @@ def test_family_selects_the_resolved_address(loop):
 
 def test_proto_is_that_of_the_socket(loop):
     async def main():
-        async with endpoint(loop, local_addr=("127.0.0.1", 0), proto=socket.IPPROTO_UDP) as (transport, _):
+        async with endpoint(loop, local_addr=("127.0.0.1", 0), proto=socket.IPPROTO_UDP) as (
+            transport,
+            _,
+        ):
             sock = transport.get_extra_info("socket")
             assert sock.proto == socket.IPPROTO_UDP
             assert sock.type == socket.SOCK_DGRAM
@@ -406,7 +414,10 @@ def test_flags_are_passed_to_getaddrinfo(loop):
             await loop.create_datagram_endpoint(
                 asyncio.DatagramProtocol, local_addr=("localhost", 0), flags=socket.AI_NUMERICHOST
             )
-        async with endpoint(loop, local_addr=("127.0.0.1", 0), flags=socket.AI_NUMERICHOST) as (transport, _):
+        async with endpoint(loop, local_addr=("127.0.0.1", 0), flags=socket.AI_NUMERICHOST) as (
+            transport,
+            _,
+        ):
             assert transport.get_extra_info("sockname")[0] == "127.0.0.1"
 
     loop.run_until_complete(main())
@@ -433,10 +444,23 @@ def test_reuse_port_lets_two_endpoints_share_a_port(loop):
 
 def test_allow_broadcast_sets_so_broadcast(loop):
     async def main():
-        async with endpoint(loop, local_addr=("127.0.0.1", 0), allow_broadcast=True) as (transport, _):
-            assert transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST) != 0
+        async with endpoint(loop, local_addr=("127.0.0.1", 0), allow_broadcast=True) as (
+            transport,
+            _,
+        ):
+            assert (
+                transport.get_extra_info("socket").getsockopt(
+                    socket.SOL_SOCKET, socket.SO_BROADCAST
+                )
+                != 0
+            )
         async with endpoint(loop, local_addr=("127.0.0.1", 0)) as (transport, _):
-            assert transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST) == 0
+            assert (
+                transport.get_extra_info("socket").getsockopt(
+                    socket.SOL_SOCKET, socket.SO_BROADCAST
+                )
+                == 0
+            )
 
     loop.run_until_complete(main())
 
@@ -487,7 +511,9 @@ def test_sock_is_adopted(loop):
             assert transport.get_extra_info("socket").fileno() == sock.fileno()
             with plain_socket(socket.AF_INET, ("127.0.0.1", 0)) as peer:
                 peer.sendto(b"to the adopted socket", address)
-                assert await protocol.wait_datagrams(1) == [(b"to the adopted socket", peer.getsockname())]
+                assert await protocol.wait_datagrams(1) == [
+                    (b"to the adopted socket", peer.getsockname())
+                ]
             transport.close()
             await protocol.lost
         assert sock.fileno() == -1  # the transport closed it
@@ -508,7 +534,9 @@ def test_sock_of_an_unnamed_unix_socketpair_receives_with_no_address(loop):
                 for i in range(50):
                     theirs.send(numbered(i, 100))
                 datagrams = await protocol.wait_datagrams(52)
-                assert datagrams == [(b"before the endpoint", None), (b"hello", None)] + [(numbered(i, 100), None) for i in range(50)]
+                assert datagrams == [(b"before the endpoint", None), (b"hello", None)] + [
+                    (numbered(i, 100), None) for i in range(50)
+                ]
                 assert transport.get_extra_info("peername") in (None, "")
 
     loop.run_until_complete(main())
@@ -516,7 +544,7 @@ def test_sock_of_an_unnamed_unix_socketpair_receives_with_no_address(loop):
 
 def test_a_datagram_transport_method_can_be_patched_on_the_instance(loop):
     async def main():
-        async with endpoint(loop, local_addr=("127.0.0.1", 0)) as (transport, protocol):
+        async with endpoint(loop, local_addr=("127.0.0.1", 0)) as (transport, _protocol):
             with mock.patch.object(transport, "sendto") as patched:
                 transport.sendto(b"x", ("127.0.0.1", 9))
                 patched.assert_called_once_with(b"x", ("127.0.0.1", 9))
@@ -562,7 +590,8 @@ def test_sock_with_socket_modifiers_is_a_value_error(loop, kwargs, shown):
             with pytest.raises(ValueError) as info:
                 await loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=sock, **kwargs)
             assert str(info.value) == (
-                f"socket modifier keyword arguments can not be used when sock is specified. ({shown})"
+                "socket modifier keyword arguments can not be used when sock is specified. "
+                f"({shown})"
             )
 
     loop.run_until_complete(main())
@@ -581,7 +610,11 @@ def test_sock_with_socket_modifiers_is_a_value_error(loop, kwargs, shown):
             "can not get address information",
         ),
         ({"family": socket.AF_UNIX, "local_addr": b"/tmp/x.sock"}, TypeError, "string is expected"),
-        ({"family": socket.AF_UNIX, "remote_addr": ("127.0.0.1", 9)}, TypeError, "string is expected"),
+        (
+            {"family": socket.AF_UNIX, "remote_addr": ("127.0.0.1", 9)},
+            TypeError,
+            "string is expected",
+        ),
     ],
 )
 def test_argument_errors_are_asyncio_s(loop, kwargs, exc_type, message):
@@ -608,7 +641,9 @@ def test_a_failed_bind_raises_the_os_error(loop):
     async def main():
         with plain_socket(socket.AF_INET, ("127.0.0.1", 0)) as taken:
             with pytest.raises(OSError) as info:
-                await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=taken.getsockname())
+                await loop.create_datagram_endpoint(
+                    asyncio.DatagramProtocol, local_addr=taken.getsockname()
+                )
             assert info.value.errno == errno.EADDRINUSE
 
     loop.run_until_complete(main())
@@ -627,7 +662,10 @@ def test_unix_local_addr_receives_with_the_sender_path(loop, sock_dir):
             assert transport.get_extra_info("peername") is None
             assert transport.get_extra_info("socket").family == socket.AF_UNIX
             sender_path = unix_path(sock_dir)
-            with plain_socket(socket.AF_UNIX, sender_path) as named, plain_socket(socket.AF_UNIX) as unnamed:
+            with (
+                plain_socket(socket.AF_UNIX, sender_path) as named,
+                plain_socket(socket.AF_UNIX) as unnamed,
+            ):
                 named.sendto(b"from a path", path)
                 unnamed.sendto(b"from nowhere", path)
                 received = await protocol.wait_datagrams(2)
@@ -693,6 +731,7 @@ def test_unix_burst_is_buffered_and_arrives_in_order(loop, loop_kind, sock_dir):
             async with endpoint(loop, family=socket.AF_UNIX, remote_addr=path) as (sender, _):
                 for data in datagrams:  # more than the receiving socket's queue takes
                     sender.sendto(data)
+                assert sender.get_write_buffer_size() > 0  # the rest waits in the transport
                 received = await receiver.wait_datagrams(len(datagrams))
                 assert [data for data, _ in received] == datagrams
                 await poll_rounds(loop)
@@ -739,7 +778,9 @@ def test_datagram_boundaries_are_kept(loop):
                 for i, size in enumerate(sizes):
                     peer.sendto(bytes([i]) * size, transport.get_extra_info("sockname"))
                 received = await protocol.wait_datagrams(len(sizes))
-                assert [data for data, _ in received] == [bytes([i]) * size for i, size in enumerate(sizes)]
+                assert [data for data, _ in received] == [
+                    bytes([i]) * size for i, size in enumerate(sizes)
+                ]
 
     loop.run_until_complete(main())
 
@@ -827,9 +868,15 @@ def test_burst_of_echo_round_trips_all_arrive(loop):
             self.send_next()
 
     async def main():
-        async with endpoint(loop, lambda: Echo(loop), local_addr=("127.0.0.1", 0)) as (server, echo):
+        async with endpoint(loop, lambda: Echo(loop), local_addr=("127.0.0.1", 0)) as (
+            server,
+            echo,
+        ):
             address = server.get_extra_info("sockname")
-            async with endpoint(loop, lambda: Pinger(loop), remote_addr=address) as (client, pinger):
+            async with endpoint(loop, lambda: Pinger(loop), remote_addr=address) as (
+                client,
+                pinger,
+            ):
                 received = await pinger.wait_datagrams(len(datagrams))
                 assert sorted(data for data, _ in received) == datagrams
                 assert {addr for _, addr in received} == {address}
@@ -924,7 +971,7 @@ def test_mutating_data_after_sendto_does_not_change_what_is_sent(loop, sock_dir)
             second.extend(b"more")
             transport.close()
             received = await recv_until(loop, peer, protocol.lost)
-            assert received == head + [b"A" * 1000, b"B" * 1000]
+            assert received == [*head, b"A" * 1000, b"B" * 1000]
 
     loop.run_until_complete(main())
 
@@ -938,7 +985,10 @@ def test_port_unreachable_calls_error_received(loop, inet):
     # A connected UDP socket learns of the peer's ICMP port unreachable: the next receive
     # fails with ECONNREFUSED, which goes to error_received; the transport stays open.
     async def main():
-        async with endpoint(loop, remote_addr=(inet.host, unused_port(inet))) as (transport, protocol):
+        async with endpoint(loop, remote_addr=(inet.host, unused_port(inet))) as (
+            transport,
+            protocol,
+        ):
             transport.sendto(b"anyone?")
             exc = await protocol.error
             assert isinstance(exc, ConnectionRefusedError)
@@ -974,7 +1024,11 @@ def test_pause_reading_holds_datagrams_until_resume_reading(loop):
                 transport.resume_reading()
                 assert transport.is_reading()
                 received = await protocol.wait_datagrams(3)
-                assert [data for data, _ in received] == [b"before", b"while paused 1", b"while paused 2"]
+                assert [data for data, _ in received] == [
+                    b"before",
+                    b"while paused 1",
+                    b"while paused 2",
+                ]
                 transport.close()
                 assert not transport.is_reading()
                 transport.resume_reading()  # does nothing on a closing transport
@@ -1099,7 +1153,9 @@ def test_get_extra_info(loop, inet):
                 assert sock.family == inet.family
                 assert sock.type == socket.SOCK_DGRAM
                 assert transport.get_extra_info("sockname") == sock.getsockname()
-                assert transport.get_extra_info("peername") == peer.getsockname() == sock.getpeername()
+                assert (
+                    transport.get_extra_info("peername") == peer.getsockname() == sock.getpeername()
+                )
                 assert transport.get_extra_info("no such key") is None
                 assert transport.get_extra_info("no such key", "default") == "default"
                 sockname = transport.get_extra_info("sockname")

@@ -14,9 +14,9 @@ from ._interpreter import check_supported
 
 check_supported()
 
-from ._core import __version__  # noqa: E402 (the version is the Rust crate's, defined once)
+from ._core import __version__ as __version__  # noqa: E402 (the version is the Rust crate's, defined once)
 from ._loop import Loop  # noqa: E402
 from ._policy import EventLoopPolicy, install  # noqa: E402
 from ._runner import new_event_loop, run  # noqa: E402
 
-__all__ = ["Loop", "EventLoopPolicy", "install", "new_event_loop", "run"]
+__all__ = ["EventLoopPolicy", "Loop", "install", "new_event_loop", "run"]

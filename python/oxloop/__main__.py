@@ -42,7 +42,11 @@ def _check_script(path: str) -> None:
         with open(path, "rb"):
             pass
     except OSError as exc:
-        _fail(f"{PROG}: can't open file {os.path.abspath(path)!r}: [Errno {exc.errno}] {exc.strerror}", usage=False)
+        _fail(
+            f"{PROG}: can't open file {os.path.abspath(path)!r}: "
+            f"[Errno {exc.errno}] {exc.strerror}",
+            usage=False,
+        )
 
 
 def main(argv: list[str]) -> None:

@@ -2,8 +2,9 @@
 
 ``LoopCore`` is the base class of ``oxloop.Loop``; ``Handle`` and ``TimerHandle`` are what its
 scheduling methods return; ``StreamTransport`` is the native half of a stream or pipe
-transport, ``DatagramTransport`` that of a datagram transport. ``tests/test_stubs.py`` checks these stubs against the built
-extension with ``mypy.stubtest``: keep them in step with the ``#[pymethods]`` blocks.
+transport, ``DatagramTransport`` that of a datagram transport. ``tests/test_stubs.py`` checks
+these stubs against the built extension with ``mypy.stubtest``: keep them in step with the
+``#[pymethods]`` blocks.
 """
 
 import asyncio
@@ -11,12 +12,24 @@ import socket
 from asyncio import BaseProtocol, Future
 from collections.abc import Callable, Coroutine, Generator, Iterable
 from contextvars import Context
-from typing import Any, TypedDict, TypeVar, TypeVarTuple, Unpack, final
+from typing import Any, Self, TypedDict, TypeVar, TypeVarTuple, Unpack, final
 
 from _typeshed import FileDescriptorLike
-from typing_extensions import Self, disjoint_base
+from typing_extensions import disjoint_base
 
-__all__ = ["DatagramTransport", "Handle", "LoopCore", "StreamTransport", "TimerHandle", "TlsProtocolState", "__version__", "_panic_for_tests", "getaddrinfo_literal", "install_tls_methods", "install_transport_methods"]
+__all__ = [
+    "DatagramTransport",
+    "Handle",
+    "LoopCore",
+    "StreamTransport",
+    "TimerHandle",
+    "TlsProtocolState",
+    "__version__",
+    "_panic_for_tests",
+    "getaddrinfo_literal",
+    "install_tls_methods",
+    "install_transport_methods",
+]
 
 __version__: str
 
@@ -59,16 +72,30 @@ class LoopCore:
     # callback is positional-only here (hand-written vectorcall entry points, fastcall.rs);
     # asyncio's own call_soon also accepts callback=... as a keyword.
     def call_soon(
-        self, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts], context: Context | None = None
+        self,
+        callback: Callable[[Unpack[_Ts]], object],
+        *args: *_Ts,
+        context: Context | None = None,
     ) -> Handle: ...
     def call_soon_threadsafe(
-        self, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts], context: Context | None = None
+        self,
+        callback: Callable[[Unpack[_Ts]], object],
+        *args: *_Ts,
+        context: Context | None = None,
     ) -> Handle: ...
     def call_at(
-        self, when: float, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts], context: Context | None = None
+        self,
+        when: float,
+        callback: Callable[[Unpack[_Ts]], object],
+        *args: *_Ts,
+        context: Context | None = None,
     ) -> TimerHandle: ...
     def call_later(
-        self, delay: float, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts], context: Context | None = None
+        self,
+        delay: float,
+        callback: Callable[[Unpack[_Ts]], object],
+        *args: *_Ts,
+        context: Context | None = None,
     ) -> TimerHandle: ...
 
     # -- Futures and tasks (asyncio's own classes, or what the task factory makes) ---------
@@ -95,18 +122,18 @@ class LoopCore:
 
     # -- File descriptors -----------------------------------------------------------------
     def add_reader(
-        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]
+        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], object], *args: *_Ts
     ) -> None: ...
     def _add_reader(
-        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]
+        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], object], *args: *_Ts
     ) -> Handle: ...
     def remove_reader(self, fd: FileDescriptorLike) -> bool: ...
     def _remove_reader(self, fd: FileDescriptorLike) -> bool: ...
     def add_writer(
-        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]
+        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], object], *args: *_Ts
     ) -> None: ...
     def _add_writer(
-        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]
+        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], object], *args: *_Ts
     ) -> Handle: ...
     def remove_writer(self, fd: FileDescriptorLike) -> bool: ...
     def _remove_writer(self, fd: FileDescriptorLike) -> bool: ...
@@ -199,7 +226,12 @@ class StreamTransport:
     "write_pipe"."""
 
     def __new__(
-        cls, event_loop: LoopCore, fd: int, protocol: BaseProtocol, transport: Any, kind: str = "socket"
+        cls,
+        event_loop: LoopCore,
+        fd: int,
+        protocol: BaseProtocol,
+        transport: Any,
+        kind: str = "socket",
     ) -> StreamTransport: ...
     def _start_reading(self) -> None: ...
     def _watch_peer_close(self) -> None: ...
@@ -268,6 +300,7 @@ class DatagramTransport:
     def writing_watched(self) -> bool: ...
 
 def install_transport_methods(cls: type, names: list[str] | None = None) -> None: ...
+
 @disjoint_base
 class TlsProtocolState:
     """The attributes of asyncio's ``SSLProtocol`` that oxloop's native TLS record path reads,

@@ -17,4 +17,6 @@ class ResolverOperations:
             answer = _core.getaddrinfo_literal(host, port, family, type, proto, flags)
             if answer is not None:
                 return answer
-        return await super().getaddrinfo(host, port, family=family, type=type, proto=proto, flags=flags)
+        return await super().getaddrinfo(
+            host, port, family=family, type=type, proto=proto, flags=flags
+        )

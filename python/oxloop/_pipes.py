@@ -11,28 +11,28 @@ handler, and closing the pipe object after ``connection_lost``.
 """
 
 import errno
-import logging
 import os
 import stat
-import warnings
 from asyncio import futures, transports
 
 from . import _core
-
-logger = logging.getLogger("asyncio")
+from ._transport_base import NativeTransportBase, logger
 
 _DEFAULT_HIGH_WATER = 64 * 1024
 _DEFAULT_LOW_WATER = _DEFAULT_HIGH_WATER // 4
 
 
-class _PipeTransportBase:
-    """What both pipe transports share: the pipe object, the native half, closing.
+class _PipeTransportBase(NativeTransportBase):
+    """What both pipe transports share: the pipe object and the native half.
 
-    Subclasses set ``_core`` (a ``_core.StreamTransport``) and ``_pipe`` (the pipe object,
+    ``_adopt`` sets ``_core`` (a ``_core.StreamTransport``) and ``_pipe`` (the pipe object,
     owned from then on and closed after ``connection_lost``).
     """
 
     __slots__ = ()
+
+    _OWNED = "_pipe"
+    _FD = "_fileno"
 
     def _adopt(self, loop, pipe, protocol, kind):
         """Make the native half for ``pipe``; from here on the transport owns the pipe."""
@@ -44,67 +44,16 @@ class _PipeTransportBase:
         self._core = _core.StreamTransport(loop, self._fileno, protocol, self, kind)
         self._pipe = pipe
 
-    def __repr__(self):
-        info = [self.__class__.__name__]
-        if self._pipe is None:
-            info.append("closed")
-        elif self.is_closing():
-            info.append("closing")
-        info.append(f"fd={self._fileno}")
+    def _repr_io(self, pipe):
         # asyncio's form for a loop without a selector: "open" or "closed".
-        info.append("open" if self._pipe is not None else "closed")
-        return "<{}>".format(" ".join(info))
-
-    def __del__(self, _warn=warnings.warn):
-        if getattr(self, "_pipe", None) is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._core.detach()
-            self._pipe.close()
-
-    @property
-    def _protocol(self):
-        return self._core.get_protocol()
-
-    @property
-    def _closing(self):
-        return self.is_closing()
-
-    @property
-    def _conn_lost(self):
-        return self._core.conn_lost
-
-    def set_protocol(self, protocol):
-        self._core.set_protocol(protocol)
-
-    def get_protocol(self):
-        return self._core.get_protocol()
-
-    def abort(self):
-        """Close now, dropping anything buffered; ``connection_lost(None)`` follows."""
-        self._core.force_close(None)
-
-    def _report_error(self, exc, message):
-        """asyncio's report of a fatal error: the exception handler, or only a debug log."""
-        self._loop.call_exception_handler(
-            {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
-        )
-
-    def _call_connection_lost(self, exc):
-        protocol = self._core.get_protocol()
-        try:
-            if protocol is not None:
-                protocol.connection_lost(exc)
-        finally:
-            self._core.detach()
-            self._pipe.close()
-            self._pipe = None
+        return ("open" if pipe is not None else "closed",)
 
 
 class ReadPipeTransport(_PipeTransportBase, transports.ReadTransport):
     """The read end of a pipe, a pty or a socket: ``data_received`` until end of file, then
     ``eof_received`` and ``connection_lost(None)``."""
 
-    __slots__ = ("_core", "_pipe", "_fileno", "_loop", "__weakref__", "__dict__")
+    __slots__ = ("__dict__", "__weakref__", "_core", "_fileno", "_loop", "_pipe")
 
     max_size = 256 * 1024  # the most one read asks for
 
@@ -127,20 +76,24 @@ class ReadPipeTransport(_PipeTransportBase, transports.ReadTransport):
         # EIO is how a pty reports that its other side closed: not an error worth reporting.
         if isinstance(exc, OSError) and exc.errno == errno.EIO:
             if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
+                logger.debug("%r: %s", self, message, exc_info=exc)
         else:
             self._report_error(exc, message)
         self._core.force_close(exc)
 
 
-_core.install_transport_methods(ReadPipeTransport, ["is_closing", "is_reading", "pause_reading", "resume_reading"])
+_core.install_transport_methods(
+    ReadPipeTransport, ["is_closing", "is_reading", "pause_reading", "resume_reading"]
+)
 
 
-class WritePipeTransport(_PipeTransportBase, transports._FlowControlMixin, transports.WriteTransport):
+class WritePipeTransport(
+    _PipeTransportBase, transports._FlowControlMixin, transports.WriteTransport
+):
     """The write end of a pipe, a pty or a socket. ``close()`` and ``write_eof()`` close the
     pipe once the buffer is sent; the reader going away closes the transport."""
 
-    __slots__ = ("_core", "_pipe", "_fileno", "__weakref__", "__dict__")
+    __slots__ = ("__dict__", "__weakref__", "_core", "_fileno", "_pipe")
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         transports.WriteTransport.__init__(self, extra)
@@ -181,15 +134,12 @@ class WritePipeTransport(_PipeTransportBase, transports._FlowControlMixin, trans
 
     def _fatal_error(self, exc, message="Fatal error on pipe transport"):
         # OSErrors (a reader that went away...) are only logged in debug mode.
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._report_error(exc, message)
-        self._core.force_close(exc)
+        NativeTransportBase._fatal_error(self, exc, message)
 
 
-_core.install_transport_methods(WritePipeTransport, ["write", "writelines", "is_closing", "get_write_buffer_size"])
+_core.install_transport_methods(
+    WritePipeTransport, ["write", "writelines", "is_closing", "get_write_buffer_size"]
+)
 
 
 class PipeOperations:

@@ -60,7 +60,7 @@ class SignalOperations:
             # Also the check that this is the main thread: set_wakeup_fd raises elsewhere.
             signal.set_wakeup_fd(self._self_writer.fileno())
         except (ValueError, OSError) as exc:
-            raise RuntimeError(str(exc))
+            raise RuntimeError(str(exc))  # noqa: B904 (chained implicitly, as asyncio does)
         self._owns_wakeup_fd = True
         # asyncio's own Handle: it lives as long as the registration, and its errors reach the
         # exception handler exactly as asyncio reports them.
@@ -73,7 +73,7 @@ class SignalOperations:
             if not self._signal_handlers:
                 self._release_wakeup_fd()
             if exc.errno == errno.EINVAL:
-                raise RuntimeError(f"sig {sig:d} cannot be caught")
+                raise RuntimeError(f"sig {sig:d} cannot be caught")  # noqa: B904 (as asyncio)
             raise
 
     def remove_signal_handler(self, sig):
@@ -87,7 +87,7 @@ class SignalOperations:
             signal.signal(sig, default)
         except OSError as exc:
             if exc.errno == errno.EINVAL:
-                raise RuntimeError(f"sig {sig:d} cannot be caught")
+                raise RuntimeError(f"sig {sig:d} cannot be caught")  # noqa: B904 (as asyncio)
             raise
         if not self._signal_handlers:
             self._release_wakeup_fd()
@@ -156,8 +156,10 @@ class SignalOperations:
             return
         if sys.is_finalizing():
             warnings.warn(
-                f"Closing the loop {self!r} on interpreter shutdown stage, skipping signal handlers removal",
+                f"Closing the loop {self!r} on interpreter shutdown stage, "
+                "skipping signal handlers removal",
                 ResourceWarning,
+                stacklevel=1,
                 source=self,
             )
             self._signal_handlers.clear()

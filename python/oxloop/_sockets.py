@@ -139,7 +139,7 @@ class SocketOperations:
             remaining = remaining[sent:]
             if remaining:
                 raise BlockingIOError  # not done: wait for the next writable event
-            return None
+            return
 
         await self._when_ready(sock, True, send_some)
 

@@ -37,7 +37,10 @@ def _application_child_watcher():
     if sys.version_info >= (3, 14):
         return None
     watcher = getattr(events.get_event_loop_policy(), "_watcher", None)
-    if watcher is None or type(watcher) in (unix_events.ThreadedChildWatcher, unix_events.PidfdChildWatcher):
+    if watcher is None or type(watcher) in (
+        unix_events.ThreadedChildWatcher,
+        unix_events.PidfdChildWatcher,
+    ):
         return None
     return watcher
 
@@ -73,17 +76,34 @@ class ProcessOperations:
                 if not watcher.is_active():
                     # asyncio's message for this case.
                     raise RuntimeError(
-                        "asyncio.get_child_watcher() is not activated, subprocess support is not installed."
+                        "asyncio.get_child_watcher() is not activated, "
+                        "subprocess support is not installed."
                     )
-                return await self._spawn(watcher, protocol, args, shell, stdin, stdout, stderr, bufsize, extra, kwargs)
-        return await self._spawn(None, protocol, args, shell, stdin, stdout, stderr, bufsize, extra, kwargs)
+                return await self._spawn(
+                    watcher, protocol, args, shell, stdin, stdout, stderr, bufsize, extra, kwargs
+                )
+        return await self._spawn(
+            None, protocol, args, shell, stdin, stdout, stderr, bufsize, extra, kwargs
+        )
 
-    async def _spawn(self, watcher, protocol, args, shell, stdin, stdout, stderr, bufsize, extra, kwargs):
+    async def _spawn(
+        self, watcher, protocol, args, shell, stdin, stdout, stderr, bufsize, extra, kwargs
+    ):
         """Start the child and its transport; its exit is noticed by ``watcher`` if given,
         else by the loop."""
         waiter = self.create_future()
         transport = unix_events._UnixSubprocessTransport(
-            self, protocol, args, shell, stdin, stdout, stderr, bufsize, waiter=waiter, extra=extra, **kwargs
+            self,
+            protocol,
+            args,
+            shell,
+            stdin,
+            stdout,
+            stderr,
+            bufsize,
+            waiter=waiter,
+            extra=extra,
+            **kwargs,
         )
         if watcher is not None:
             watcher.add_child_handler(transport.get_pid(), self._child_watcher_callback, transport)
@@ -105,7 +125,9 @@ class ProcessOperations:
         try:
             pidfd = os.pidfd_open(pid)
         except (AttributeError, OSError):
-            _reap_in_thread(pid, lambda returncode: self._child_exited_in_thread(transport, returncode))
+            _reap_in_thread(
+                pid, lambda returncode: self._child_exited_in_thread(transport, returncode)
+            )
             return
         self._child_pidfds[pidfd] = pid
         self._add_reader(pidfd, self._child_exited, pidfd, transport)
@@ -119,7 +141,10 @@ class ProcessOperations:
             # Reaped elsewhere (Popen.poll() in the transport's close(), or user code).
             returncode = transport._proc.returncode
             if returncode is None:
-                logger.warning("child process pid %d exit status already read:  will report returncode 255", pid)
+                logger.warning(
+                    "child process pid %d exit status already read:  will report returncode 255",
+                    pid,
+                )
                 returncode = 255
         else:
             if reaped == 0:

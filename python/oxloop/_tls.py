@@ -20,9 +20,19 @@ from . import _core
 
 # What the native methods read or call on asyncio's SSLProtocol.
 _REQUIRED = (
-    "_do_handshake", "_do_flush", "_do_shutdown", "_do_read", "_do_write", "_write_appdata",
-    "_call_eof_received", "_start_shutdown", "_control_app_writing", "_control_ssl_reading",
-    "_fatal_error", "_get_app_transport", "max_size",
+    "_do_handshake",
+    "_do_flush",
+    "_do_shutdown",
+    "_do_read",
+    "_do_write",
+    "_write_appdata",
+    "_call_eof_received",
+    "_start_shutdown",
+    "_control_app_writing",
+    "_control_ssl_reading",
+    "_fatal_error",
+    "_get_app_transport",
+    "max_size",
 )
 
 
@@ -56,9 +66,15 @@ class TLSProtocol(_core.TlsProtocolState, sslproto.SSLProtocol):
             self._do_shutdown()
 
 
-if all(hasattr(sslproto.SSLProtocol, name) for name in _REQUIRED) and hasattr(sslproto, "SSLAgainErrors"):
+if all(hasattr(sslproto.SSLProtocol, name) for name in _REQUIRED) and hasattr(
+    sslproto, "SSLAgainErrors"
+):
     _core.install_tls_methods(
-        TLSProtocol, SSLAppTransport, sslproto.SSLProtocol, sslproto.SSLProtocolState.WRAPPED, sslproto.SSLAgainErrors
+        TLSProtocol,
+        SSLAppTransport,
+        sslproto.SSLProtocol,
+        sslproto.SSLProtocolState.WRAPPED,
+        sslproto.SSLAgainErrors,
     )
     PROTOCOL_CLASS = TLSProtocol
 else:

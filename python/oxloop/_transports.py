@@ -21,10 +21,18 @@ import errno
 import inspect
 import logging
 import socket
-import warnings
-from asyncio import base_events, constants, futures, selector_events, sslproto, transports, trsock, unix_events
+from asyncio import (
+    base_events,
+    constants,
+    futures,
+    selector_events,
+    transports,
+    trsock,
+    unix_events,
+)
 
 from . import _core, _tls
+from ._transport_base import NativeTransportBase
 
 logger = logging.getLogger("asyncio")
 
@@ -73,10 +81,10 @@ _DEFAULT_HIGH_WATER = 64 * 1024
 _DEFAULT_LOW_WATER = _DEFAULT_HIGH_WATER // 4
 
 
-class SocketTransport(transports._FlowControlMixin, transports.Transport):
+class SocketTransport(NativeTransportBase, transports._FlowControlMixin, transports.Transport):
     """A TCP or Unix stream transport."""
 
-    __slots__ = ("_core", "_sock", "_sock_fd", "_server", "__weakref__", "__dict__")
+    __slots__ = ("__dict__", "__weakref__", "_core", "_server", "_sock", "_sock_fd")
 
     # Probed by asyncio (start_tls, sendfile) and by frameworks.
     _start_tls_compatible = True
@@ -108,45 +116,26 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
-    def __repr__(self):
-        info = [self.__class__.__name__]
-        if self._sock is None:
-            info.append("closed")
-        elif self.is_closing():
-            info.append("closing")
-        info.append(f"fd={self._sock_fd}")
-        if self._sock is not None and not self._loop.is_closed():
-            info.append("read=polling" if self._core.reading_watched else "read=idle")
-            state = "polling" if self._core.write_pending else "idle"
-            info.append(f"write=<{state}, bufsize={self.get_write_buffer_size()}>")
-        return "<{}>".format(" ".join(info))
+    def _repr_io(self, sock):
+        if sock is None or self._loop.is_closed():
+            return ()
+        state = "polling" if self._core.write_pending else "idle"
+        return (
+            "read=polling" if self._core.reading_watched else "read=idle",
+            f"write=<{state}, bufsize={self.get_write_buffer_size()}>",
+        )
 
-    def __del__(self, _warn=warnings.warn):
-        if getattr(self, "_sock", None) is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._core.detach()
-            self._sock.close()
-            # From 3.13 asyncio's unclosed transport leaves its server too (so that
-            # wait_closed() does not wait for it).
-            if _SERVER_TRACKS_TRANSPORTS and self._server is not None:
-                self._server._detach(self)
+    def _on_unclosed(self):
+        # From 3.13 asyncio's unclosed transport leaves its server too (so that wait_closed()
+        # does not wait for it).
+        if _SERVER_TRACKS_TRANSPORTS and self._server is not None:
+            self._server._detach(self)
 
-    # Set in __init__ of asyncio's own transports; native state here.
-    @property
-    def _protocol(self):
-        return self._core.get_protocol()
-
+    # Set in __init__ of asyncio's own transports; native state here (the others are in
+    # NativeTransportBase).
     @property
     def _protocol_paused(self):
         return self._core.writing_paused
-
-    @property
-    def _conn_lost(self):
-        return self._core.conn_lost
-
-    @property
-    def _closing(self):
-        return self.is_closing()
 
     @property
     def _eof(self):
@@ -168,19 +157,9 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             if name not in self._extra:
                 self._extra[name] = compute(self._sock)
 
-    def set_protocol(self, protocol):
-        self._core.set_protocol(protocol)
-
-    def get_protocol(self):
-        return self._core.get_protocol()
-
     def close(self):
         """Close after sending what is buffered; ``connection_lost(None)`` follows."""
         self._core.close()
-
-    def abort(self):
-        """Close now, dropping what is buffered; ``connection_lost(None)`` follows."""
-        self._core.force_close(None)
 
     def write_eof(self):
         """Shut down the write side once the buffer is sent."""
@@ -194,41 +173,22 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         self._core.set_write_buffer_limits(self._high_water, self._low_water)
 
     def _force_close(self, exc):
+        # Called by asyncio's SSLProtocol on the transport under it.
         self._core.force_close(exc)
 
-    def _fatal_error(self, exc, message="Fatal error on transport"):
-        # OSErrors (a reset peer...) are the peer's doing: only logged in debug mode.
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler(
-                {
-                    "message": message,
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
-        self._force_close(exc)
-
-    def _call_connection_lost(self, exc):
-        protocol = self._core.get_protocol()
-        try:
-            if protocol is not None:
-                protocol.connection_lost(exc)
-        finally:
-            self._core.detach()
-            self._freeze_socket_extra()
-            self._sock.close()
-            self._sock = None
-            server = self._server
-            if server is not None:
-                self._server = None
-                if _SERVER_TRACKS_TRANSPORTS:
-                    server._detach(self)
-                else:
-                    server._detach()
+    def _release(self):
+        """After ``connection_lost``: record the socket's extra information, close it, and
+        leave the server."""
+        self._freeze_socket_extra()
+        self._sock.close()
+        self._sock = None
+        server = self._server
+        if server is not None:
+            self._server = None
+            if _SERVER_TRACKS_TRANSPORTS:
+                server._detach(self)
+            else:
+                server._detach()
 
     def _make_empty_waiter(self):
         if self._core.has_empty_waiter:
@@ -342,12 +302,20 @@ class StreamOperations:
             if sslcontext:
                 self.create_task(
                     self._accept_connection2(
-                        protocol_factory, conn, extra, sslcontext, server, ssl_handshake_timeout, ssl_shutdown_timeout
+                        protocol_factory,
+                        conn,
+                        extra,
+                        sslcontext,
+                        server,
+                        ssl_handshake_timeout,
+                        ssl_shutdown_timeout,
                     )
                 )
             else:
                 # In a fresh copy of the context, as asyncio's task per connection would run.
-                contextvars.copy_context().run(self._serve_connection, protocol_factory, conn, extra, server)
+                contextvars.copy_context().run(
+                    self._serve_connection, protocol_factory, conn, extra, server
+                )
 
     def _serve_connection(self, protocol_factory, conn, extra, server):
         """Make the protocol and the transport of an accepted plain connection."""
@@ -361,7 +329,10 @@ class StreamOperations:
         except BaseException as exc:
             conn.close()
             if self._debug:
-                context = {"message": "Error on transport creation for incoming connection", "exception": exc}
+                context = {
+                    "message": "Error on transport creation for incoming connection",
+                    "exception": exc,
+                }
                 if protocol is not None:
                     context["protocol"] = protocol
                 self.call_exception_handler(context)

@@ -102,10 +102,16 @@ async def websocket(receive, send) -> None:
 async def stream(send, chunks: int, size: int) -> None:
     """A chunked response of ``chunks`` chunks of ``size`` bytes each."""
     await send(
-        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/octet-stream")]}
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/octet-stream")],
+        }
     )
     for i in range(chunks):
-        await send({"type": "http.response.body", "body": b"%d" % (i % 10) * size, "more_body": True})
+        await send(
+            {"type": "http.response.body", "body": b"%d" % (i % 10) * size, "more_body": True}
+        )
         await asyncio.sleep(STREAM_PAUSE)
     await send({"type": "http.response.body", "body": b""})
 

@@ -1,11 +1,10 @@
-"""Where the ecosystem tests find their PostgreSQL and Redis servers, and fixtures that skip a
-test (saying how to start the server) when its server does not answer.
+"""Where the ecosystem tests find their PostgreSQL and Redis servers.
 
 The defaults are the throwaway servers ``scripts/services.sh start`` runs on loopback;
 the environment variables ``OXLOOP_TEST_PG_DSN`` and ``OXLOOP_TEST_REDIS_URL`` point the tests
-at other servers. A test module uses the fixtures by importing them::
-
-    from services import postgres_dsn  # noqa: F401  (a fixture)
+at other servers. The fixtures ``postgres_dsn`` and ``redis_url`` (in this directory's
+conftest.py) skip a test, saying how to start the server, when its server does not answer
+(``require``).
 
 Also here: ``unique_name``, a name no other test (or earlier run) uses, for schemas, tables,
 channels and key prefixes.
@@ -46,23 +45,12 @@ def _answers(host: str, port: int) -> bool:
         return False
 
 
-def _require(name: str, url: str, default_port: int) -> str:
+def require(name: str, url: str, default_port: int) -> str:
+    """``url`` if its server answers; else the test is skipped, saying how to start it."""
     host, port = address(url, default_port)
     if not _answers(host, port):
         pytest.skip(f"{name} is not running on {host}:{port}: {START_HINT}")
     return url
-
-
-@pytest.fixture(scope="session")
-def postgres_dsn() -> str:
-    """The DSN of a PostgreSQL server that answers (else the test is skipped)."""
-    return _require("PostgreSQL", PG_DSN, 5432)
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    """The URL of a Redis server that answers (else the test is skipped)."""
-    return _require("Redis", REDIS_URL, 6379)
 
 
 def unique_name(prefix: str = "oxl") -> str:

@@ -34,8 +34,8 @@ import pytest
 from anyio.abc import UNIXSocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from conftest import LOOP_FACTORIES, LOOP_TYPES, PYTHON, child_env
-from net_helpers import sock_dir
+from helpers.loops import LOOP_FACTORIES, LOOP_TYPES
+from helpers.processes import PYTHON, child_env
 
 MiB = 1024 * 1024
 
@@ -230,7 +230,9 @@ def run_anyio(kind, main, *args):
         assert isinstance(asyncio.get_running_loop(), LOOP_TYPES[kind])
         return await main(*args)
 
-    return anyio.run(checked, backend="asyncio", backend_options={"loop_factory": LOOP_FACTORIES[kind]})
+    return anyio.run(
+        checked, backend="asyncio", backend_options={"loop_factory": LOOP_FACTORIES[kind]}
+    )
 
 
 def test_anyio_run_returns_result(leak_check):
@@ -418,7 +420,10 @@ def test_anyio_unix_sockets(leak_check, sock_dir):
                 assert await BufferedByteReceiveStream(stream).receive_exactly(len(data)) == data
 
     async def main():
-        async with await anyio.create_unix_listener(path) as listener, anyio.create_task_group() as tg:
+        async with (
+            await anyio.create_unix_listener(path) as listener,
+            anyio.create_task_group() as tg,
+        ):
             tg.start_soon(listener.serve, echo)
             async with anyio.create_task_group() as clients:
                 for n in range(4):
@@ -427,8 +432,10 @@ def test_anyio_unix_sockets(leak_check, sock_dir):
 
         left, right = socket.socketpair()
         read_end, write_end = os.pipe()
-        async with await UNIXSocketStream.from_socket(left) as sender, \
-                await UNIXSocketStream.from_socket(right) as receiver:
+        async with (
+            await UNIXSocketStream.from_socket(left) as sender,
+            await UNIXSocketStream.from_socket(right) as receiver,
+        ):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(sender.send_fds, b"pipe", [write_end])
                 message, fds = await receiver.receive_fds(4, 1)
@@ -540,8 +547,9 @@ def test_anyio_processes(leak_check):
         await process.stdin.aclose()
 
     async def main():
-        result = await anyio.run_process([PYTHON, "-c", "print('out'); import sys; sys.exit(3)"],
-                                         check=False, env=child_env())
+        result = await anyio.run_process(
+            [PYTHON, "-c", "print('out'); import sys; sys.exit(3)"], check=False, env=child_env()
+        )
         assert (result.returncode, result.stdout) == (3, b"out\n")
         with pytest.raises(subprocess.CalledProcessError):
             await anyio.run_process([PYTHON, "-c", "raise SystemExit(1)"], env=child_env())
@@ -557,10 +565,15 @@ def test_anyio_processes(leak_check):
         async with await anyio.open_process([PYTHON, "-c", cat], env=child_env()) as process:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(feed, process)
-                assert await BufferedByteReceiveStream(process.stdout).receive_exactly(len(data)) == data
+                assert (
+                    await BufferedByteReceiveStream(process.stdout).receive_exactly(len(data))
+                    == data
+                )
             assert await process.wait() == 0
 
-        async with await anyio.open_process([PYTHON, "-c", "import time; time.sleep(60)"]) as process:
+        async with await anyio.open_process(
+            [PYTHON, "-c", "import time; time.sleep(60)"]
+        ) as process:
             process.terminate()
             assert await process.wait() == -signal.SIGTERM
 
@@ -628,7 +641,11 @@ def test_anyio_synchronization(leak_check):
             event.set()
         assert sorted(woken) == list(range(5))
 
-        for make, limit in ((anyio.Lock, 1), (lambda: anyio.Semaphore(3), 3), (lambda: anyio.CapacityLimiter(2), 2)):
+        for make, limit in (
+            (anyio.Lock, 1),
+            (lambda: anyio.Semaphore(3), 3),
+            (lambda: anyio.CapacityLimiter(2), 2),
+        ):
             primitive = make()
             inside, most = 0, 0
 

@@ -17,9 +17,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-import tls_helpers
-from net_helpers import record_errors
-from web_helpers import MiB, aiohttp_server, random_bytes, sha256, short_dir
+from helpers.net import record_errors
+from helpers.tls import make_client_context, make_server_context
+from web_helpers import MiB, aiohttp_server, random_bytes, sha256
 
 # What a loop in debug mode reports when an incoming connection's TLS handshake fails.
 FAILED_INCOMING = "Error on transport creation for incoming connection"
@@ -27,10 +27,6 @@ FAILED_INCOMING = "Error on transport creation for incoming connection"
 CLOSES = web.AppKey("closes", list)  # what the echo handler saw of the client's close frame
 
 # Fixtures from the helpers (pytest finds fixtures among a module's names; short_dir is one).
-tls_ca = tls_helpers.tls_ca
-server_cert = tls_helpers.server_cert
-server_context = tls_helpers.server_context
-client_context = tls_helpers.client_context
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,8 +324,8 @@ def test_file_response_whole_and_ranges(loop, tmp_path, secure, server_cert, tls
     content = random_bytes(6 * MiB, seed=8)
     path = tmp_path / "data.bin"
     path.write_bytes(content)
-    server_ssl = tls_helpers.make_server_context(server_cert) if secure else None
-    client_ssl = tls_helpers.make_client_context(tls_ca) if secure else None
+    server_ssl = make_server_context(server_cert) if secure else None
+    client_ssl = make_client_context(tls_ca) if secure else None
 
     async def send_file(request):
         return web.FileResponse(path)

@@ -23,7 +23,6 @@ import asyncpg
 import pytest
 
 import services
-from services import postgres_dsn  # noqa: F401  (a fixture)
 
 # A limit for each test's coroutine, well under pytest-timeout's, for a clearer failure.
 TEST_TIMEOUT = 20
@@ -59,7 +58,7 @@ def test_parameters_and_types_round_trip(loop, postgres_dsn):
     """Parameters of several types reach the server intact (it computes on them) and come
     back as the same Python values: int, text, a 1 MiB bytea, timestamps, arrays, jsonb."""
     blob = os.urandom(1024 * 1024)
-    aware = datetime.datetime(2024, 2, 29, 23, 59, 58, 123456, tzinfo=datetime.timezone.utc)
+    aware = datetime.datetime(2024, 2, 29, 23, 59, 58, 123456, tzinfo=datetime.UTC)
     naive = datetime.datetime(1999, 12, 31, 12, 0, 0)
     document = {"name": "oxloop", "tags": ["rust", "asyncio"], "nested": {"n": 3, "ok": True}}
 
@@ -70,13 +69,21 @@ def test_parameters_and_types_round_trip(loop, postgres_dsn):
             )
             row = await conn.fetchrow(
                 """SELECT $1::int8 + 1 AS next, $2::text AS text, length($2::text) AS text_len,
-                          $3::bytea AS blob, md5($3::bytea) AS blob_md5, length($3::bytea) AS blob_len,
+                          $3::bytea AS blob, md5($3::bytea) AS blob_md5,
+                          length($3::bytea) AS blob_len,
                           $4::timestamptz AS aware, $4::timestamptz + interval '2 seconds' AS later,
                           $5::timestamp AS naive,
                           $6::int4[] AS numbers, array_length($6::int4[], 1) AS numbers_len,
                           $7::text[] AS words,
                           $8::jsonb AS document, $8::jsonb -> 'nested' ->> 'n' AS nested_n""",
-                2**40, "ünïcode text", blob, aware, naive, [1, 2, 3, -4], ["a", None, "c"], document,
+                2**40,
+                "ünïcode text",
+                blob,
+                aware,
+                naive,
+                [1, 2, 3, -4],
+                ["a", None, "c"],
+                document,
             )
             return dict(row)
 
@@ -103,7 +110,9 @@ def test_executemany_thousands_of_rows(loop, postgres_dsn):
 
     async def main():
         async with connection(postgres_dsn) as conn:
-            await conn.execute("CREATE TEMP TABLE items (id int PRIMARY KEY, label text, weight float8)")
+            await conn.execute(
+                "CREATE TEMP TABLE items (id int PRIMARY KEY, label text, weight float8)"
+            )
             await conn.executemany("INSERT INTO items VALUES ($1, $2, $3)", rows)
             return await conn.fetchrow(
                 "SELECT count(*) AS n, sum(id) AS ids, sum(weight) AS weight,"
@@ -133,15 +142,17 @@ def test_pool_runs_queries_concurrently(loop, postgres_dsn):
         )
 
     async def main():
-        async with connection(postgres_dsn) as holder, asyncpg.create_pool(
-            postgres_dsn, min_size=size, max_size=size
-        ) as pool:
+        async with (
+            connection(postgres_dsn) as holder,
+            asyncpg.create_pool(postgres_dsn, min_size=size, max_size=size) as pool,
+        ):
             # While `holder` has the lock exclusively, each pool query blocks in the server.
             await holder.execute("SELECT pg_advisory_lock($1)", lock_key)
             blocked = [
                 asyncio.ensure_future(
                     pool.fetchval(
-                        "SELECT pg_backend_pid() FROM (SELECT pg_advisory_xact_lock_shared($1)) AS l",
+                        "SELECT pg_backend_pid() "
+                        "FROM (SELECT pg_advisory_xact_lock_shared($1)) AS l",
                         lock_key,
                     )
                 )
@@ -154,7 +165,9 @@ def test_pool_runs_queries_concurrently(loop, postgres_dsn):
             all_waiting = await waiting_backends(holder)
             await holder.execute("SELECT pg_advisory_unlock($1)", lock_key)
             pids = await asyncio.gather(*blocked)
-            squares = await asyncio.gather(*(pool.fetchval("SELECT $1::int * $1::int", i) for i in range(200)))
+            squares = await asyncio.gather(
+                *(pool.fetchval("SELECT $1::int * $1::int", i) for i in range(200))
+            )
             return all_waiting, pids, squares
 
     all_waiting, pids, squares = run(loop, main())
@@ -182,11 +195,17 @@ def test_copy_records_in_and_query_out(loop, postgres_dsn, tmp_path):
             )
             buffer = io.BytesIO()
             await conn.copy_from_query(
-                f"SELECT id, name FROM {schema}.things WHERE id < $1 ORDER BY id", 10000,
-                output=buffer, format="csv",
+                f"SELECT id, name FROM {schema}.things WHERE id < $1 ORDER BY id",
+                10000,
+                output=buffer,
+                format="csv",
             )
             await conn.copy_from_table(
-                "things", schema_name=schema, columns=["id", "name"], output=str(out_file), format="csv"
+                "things",
+                schema_name=schema,
+                columns=["id", "name"],
+                output=str(out_file),
+                format="csv",
             )
             return status, in_table, buffer.getvalue()
 
@@ -321,7 +340,10 @@ def test_connect_over_unix_socket(loop, postgres_dsn):
     """asyncpg connects through the server's Unix socket (a Unix transport of the loop) and
     gets a large result back over it."""
     if not services.PG_SOCKET_DIR.is_dir():
-        pytest.skip(f"no PostgreSQL socket directory {services.PG_SOCKET_DIR} (scripts/services.sh's server only)")
+        pytest.skip(
+            f"no PostgreSQL socket directory {services.PG_SOCKET_DIR} "
+            "(scripts/services.sh's server only)"
+        )
 
     async def main():
         _, port = services.address(postgres_dsn, 5432)

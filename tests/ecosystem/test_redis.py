@@ -20,7 +20,6 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 import services
-from services import redis_url  # noqa: F401  (a fixture)
 
 # A limit for each test's coroutine, well under pytest-timeout's, for a clearer failure.
 TEST_TIMEOUT = 20
@@ -131,7 +130,9 @@ def test_pipelines_with_and_without_transaction(loop, redis_url):
 
     transactional, plain, k0 = run(loop, main())
     assert transactional == [x for i in range(100) for x in (True, i + 1, i + 1)]
-    assert plain == [x for i in range(300) for x in (str(i % 100 + 1).encode(), str(i % 100).encode())]
+    assert plain == [
+        x for i in range(300) for x in (str(i % 100 + 1).encode(), str(i % 100).encode())
+    ]
     assert k0 == b"changed"
 
 
@@ -147,7 +148,11 @@ def test_pubsub_channels_and_patterns(loop, redis_url):
                     return message
 
     async def main():
-        async with prefixed(redis_url) as p, client(redis_url) as publisher, client(redis_url) as redis:
+        async with (
+            prefixed(redis_url) as p,
+            client(redis_url) as publisher,
+            client(redis_url) as redis,
+        ):
             channel, pattern = p + "news", p + "topic.*"
             async with redis.pubsub() as pubsub:
                 await pubsub.subscribe(channel)
@@ -171,11 +176,35 @@ def test_pubsub_channels_and_patterns(loop, redis_url):
                     await publisher.publish(p + "topic.c", "late"),
                 ]
                 leftover = await pubsub.get_message(timeout=0.1)
-            return (subscribed, receivers, messages, psubscribed, pattern_messages,
-                    unsubscribed, punsubscribed, after, leftover, channel, pattern, p)
+            return (
+                subscribed,
+                receivers,
+                messages,
+                psubscribed,
+                pattern_messages,
+                unsubscribed,
+                punsubscribed,
+                after,
+                leftover,
+                channel,
+                pattern,
+                p,
+            )
 
-    (subscribed, receivers, messages, psubscribed, pattern_messages,
-     unsubscribed, punsubscribed, after, leftover, channel, pattern, p) = run(loop, main())
+    (
+        subscribed,
+        receivers,
+        messages,
+        psubscribed,
+        pattern_messages,
+        unsubscribed,
+        punsubscribed,
+        after,
+        leftover,
+        channel,
+        pattern,
+        p,
+    ) = run(loop, main())
     assert (subscribed["type"], subscribed["channel"]) == ("subscribe", channel.encode())
     assert receivers == [1] * 100
     assert [(m["type"], m["channel"], m["data"]) for m in messages] == [
@@ -217,7 +246,10 @@ def test_connection_pool_under_concurrent_use(loop, redis_url):
                 seen = await redis.scard(p + "seen")
                 connections = sum(1 for c in await other.client_list() if c["name"] == name)
 
-                waiters = [asyncio.ensure_future(redis.blpop([f"{p}q{i}"], timeout=10)) for i in range(size)]
+                waiters = [
+                    asyncio.ensure_future(redis.blpop([f"{p}q{i}"], timeout=10))
+                    for i in range(size)
+                ]
                 await wait_blocked(other, name, size)
                 for i in range(size):
                     await other.rpush(f"{p}q{i}", f"v{i}")
@@ -240,9 +272,11 @@ def test_blpop_released_by_another_client(loop, redis_url):
 
     async def main():
         name = services.unique_name("oxl_blpop")
-        async with prefixed(redis_url) as p, client(redis_url, client_name=name) as waiter, client(
-            redis_url
-        ) as pusher:
+        async with (
+            prefixed(redis_url) as p,
+            client(redis_url, client_name=name) as waiter,
+            client(redis_url) as pusher,
+        ):
             blocked = asyncio.ensure_future(waiter.blpop([p + "empty", p + "jobs"], timeout=10))
             await wait_blocked(pusher, name, 1)
             pending_while_blocked = not blocked.done()

@@ -35,13 +35,8 @@ import uvicorn
 from websockets.asyncio.client import connect as ws_connect
 
 import asgi_app
-import tls_helpers
-from conftest import LOOP_TYPES, PYTHON, child_env
-from net_helpers import sock_dir
-
-server_context = tls_helpers.server_context
-client_context = tls_helpers.client_context
-tls_ca, server_cert = tls_helpers.tls_ca, tls_helpers.server_cert
+from helpers.loops import LOOP_TYPES
+from helpers.processes import PYTHON, child_env
 
 APP_DIR = os.path.dirname(os.path.abspath(__file__))
 MiB = 1024 * 1024
@@ -70,7 +65,9 @@ def listening_socket() -> socket.socket:
 def http_client(base_url: str, *, uds: str | None = None, verify=True) -> httpx.AsyncClient:
     """An httpx client for the server (over the Unix socket ``uds`` if given, trusting the
     ``verify`` context for TLS), allowed as many connections as the concurrency test."""
-    limits = httpx.Limits(max_connections=CONCURRENT_REQUESTS, max_keepalive_connections=CONCURRENT_REQUESTS)
+    limits = httpx.Limits(
+        max_connections=CONCURRENT_REQUESTS, max_keepalive_connections=CONCURRENT_REQUESTS
+    )
     transport = httpx.AsyncHTTPTransport(uds=uds, verify=verify, limits=limits)
     return httpx.AsyncClient(base_url=base_url, transport=transport, timeout=20)
 
@@ -98,7 +95,10 @@ async def check_http(client: httpx.AsyncClient) -> None:
     assert (await client.get("/nowhere")).status_code == 404
 
     response = await client.post("/sha256", content=BIG_BODY)
-    assert response.json() == {"length": len(BIG_BODY), "sha256": hashlib.sha256(BIG_BODY).hexdigest()}
+    assert response.json() == {
+        "length": len(BIG_BODY),
+        "sha256": hashlib.sha256(BIG_BODY).hexdigest(),
+    }
     response = await client.post("/echo", content=BIG_BODY)
     assert response.content == BIG_BODY
 
@@ -114,20 +114,31 @@ async def check_http(client: httpx.AsyncClient) -> None:
     assert len({id(r.extensions["network_stream"]) for r in responses}) == 1
 
     # Concurrency: every request overlaps the others (each waits 50 ms on the server's loop).
-    responses = await asyncio.gather(*(client.get("/slow", params={"id": i}) for i in range(CONCURRENT_REQUESTS)))
+    responses = await asyncio.gather(
+        *(client.get("/slow", params={"id": i}) for i in range(CONCURRENT_REQUESTS))
+    )
     assert [r.text for r in responses] == [str(i) for i in range(CONCURRENT_REQUESTS)]
 
 
 @contextlib.asynccontextmanager
-async def served(http: str, *, ws: str = "auto", sock: socket.socket | None = None, ssl_context=None, **options):
+async def served(
+    http: str, *, ws: str = "auto", sock: socket.socket | None = None, ssl_context=None, **options
+):
     """Serve asgi_app in the running loop with uvicorn's ``http``/``ws`` implementations, over
     TLS with ``ssl_context``, on ``sock`` (``serve(sockets=[sock])``) or else on 127.0.0.1 and
     a port uvicorn binds itself (``Config(port=0)``); other ``options`` go to ``Config``.
     Yields ``(server, base_url)`` and shuts the server down gracefully at exit."""
     asgi_app.LIFESPAN_EVENTS.clear()
     config = uvicorn.Config(
-        asgi_app.app, loop="none", http=http, ws=ws, host="127.0.0.1", port=0, lifespan="on",
-        log_config=None, access_log=False,
+        asgi_app.app,
+        loop="none",
+        http=http,
+        ws=ws,
+        host="127.0.0.1",
+        port=0,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
         ssl_context_factory=None if ssl_context is None else lambda config, default: ssl_context,
         **options,
     )
@@ -142,7 +153,7 @@ async def served(http: str, *, ws: str = "auto", sock: socket.socket | None = No
             base_url = "http://localhost"
         else:
             scheme = "http" if ssl_context is None else "https"
-            base_url = "%s://127.0.0.1:%d" % (scheme, listener.getsockname()[1])
+            base_url = f"{scheme}://127.0.0.1:{listener.getsockname()[1]:d}"
         yield server, base_url
     finally:
         server.should_exit = True
@@ -171,11 +182,31 @@ def uvicorn_process(loop_kind: str, *options: str):
     the test bound; yields ``(process, base_url)`` (the process's output is piped, as text)
     and kills the process at exit if the test did not stop it."""
     sock = listening_socket()
-    command = [PYTHON, "-m", "uvicorn", "asgi_app:app", "--app-dir", APP_DIR, "--loop", CLI_LOOPS[loop_kind],
-               "--fd", str(sock.fileno()), "--lifespan", "on", "--no-access-log", *options]
-    process = subprocess.Popen(command, pass_fds=[sock.fileno()], env=child_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    base_url = "http://127.0.0.1:%d" % sock.getsockname()[1]
+    command = [
+        PYTHON,
+        "-m",
+        "uvicorn",
+        "asgi_app:app",
+        "--app-dir",
+        APP_DIR,
+        "--loop",
+        CLI_LOOPS[loop_kind],
+        "--fd",
+        str(sock.fileno()),
+        "--lifespan",
+        "on",
+        "--no-access-log",
+        *options,
+    ]
+    process = subprocess.Popen(
+        command,
+        pass_fds=[sock.fileno()],
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base_url = f"http://127.0.0.1:{sock.getsockname()[1]:d}"
     sock.close()  # the server holds the only copy: if it dies, connections are refused
     try:
         yield process, base_url
@@ -204,7 +235,9 @@ def test_uvicorn_command_line(loop, loop_kind, http, stop_signal, returncode):
         stdout, stderr = process.communicate(timeout=20)
     assert process.returncode == returncode, stderr
     assert "Traceback" not in stderr, stderr
-    assert "Shutting down" in stderr and "Finished server process [%d]" % process.pid in stderr, stderr
+    assert "Shutting down" in stderr and f"Finished server process [{process.pid:d}]" in stderr, (
+        stderr
+    )
     assert "asgi_app: lifespan shutdown" in stdout
 
 
@@ -231,7 +264,7 @@ def test_uvicorn_command_line_workers(loop, loop_kind):
     assert len(workers) == 2 and process.pid not in workers, stderr
     assert pids <= workers
     for pid in workers:
-        assert "Finished server process [%d]" % pid in stderr, stderr
+        assert f"Finished server process [{pid:d}]" in stderr, stderr
     assert stdout.count("asgi_app: lifespan shutdown") == 2
 
 
@@ -246,7 +279,10 @@ def test_uvicorn_server_in_process(loop, http):
     streaming, keep-alive and concurrent requests of a client in the same loop."""
 
     async def main():
-        async with served(http, sock=listening_socket()) as (server, base_url), http_client(base_url) as client:
+        async with (
+            served(http, sock=listening_socket()) as (server, base_url),
+            http_client(base_url) as client,
+        ):
             await check_runs_on(client, type(loop))
             await check_http(client)
             assert server.server_state.total_requests >= CONCURRENT_REQUESTS + 10
@@ -292,18 +328,24 @@ def test_uvicorn_pipelined_requests(loop, http):
     uvicorn pauses reading while it answers each in turn, and every answer comes back, in
     order, before it closes the connection as the last request asked."""
     pipelined = b"".join(b"GET /slow?id=%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(10))
-    pipelined += b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\nlast"
+    pipelined += (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\nlast"
+    )
 
     async def main():
-        async with served(http) as (server, base_url):
-            reader, writer = await asyncio.open_connection("127.0.0.1", int(base_url.rsplit(":", 1)[1]))
+        async with served(http) as (_server, base_url):
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", int(base_url.rsplit(":", 1)[1])
+            )
             writer.write(pipelined)
             received = await reader.read()  # up to the server's close
             writer.close()
             await writer.wait_closed()
         responses = received.split(b"HTTP/1.1 ")[1:]
         assert [r.split(b"\r\n", 1)[0] for r in responses] == [b"200 OK"] * 11
-        assert [r.split(b"\r\n\r\n", 1)[1] for r in responses] == [b"%d" % i for i in range(10)] + [b"last"]
+        assert [r.split(b"\r\n\r\n", 1)[1] for r in responses] == [b"%d" % i for i in range(10)] + [
+            b"last"
+        ]
 
     loop.run_until_complete(main())
 
@@ -313,7 +355,7 @@ def test_uvicorn_over_tls(loop, server_context, client_context):
     server transport under uvicorn's protocol, httpx verifying the certificate)."""
 
     async def main():
-        async with served("httptools", ssl_context=server_context) as (server, base_url):
+        async with served("httptools", ssl_context=server_context) as (_server, base_url):
             assert base_url.startswith("https://")
             async with http_client(base_url, verify=client_context) as client:
                 await check_runs_on(client, type(loop))
@@ -330,7 +372,10 @@ def test_uvicorn_over_unix_socket(loop, sock_dir):
     sock.listen(CONCURRENT_REQUESTS + 28)
 
     async def main():
-        async with served("h11", sock=sock) as (server, base_url), http_client(base_url, uds=path) as client:
+        async with (
+            served("h11", sock=sock) as (_server, base_url),
+            http_client(base_url, uds=path) as client,
+        ):
             await check_runs_on(client, type(loop))
             await check_http(client)
 
@@ -356,7 +401,9 @@ def test_uvicorn_graceful_shutdown_finishes_response(loop, http):
 
 
 # uvicorn's "websockets" implementation is built on the deprecated websockets.legacy API.
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::uvicorn.config.UvicornDeprecationWarning")
+@pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::uvicorn.config.UvicornDeprecationWarning"
+)
 @pytest.mark.parametrize("ws", ["websockets", "websockets-sansio"])
 def test_uvicorn_websocket(loop, ws):
     """uvicorn's WebSocket support: text and binary echo (up to 1 MiB), several clients at
@@ -375,7 +422,7 @@ def test_uvicorn_websocket(loop, ws):
             assert conn.close_code == 1000
 
     async def main():
-        async with served("httptools", ws=ws) as (server, base_url):
+        async with served("httptools", ws=ws) as (_server, base_url):
             await asyncio.gather(*(one_client(base_url, n) for n in range(5)))
 
     loop.run_until_complete(main())

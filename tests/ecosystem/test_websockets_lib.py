@@ -5,7 +5,8 @@ running in the loop under test, over 127.0.0.1 (a free port).
 Covers echo, thousands of messages in order, 1 MiB messages each way, fragmented messages,
 pings, close codes and reasons seen on both sides, an aborted connection, 50 clients at once,
 broadcasting to several clients, Unix sockets, a plain HTTP answer from ``process_request``
-(fetched with aiohttp) and TLS (wss) with a certificate generated at test time. Every test runs on stock asyncio and on oxloop (see conftest.py);
+(fetched with aiohttp) and TLS (wss) with a certificate generated at test time. Every test
+runs on stock asyncio and on oxloop (see conftest.py);
 servers and connections are closed inside the test, so the leak checks of the fixtures apply.
 """
 
@@ -26,15 +27,10 @@ from websockets.exceptions import (
     InvalidStatus,
 )
 
-import tls_helpers
-from net_helpers import record_errors
-from web_helpers import MiB, random_bytes, short_dir
+from helpers.net import record_errors
+from web_helpers import MiB, random_bytes
 
 # Fixtures from the helpers (pytest finds fixtures among a module's names; short_dir is one).
-tls_ca = tls_helpers.tls_ca
-server_cert = tls_helpers.server_cert
-server_context = tls_helpers.server_context
-client_context = tls_helpers.client_context
 
 # What a loop in debug mode reports when an incoming connection's TLS handshake fails.
 FAILED_INCOMING = "Error on transport creation for incoming connection"
@@ -375,7 +371,7 @@ def test_fragmented_message(loop):
         return seen
 
     # the sender only knows the message is over when the iterator ends: an empty final frame
-    assert loop.run_until_complete(main()) == fragments + [b""]
+    assert loop.run_until_complete(main()) == [*fragments, b""]
 
 
 def test_over_a_unix_socket(loop, short_dir):

@@ -3,7 +3,6 @@
 ``aiohttp_server``  an async context manager serving an ``aiohttp.web.Application`` on
                     127.0.0.1 (a free port) or a Unix socket, yielding its base URL; the runner
                     is cleaned up at exit.
-``short_dir``       fixture: a short directory for Unix socket paths.
 ``random_bytes``    reproducible pseudo-random bytes (cheaper than ``os.urandom`` for MiBs).
 ``sha256``          the hex SHA-256 of some bytes.
 """
@@ -11,10 +10,7 @@
 import contextlib
 import hashlib
 import random
-import shutil
-import tempfile
 
-import pytest
 from aiohttp import web
 
 MiB = 1024 * 1024
@@ -48,11 +44,3 @@ def random_bytes(size: int, seed: int = 0) -> bytes:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-def short_dir():
-    """A short directory for Unix socket paths (pytest's tmp_path can exceed their 107 bytes)."""
-    path = tempfile.mkdtemp(prefix="oxl-web-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)

@@ -22,8 +22,8 @@ import ssl
 import struct
 import sys
 
-import net_helpers
 import oxloop
+from helpers import net
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -56,10 +56,10 @@ async def healthy_connection(loop, min_rounds=8, timeout=10):
     """Run an echo server and a client on ``loop`` that echo random chunks back and forth for
     as long as the block runs (the fault is injected inside it). At exit, the client must have
     got back exactly what it sent: the fault did not disturb a connection that stayed up."""
-    server = await loop.create_server(lambda: net_helpers.Echo(loop), "127.0.0.1", 0)
+    server = await loop.create_server(lambda: net.Echo(loop), "127.0.0.1", 0)
     try:
         transport, protocol = await loop.create_connection(
-            lambda: net_helpers.Recorder(loop), *server.sockets[0].getsockname()
+            lambda: net.Recorder(loop), *server.sockets[0].getsockname()
         )
         healthy = HealthyConnection(loop, transport, protocol)
         pump = asyncio.ensure_future(healthy.pump(min_rounds))
@@ -77,7 +77,7 @@ async def healthy_connection(loop, min_rounds=8, timeout=10):
             transport.close()
             await asyncio.wait_for(protocol.lost, timeout)
     finally:
-        await net_helpers.close_server(server)
+        await net.close_server(server)
 
 
 def reset_on_close(sock):
@@ -88,7 +88,9 @@ def reset_on_close(sock):
 def client_hello():
     """The bytes a TLS client sends first (its ClientHello), made with the ssl module."""
     outgoing = ssl.MemoryBIO()
-    client = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="localhost")
+    client = ssl.create_default_context().wrap_bio(
+        ssl.MemoryBIO(), outgoing, server_hostname="localhost"
+    )
     with contextlib.suppress(ssl.SSLWantReadError):
         client.do_handshake()
     return outgoing.read()
@@ -100,7 +102,10 @@ def reference_tls_error(context, server_side, received):
     its ClientHello, on the client side)."""
     incoming = ssl.MemoryBIO()
     endpoint = context.wrap_bio(
-        incoming, ssl.MemoryBIO(), server_side=server_side, server_hostname=None if server_side else "localhost"
+        incoming,
+        ssl.MemoryBIO(),
+        server_side=server_side,
+        server_hostname=None if server_side else "localhost",
     )
     with contextlib.suppress(ssl.SSLWantReadError):
         endpoint.do_handshake()
@@ -146,7 +151,7 @@ async def _emfile_main(loop):
     reports = []  # the exception handler's calls, summed up
     accepted = []
 
-    class Counting(net_helpers.Echo):
+    class Counting(net.Echo):
         """An echo protocol that lists the connections it serves in ``accepted``."""
 
         def connection_made(self, transport):
@@ -196,7 +201,7 @@ async def _emfile_main(loop):
                 for sock in clients:  # every client is served once the server resumes
                     sock.setblocking(False)
                     await loop.sock_sendall(sock, b"ping")
-                    reply = await asyncio.wait_for(net_helpers.recv_exactly(loop, sock, 4), 10)
+                    reply = await asyncio.wait_for(net.recv_exactly(loop, sock, 4), 10)
                     result["replies"].append(reply.decode())
                 result["accepted in all"] = len(accepted)
             finally:
@@ -208,7 +213,7 @@ async def _emfile_main(loop):
                 sock.close()
     for protocol in accepted:
         await protocol.lost
-    await net_helpers.close_server(server)
+    await net.close_server(server)
     return result
 
 

@@ -22,23 +22,24 @@ import threading
 
 import pytest
 
-import net_helpers
-import tls_helpers
-from conftest import PYTHON, child_env
-from fault_helpers import KiB, MiB, client_hello, healthy_connection, reference_tls_error, reset_on_close
 import fault_helpers
+from fault_helpers import (
+    KiB,
+    MiB,
+    client_hello,
+    healthy_connection,
+    reference_tls_error,
+    reset_on_close,
+)
+from helpers import net
+from helpers.processes import PYTHON, child_env
 
-kind = net_helpers.kind
-sock_dir = net_helpers.sock_dir
-tls_ca = tls_helpers.tls_ca
-server_cert = tls_helpers.server_cert
-server_context = tls_helpers.server_context
-client_context = tls_helpers.client_context
-
-SEND_LOST_WARNING = "socket.send() raised exception."  # asyncio's log of writes to a lost connection
+SEND_LOST_WARNING = (
+    "socket.send() raised exception."  # asyncio's log of writes to a lost connection
+)
 
 
-class Writer(net_helpers.Recorder):
+class Writer(net.Recorder):
     """Writes ``payload`` as soon as it is connected."""
 
     def __init__(self, loop, payload):
@@ -87,7 +88,7 @@ def test_peer_reset_while_the_server_writes(loop, caplog):
             try:
                 client = await connect_plain(loop, server.sockets[0].getsockname(), rcvbuf=64 * KiB)
                 with client:
-                    received = await net_helpers.recv_exactly(loop, client, MiB)
+                    received = await net.recv_exactly(loop, client, MiB)
                     assert received == payload[:MiB]
                     reset_on_close(client)
                 (protocol,) = writers
@@ -99,11 +100,11 @@ def test_peer_reset_while_the_server_writes(loop, caplog):
                 for _ in range(8):
                     transport.write(b"after the reset")
                 assert transport.get_write_buffer_size() == 0
-                await net_helpers.poll_rounds(loop)
+                await net.poll_rounds(loop)
                 assert protocol.lost_calls == [exc]
                 assert protocol.pause_calls == 1 and protocol.resume_calls == 0
             finally:
-                await net_helpers.close_server(server)
+                await net.close_server(server)
 
     loop.run_until_complete(main())
     assert SEND_LOST_WARNING in caplog.messages
@@ -118,7 +119,7 @@ def test_peer_reset_while_the_server_reads(loop, reading):
     readers = []
 
     def reader():
-        readers.append(net_helpers.Recorder(loop))
+        readers.append(net.Recorder(loop))
         return readers[-1]
 
     async def main():
@@ -128,7 +129,7 @@ def test_peer_reset_while_the_server_reads(loop, reading):
                 client = await connect_plain(loop, server.sockets[0].getsockname())
                 with client:
                     upload = asyncio.ensure_future(loop.sock_sendall(client, payload))
-                    await net_helpers.poll_rounds(loop)
+                    await net.poll_rounds(loop)
                     (protocol,) = readers
                     await protocol.wait_data(MiB)
                     if not reading:
@@ -137,14 +138,14 @@ def test_peer_reset_while_the_server_reads(loop, reading):
                     await asyncio.gather(upload, return_exceptions=True)
                     reset_on_close(client)
                 if not reading:
-                    await net_helpers.poll_rounds(loop)
+                    await net.poll_rounds(loop)
                     protocol.transport.resume_reading()
                 exc = await asyncio.wait_for(protocol.lost, 5)
                 assert type(exc) is ConnectionResetError
                 assert "eof" not in protocol.events
                 assert protocol.data == payload[: len(protocol.data)]
             finally:
-                await net_helpers.close_server(server)
+                await net.close_server(server)
 
     loop.run_until_complete(main())
 
@@ -161,19 +162,19 @@ def test_transport_writes_to_a_peer_that_does_not_read(loop, kind, sock_dir):
 
     async def main():
         async with healthy_connection(loop):
-            async with net_helpers.raw_peer(loop, kind, sock_dir, rcvbuf=16 * KiB) as conn:
+            async with net.raw_peer(loop, kind, sock_dir, rcvbuf=16 * KiB) as conn:
                 transport, protocol = conn.transport, conn.protocol
-                sent = await net_helpers.fill_write_buffer(transport)
+                sent = await net.fill_write_buffer(transport)
                 assert protocol.pause_calls == 1
                 size = transport.get_write_buffer_size()
                 more = os.urandom(256 * KiB)
                 transport.write(more)
                 sent += more
                 assert transport.get_write_buffer_size() == size + len(more)
-                await net_helpers.poll_rounds(loop)
+                await net.poll_rounds(loop)
                 assert protocol.resume_calls == 0
                 conn.peer.setblocking(False)
-                assert await net_helpers.recv_exactly(loop, conn.peer, len(sent)) == sent
+                assert await net.recv_exactly(loop, conn.peer, len(sent)) == sent
                 await asyncio.wait_for(protocol.resumed, 5)
                 assert (protocol.pause_calls, protocol.resume_calls) == (1, 1)
                 assert transport.get_write_buffer_size() == 0
@@ -189,7 +190,7 @@ def test_sock_sendall_to_a_peer_that_does_not_read(loop):
 
     async def main():
         async with healthy_connection(loop):
-            with net_helpers.make_listener("tcp", None, rcvbuf=16 * KiB) as listener:
+            with net.make_listener("tcp", None, rcvbuf=16 * KiB) as listener:
                 sender = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 with sender:
                     sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * KiB)
@@ -198,9 +199,9 @@ def test_sock_sendall_to_a_peer_that_does_not_read(loop):
                     peer, _ = await loop.sock_accept(listener)
                     with peer:
                         sending = asyncio.ensure_future(loop.sock_sendall(sender, payload))
-                        await net_helpers.poll_rounds(loop, 4)
+                        await net.poll_rounds(loop, 4)
                         assert not sending.done()
-                        assert await net_helpers.recv_exactly(loop, peer, len(payload)) == payload
+                        assert await net.recv_exactly(loop, peer, len(payload)) == payload
                         assert await asyncio.wait_for(sending, 5) is None
 
     loop.run_until_complete(main())
@@ -267,15 +268,15 @@ def test_datagram_sendto_with_a_full_socket_buffer(loop, loop_kind, sock_dir):
                         sent.append(len(sent).to_bytes(4, "big") * (datagram_size // 4))
                         transport.sendto(sent[-1])
                     buffered = len(sent) - queued
-                    buffered_size = buffered * (datagram_size + net_helpers.DATAGRAM_HEADER_SIZE)
+                    buffered_size = buffered * (datagram_size + net.DATAGRAM_HEADER_SIZE)
                     assert transport.get_write_buffer_size() == buffered_size
                     assert protocol.events == ["pause"]
                     received = []
                     while len(received) < len(sent):
                         received.append(await loop.sock_recv(peer, 2 * datagram_size))
                     assert received == sent
-                    await net_helpers.poll_rounds(loop)
-                    net_helpers.assert_datagram_buffer_empty(transport, loop_kind)
+                    await net.poll_rounds(loop)
+                    net.assert_datagram_buffer_empty(transport, loop_kind)
                     assert protocol.events == ["pause", "resume"]
                     assert protocol.errors == []
                     assert not protocol.lost.done()
@@ -291,7 +292,9 @@ def test_datagram_sendto_with_a_full_socket_buffer(loop, loop_kind, sock_dir):
 # --------------------------------------------------------------------------------------------
 
 HANDSHAKE_TIMEOUT = 0.3
-TIMEOUT_MESSAGE = f"SSL handshake is taking longer than {HANDSHAKE_TIMEOUT} seconds: aborting the connection"
+TIMEOUT_MESSAGE = (
+    f"SSL handshake is taking longer than {HANDSHAKE_TIMEOUT} seconds: aborting the connection"
+)
 NOT_TLS = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"  # what a confused plain-HTTP client sends
 HELLO = client_hello()
 
@@ -318,9 +321,12 @@ def expected_server_error(fault, context):
 
 async def tls_echo_round_trip(loop, address, client_context):
     """Connect a TLS client to the echo server at ``address`` and check a round trip."""
-    async with net_helpers.connected(
+    async with net.connected(
         loop.create_connection(
-            lambda: net_helpers.Recorder(loop), *address, ssl=client_context, server_hostname="localhost"
+            lambda: net.Recorder(loop),
+            *address,
+            ssl=client_context,
+            server_hostname="localhost",
         )
     ) as (transport, protocol):
         transport.write(b"still serving")
@@ -334,11 +340,11 @@ def test_tls_server_with_a_faulty_client(loop, fault, server_context, client_con
     never made, the loop (in debug mode, where asyncio reports these) reports the error
     once as asyncio does, and the server goes on serving good clients."""
     loop.set_debug(True)
-    errors = net_helpers.record_errors(loop)
+    errors = net.record_errors(loop)
     echoes = []
 
     def echo():
-        echoes.append(net_helpers.Echo(loop))
+        echoes.append(net.Echo(loop))
         return echoes[-1]
 
     sent, then = CLIENT_FAULTS[fault]
@@ -357,13 +363,13 @@ def test_tls_server_with_a_faulty_client(loop, fault, server_context, client_con
                     if then == "reset":
                         reset_on_close(client)
                     elif then == "wait":
-                        await asyncio.wait_for(net_helpers.recv_to_eof(loop, client), 5)
+                        await asyncio.wait_for(net.recv_to_eof(loop, client), 5)
                 async with asyncio.timeout(5):
                     while not errors:
                         await asyncio.sleep(0.01)
                 await tls_echo_round_trip(loop, address, client_context)
             finally:
-                await net_helpers.close_server(server)
+                await net.close_server(server)
 
     loop.run_until_complete(main())
     assert [echo.made.done() for echo in echoes] == [False, True]  # made: the good client's only
@@ -399,11 +405,11 @@ def test_tls_client_with_a_faulty_server(loop, fault, client_context):
             elif fault == "reset":
                 reset_on_close(peer)
             if fault in ("not-tls", "silent"):
-                await net_helpers.recv_to_eof(loop, peer)  # until the client gives up
+                await net.recv_to_eof(loop, peer)  # until the client gives up
 
     async def main():
         async with healthy_connection(loop):
-            with net_helpers.make_listener("tcp", None) as listener:
+            with net.make_listener("tcp", None) as listener:
                 server = asyncio.ensure_future(serve_badly(listener))
                 try:
                     with pytest.raises(OSError) as info:
@@ -445,9 +451,15 @@ def test_accept_out_of_file_descriptors(leak_check, loop_kind):
     handler as asyncio does ('socket.accept() out of system resource', the OSError, the
     listening socket), stops accepting for a while instead of spinning, and once descriptors
     are freed it accepts and serves every waiting client; a healthy connection goes on."""
-    env = dict(child_env(), PYTHONPATH=str(HELPERS.parent.parent))  # tests/, for net_helpers
+    env = dict(
+        child_env(), PYTHONPATH=str(HELPERS.parent.parent)
+    )  # tests/, for the helpers package
     result = subprocess.run(
-        [PYTHON, str(HELPERS), "emfile", loop_kind], env=env, capture_output=True, text=True, timeout=50
+        [PYTHON, str(HELPERS), "emfile", loop_kind],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
     )
     assert result.returncode == 0, result.stderr
     outcome = json.loads(result.stdout)
@@ -512,8 +524,8 @@ def test_signals_interrupting_io_and_sleeps(loop, install):
             results = await asyncio.gather(
                 loop.sock_sendall(a, one),
                 loop.sock_sendall(b, other),
-                net_helpers.recv_exactly(loop, b, len(one)),
-                net_helpers.recv_exactly(loop, a, len(other)),
+                net.recv_exactly(loop, b, len(one)),
+                net.recv_exactly(loop, a, len(other)),
             )
             assert results == [None, None, one, other]
 

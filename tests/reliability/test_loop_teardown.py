@@ -19,7 +19,7 @@ import weakref
 
 import pytest
 
-from conftest import LOOP_FACTORIES, LOOP_TYPES
+from helpers.loops import LOOP_FACTORIES, LOOP_TYPES
 from reliability_helpers import fd_count
 
 
@@ -58,7 +58,9 @@ async def connection_pair(loop, events):
         return protocol
 
     server = await loop.create_server(server_side, "127.0.0.1", 0)
-    transport, _ = await loop.create_connection(lambda: Lifecycle(events), *server.sockets[0].getsockname())
+    transport, _ = await loop.create_connection(
+        lambda: Lifecycle(events), *server.sockets[0].getsockname()
+    )
     while not server_ends or server_ends[0].transport is None:
         await asyncio.sleep(0.001)
     return server, transport, server_ends[0].transport
@@ -98,6 +100,7 @@ def test_close_drops_pending_callbacks_and_timers_unrun(loop):
         schedule(lambda token: loop.call_soon(callback, token))
         schedule(lambda token: loop.call_later(3600, callback, token))
         schedule(lambda token: loop.call_at(loop.time() + 3600, callback, token))
+
     def threadsafe(token):
         loop.call_soon_threadsafe(callback, token)
 
@@ -105,7 +108,7 @@ def test_close_drops_pending_callbacks_and_timers_unrun(loop):
     thread.start()
     thread.join()
     future = loop.create_future()
-    schedule(lambda token: future.add_done_callback(lambda f: callback(token)))
+    schedule(lambda token: future.add_done_callback(lambda f: callback(token)))  # noqa: F821 (called at once, before the del)
     future.set_result(None)  # schedules its done callback
     del future
 
@@ -208,7 +211,9 @@ def test_unclosed_server_socket_warns_when_collected(loop_factory):
         del server
         gc.collect()
     messages = resource_warnings(caught)
-    assert [m for m in messages if m.startswith("unclosed <socket.socket") and str(port) in m], messages
+    assert [m for m in messages if m.startswith("unclosed <socket.socket") and str(port) in m], (
+        messages
+    )
     assert fd_count() == before
 
 
@@ -378,7 +383,9 @@ def test_forked_child_runs_a_new_loop_while_the_parent_loop_keeps_working(loop, 
 # --------------------------------------------------------------------------------------------
 
 
-def test_runner_teardown_cancels_pending_tasks_and_finalizes_async_generators(loop_kind, leak_check):
+def test_runner_teardown_cancels_pending_tasks_and_finalizes_async_generators(
+    loop_kind, leak_check
+):
     """``asyncio.Runner`` (what ``asyncio.run`` uses) with the loop kind as its factory, whose
     main coroutine returns leaving tasks sleeping, an async generator suspended and the
     default executor started: closing the runner cancels the tasks (their cleanup may still
@@ -415,8 +422,8 @@ def test_runner_teardown_cancels_pending_tasks_and_finalizes_async_generators(lo
         loop.set_exception_handler(lambda loop, context: events.append(context["message"]))
         kept["loop"] = loop
         for name in ("a", "b"):
-            asyncio.ensure_future(sleeper(name))
-        asyncio.ensure_future(failing_cleanup())
+            asyncio.ensure_future(sleeper(name))  # noqa: RUF006 (left for the runner to cancel)
+        asyncio.ensure_future(failing_cleanup())  # noqa: RUF006 (same)
         kept["generator"] = counter()
         assert await kept["generator"].__anext__() == 0
         assert await asyncio.to_thread(sum, [1, 2]) == 3

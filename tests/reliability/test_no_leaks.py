@@ -28,10 +28,9 @@ import weakref
 
 import pytest
 
-from net_helpers import sock_dir  # noqa: F401  (a fixture)
 from reliability_helpers import (
-    MiB,
     PING,
+    MiB,
     churn,
     fd_count,
     gc_disabled,
@@ -88,7 +87,7 @@ def test_10000_tcp_connections_give_back_every_fd(loop):
 
 
 @pytest.mark.timeout(120)
-def test_10000_unix_stream_connections_give_back_every_fd(loop, sock_dir):  # noqa: F811
+def test_10000_unix_stream_connections_give_back_every_fd(loop, sock_dir):
     """The same over Unix sockets, with asyncio streams (start_unix_server +
     open_unix_connection, each side closing its writer and waiting for wait_closed)."""
     stats = collections.Counter()
@@ -141,7 +140,7 @@ class Endpoint(asyncio.Protocol):
         self.lost.set_result(exc)
 
 
-def test_closed_transports_and_servers_leave_no_registration(loop_factory, sock_dir):  # noqa: F811
+def test_closed_transports_and_servers_leave_no_registration(loop_factory, sock_dir):
     """A TCP and a Unix server, and connections to both closed every way (client close, abort,
     close while reading is paused, close with 1 MiB unsent, server side closing first):
     afterwards the loop watches no more fds than before and none of theirs is open; the loop
@@ -156,7 +155,9 @@ def test_closed_transports_and_servers_leave_no_registration(loop_factory, sock_
         tcp = await loop.create_server(lambda: Endpoint(loop, server_ends), "127.0.0.1", 0)
         unix = await loop.create_unix_server(lambda: Endpoint(loop, server_ends), path)
         for _ in range(10):
-            await loop.create_connection(lambda: Endpoint(loop, client_ends), *tcp.sockets[0].getsockname())
+            await loop.create_connection(
+                lambda: Endpoint(loop, client_ends), *tcp.sockets[0].getsockname()
+            )
             await loop.create_unix_connection(lambda: Endpoint(loop, client_ends), path)
         while len(server_ends) < len(client_ends):
             await asyncio.sleep(0.001)

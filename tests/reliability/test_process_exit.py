@@ -22,10 +22,7 @@ Every test runs on stock asyncio and on oxloop (see tests/conftest.py).
 import subprocess
 import textwrap
 
-import pytest
-
-from conftest import PYTHON, child_env
-from net_helpers import sock_dir  # noqa: F401  (a fixture)
+from helpers.processes import PYTHON, child_env
 
 #: Seconds the child may take to exit after its session (a bound, not a speed measure).
 EXIT_LIMIT = 10
@@ -121,7 +118,9 @@ def exit_after(session: str, loop_kind: str, *args: str) -> tuple[int, str]:
     stderr."""
     source = textwrap.dedent(PRELUDE) + textwrap.dedent(session)
     command = [PYTHON, "-c", source, loop_kind, str(EXIT_LIMIT), *args]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(), text=True) as child:
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(), text=True
+    ) as child:
         try:
             assert child.stdout.readline() == "session over\n"
             returncode = child.wait(timeout=EXIT_LIMIT + 5)
@@ -133,7 +132,10 @@ def exit_after(session: str, loop_kind: str, *args: str) -> tuple[int, str]:
 
 def exit_failure(returncode: int, stderr: str) -> str:
     """What went wrong with a child's exit, for an assertion message."""
-    return f"exit status {returncode} (1 if the watchdog ended a hang, -6 on an abort); stderr:\n{stderr}"
+    return (
+        f"exit status {returncode} (1 if the watchdog ended a hang, -6 on an abort); "
+        f"stderr:\n{stderr}"
+    )
 
 
 def test_the_process_exits_promptly_after_a_session_of_many_loops(loop_kind, sock_dir, leak_check):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, child_env
+from helpers.processes import PYTHON, child_env
 
 SOAK = Path(__file__).resolve().parents[2] / "benchmarks" / "soak.py"
 DURATION = 8  # seconds of load per run
@@ -88,7 +88,7 @@ def made_up_report(rss=(40.0, 40.0, 40.0), requests=(100, 100, 100), errors=0, i
     """A report as soak.py builds it before judging, with the given per-sample values."""
     samples = [
         {"t": float(i + 1), "requests": n, "rss_mib": r, "fds": 70}
-        for i, (r, n) in enumerate(zip(rss, requests))
+        for i, (r, n) in enumerate(zip(rss, requests, strict=False))
     ]
     total = sum(requests)
     client_errors = ["client 0: boom"] * errors

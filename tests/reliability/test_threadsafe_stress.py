@@ -160,7 +160,7 @@ def test_threads_racing_stop_and_close(loop_factory):
             assert ran[thread] == list(range(len(ran[thread])))
             assert len(ran[thread]) <= calls
         assert ran_in <= {main_thread}
-        with pytest.raises(RuntimeError, match="^Event loop is closed$"):
+        with pytest.raises(RuntimeError, match=r"^Event loop is closed$"):
             loop.call_soon_threadsafe(print)
 
 
@@ -192,7 +192,9 @@ def test_run_coroutine_threadsafe_from_many_threads(loop):
             raise
 
     def client(thread):
-        futures = [asyncio.run_coroutine_threadsafe(work(thread, seq), loop) for seq in range(per_thread)]
+        futures = [
+            asyncio.run_coroutine_threadsafe(work(thread, seq), loop) for seq in range(per_thread)
+        ]
         out = []
         for future in futures:
             try:
@@ -216,8 +218,11 @@ def test_run_coroutine_threadsafe_from_many_threads(loop):
 
     loop.run_until_complete(main())
     for thread in range(threads):
-        expected = [("raised", thread, seq) if seq % 50 == 49 else (thread, seq) for seq in range(per_thread)]
-        assert results[thread] == expected + [True]
+        expected = [
+            ("raised", thread, seq) if seq % 50 == 49 else (thread, seq)
+            for seq in range(per_thread)
+        ]
+        assert results[thread] == [*expected, True]
     assert sorted(cancelled_inside) == list(range(threads))
 
 

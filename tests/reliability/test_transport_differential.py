@@ -48,14 +48,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import net_helpers
-import oxloop
-from conftest import LOOP_FACTORIES, open_fds
-from net_helpers import Recorder, poll_rounds, raw_peer, recv_exactly
-
-# Fixtures from net_helpers, for the tests of single differences at the end.
-kind = net_helpers.kind
-sock_dir = net_helpers.sock_dir
+from helpers import net
+from helpers.loops import LOOP_FACTORIES, open_fds
+from helpers.net import Recorder, poll_rounds, raw_peer, recv_exactly
 
 KiB = 1024
 
@@ -108,7 +103,9 @@ def data_for(n, seed):
 # --------------------------------------------------------------------------------------------
 
 SIZES = st.one_of(
-    st.sampled_from([0, 1, 100, 4 * KiB, 16 * KiB, 64 * KiB - 1, 64 * KiB, 64 * KiB + 1, 256 * KiB]),
+    st.sampled_from(
+        [0, 1, 100, 4 * KiB, 16 * KiB, 64 * KiB - 1, 64 * KiB, 64 * KiB + 1, 256 * KiB]
+    ),
     st.integers(0, 256 * KiB),
     st.integers(32 * KiB, 256 * KiB),  # Hypothesis favours small numbers: large ones too
 )
@@ -118,9 +115,11 @@ HIGH_MARKS = st.sampled_from([None, 0, 1, 4 * KiB, 64 * KiB, 256 * KiB])
 LOW_MARKS = st.sampled_from([None, 0, 1, 1 * KiB, 64 * KiB, 300 * KiB])
 
 # Left out where stock asyncio's writelines() is buggy (see STOCK_WRITELINES_BUGS).
-WRITELINES_CALLS = [] if STOCK_WRITELINES_BUGS else [
-    st.tuples(st.just("writelines"), st.lists(SMALL_SIZES, min_size=1, max_size=4))
-]
+WRITELINES_CALLS = (
+    []
+    if STOCK_WRITELINES_BUGS
+    else [st.tuples(st.just("writelines"), st.lists(SMALL_SIZES, min_size=1, max_size=4))]
+)
 # Calls after which the connection goes on, and those that end it (drawn less often, so that
 # most scenarios do many things before the end).
 ONGOING_CALLS = st.one_of(
@@ -325,7 +324,9 @@ class Runner:
                 sock.connect(address)
                 sock.setblocking(False)
                 if family == socket.AF_UNIX:
-                    self.transport, self.protocol = await loop.create_unix_connection(factory, sock=sock)
+                    self.transport, self.protocol = await loop.create_unix_connection(
+                        factory, sock=sock
+                    )
                 else:
                     self.transport, self.protocol = await loop.create_connection(factory, sock=sock)
                 self.peer, _ = listener.accept()
@@ -421,7 +422,11 @@ class Runner:
 
     def snapshot(self):
         transport = self.transport
-        return (len(self.protocol.events), transport.get_write_buffer_size(), transport.is_closing())
+        return (
+            len(self.protocol.events),
+            transport.get_write_buffer_size(),
+            transport.is_closing(),
+        )
 
     async def settle(self):
         """Let the loop run until nothing changes for QUIET_POLLS polls in a row.
@@ -468,7 +473,9 @@ class Runner:
             if action == "write":
                 size, type_name = args
                 data = self.next_data(size)
-                wrapped = {"bytes": bytes, "bytearray": bytearray, "memoryview": memoryview}[type_name](data)
+                wrapped = {"bytes": bytes, "bytearray": bytearray, "memoryview": memoryview}[
+                    type_name
+                ](data)
                 transport.write(wrapped)
             elif action == "writelines":
                 pieces = [self.next_data(size) for size in args[0]]
@@ -499,7 +506,6 @@ class Runner:
             # lost without counting it (conn_lost stays 0), so a later write() or abort() uses
             # the socket it has closed (None). oxloop ignores the call, as asyncio does after
             # any other way of losing the connection.
-            pass
         except OSError:
             if action != "write_eof":
                 raise
@@ -507,7 +513,6 @@ class Runner:
             # write_eof() when its buffer is empty; oxloop's buffer still holds the writes of
             # this iteration (sent at its end, docs/compatibility.md), so the same shutdown()
             # comes later, and its error is left to the next read. Not an error either way.
-            pass
         except RuntimeError as exc:
             if self.lost_timing == "dead peer" and action.startswith("write"):
                 # "write() after write_eof()": asyncio ignores write_eof() once the transport
@@ -598,7 +603,9 @@ class Runner:
         stalled = False
         while limit is None or len(got) < limit:
             try:
-                chunk = self.peer.recv(256 * KiB if limit is None else min(limit - len(got), 256 * KiB))
+                chunk = self.peer.recv(
+                    256 * KiB if limit is None else min(limit - len(got), 256 * KiB)
+                )
             except BlockingIOError:
                 if stalled:
                     break
@@ -744,7 +751,9 @@ class Runner:
             f"{self.name}: the protocol received bytes the peer did not send (or out of order)"
         )
         if self.outgoing_exact and not protocol.lost:
-            assert self.pending() - size <= KERNEL_SLACK, f"the kernel holds more than KERNEL_SLACK: {where}"
+            assert self.pending() - size <= KERNEL_SLACK, (
+                f"the kernel holds more than KERNEL_SLACK: {where}"
+            )
         if protocol.lost:
             assert size == 0, f"buffered data after connection_lost: {where}"
             assert transport.is_closing(), where
@@ -771,7 +780,7 @@ class Runner:
         if peer_result is not None:
             state["peer"] = peer_result
         buffer = self.buffer_state() if self.peer_open else None  # no flow without a peer
-        low, high = state["limits"]
+        _low, high = state["limits"]
         if buffer == "empty":
             # Everything reached the peer: the buffer is empty, and drained through the
             # resume check (resume_writing came if pause_writing had).
@@ -807,7 +816,7 @@ def run_on(name, scenario):
 
 def assert_same_logs(expected, actual):
     """Fail at the first entry where oxloop's log differs from asyncio's."""
-    for index, (want, got) in enumerate(zip(expected, actual)):
+    for index, (want, got) in enumerate(zip(expected, actual, strict=False)):
         assert got == want, f"entry {index} differs:\n asyncio: {want!r}\n oxloop:  {got!r}"
     assert len(actual) == len(expected), (
         f"logs differ in length:\n asyncio: {expected!r}\n oxloop:  {actual!r}"
@@ -883,7 +892,7 @@ def test_writelines_with_an_empty_piece(loop, loop_kind, kind, sock_dir):
                 conn.transport.abort()  # its close() would never end
                 return
             conn.transport.close()
-            assert await asyncio.wait_for(net_helpers.recv_to_eof(loop, conn.peer), 10) == b""
+            assert await asyncio.wait_for(net.recv_to_eof(loop, conn.peer), 10) == b""
             assert await asyncio.wait_for(conn.protocol.lost, 10) is None
 
     loop.run_until_complete(main())
@@ -899,7 +908,7 @@ def test_data_written_before_abort_in_one_callback_is_sent(loop, kind, sock_dir)
             conn.transport.write(b"last words")
             conn.transport.abort()
             await conn.protocol.lost
-            assert await net_helpers.recv_to_eof(loop, conn.peer) == b"last words"
+            assert await net.recv_to_eof(loop, conn.peer) == b"last words"
 
     loop.run_until_complete(main())
 

@@ -28,12 +28,13 @@ _SELECTOR_INTERNALS = "the test uses selector-loop internals: {}"
 
 
 EXPECTED_FAILURES: dict[str, str] = {
-    "test.test_asyncio.test_events.OxloopEventLoopTests.test_timeout_rounding": _SELECTOR_INTERNALS.format(
-        "it reads loop._selector (the selectors.BaseSelector of a selector loop; oxloop's poller is"
-        " native) and counts calls of a patched loop._run_once, which oxloop's native run loop"
-        " does not make"
+    "test.test_asyncio.test_events.OxloopEventLoopTests.test_timeout_rounding": (
+        _SELECTOR_INTERNALS.format(
+            "it reads loop._selector (the selectors.BaseSelector of a selector loop; oxloop's"
+            " poller is native) and counts calls of a patched loop._run_once, which oxloop's"
+            " native run loop does not make"
+        )
     ),
 }
 
-SKIP: dict[str, str] = {
-}
+SKIP: dict[str, str] = {}

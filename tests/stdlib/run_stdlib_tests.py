@@ -115,7 +115,11 @@ def uses_loop(record: dict) -> bool:
     """
     if record.get("ran"):
         return True
-    return bool(record.get("created") and not record.get("foreign_created") and not record.get("foreign_ran"))
+    return bool(
+        record.get("created")
+        and not record.get("foreign_created")
+        and not record.get("foreign_ran")
+    )
 
 
 def classify(record: dict, expected: dict[str, str]) -> ClassifiedTest:
@@ -176,7 +180,11 @@ def _spawn(cmd: list[str], log: Path, timeout: float) -> tuple[int, bool]:
     """
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             return proc.wait(timeout=max(timeout, 1.0)), False
@@ -270,13 +278,24 @@ def run_module(spec: StdlibModule, opts: RunOptions) -> ModuleReport:
         if running is None:
             report.problems.append(f"outside any test: {what}")
             break
-        records[running] = {"event": "test", "id": running, "outcome": "error", "detail": what, "interrupted": True}
+        records[running] = {
+            "event": "test",
+            "id": running,
+            "outcome": "error",
+            "detail": what,
+            "interrupted": True,
+        }
         if timed_out or report.attempts > MAX_RESUMES:
             break
     for test_id in planned:
         if test_id not in records:  # the module was given up on before this test
-            records[test_id] = {"event": "test", "id": test_id, "outcome": "error", "interrupted": True,
-                                "detail": f"not run: the module was stopped ({report.status}) before this test"}
+            records[test_id] = {
+                "event": "test",
+                "id": test_id,
+                "outcome": "error",
+                "interrupted": True,
+                "detail": f"not run: the module was stopped ({report.status}) before this test",
+            }
     report.seconds = time.monotonic() - start
     report.tests = [classify(r, opts.expected) for r in records.values()]
     if report.status == "ok" and report.failures:
@@ -288,7 +307,7 @@ def run_module(spec: StdlibModule, opts: RunOptions) -> ModuleReport:
 # Reporting
 # --------------------------------------------------------------------------
 
-COLUMNS = ("tests",) + CATEGORIES
+COLUMNS = ("tests", *CATEGORIES)
 
 
 def traceback_summary(text: str, max_lines: int = 8) -> list[str]:
@@ -309,7 +328,9 @@ def traceback_summary(text: str, max_lines: int = 8) -> list[str]:
 def print_table(reports: list[ModuleReport]) -> Counter:
     """Print the per-module table and the total row; return the totals."""
     width = max([len(r.name) for r in reports] + [len("TOTAL")])
-    header = f"{'module':<{width}} " + " ".join(f"{c:>11}" for c in COLUMNS) + f" {'secs':>6}  status"
+    header = (
+        f"{'module':<{width}} " + " ".join(f"{c:>11}" for c in COLUMNS) + f" {'secs':>6}  status"
+    )
     print(header)
     print("-" * len(header))
     totals: Counter = Counter()
@@ -361,7 +382,9 @@ def print_details(reports: list[ModuleReport], verbosity: int) -> None:
             if test.category in ("not-on-loop", "skipped"):
                 lines = [test.detail] if test.category == "skipped" else []
             elif verbosity >= 2:
-                lines = test.detail.splitlines() + [f"| {line}" for line in test.output.splitlines()[-40:]]
+                lines = test.detail.splitlines() + [
+                    f"| {line}" for line in test.output.splitlines()[-40:]
+                ]
             elif test.category == "xfail":
                 lines = test.detail.splitlines()[:1]
             else:
@@ -389,7 +412,9 @@ def suggested_reason(test: ClassifiedTest) -> str:
 def print_expected_suggestions(reports: list[ModuleReport], args) -> None:
     """--print-expected: entries to add to / remove from expected_failures.py."""
     failing = [t for r in reports for t in r.tests if t.category in ("failed", "error")]
-    passing = [t.id for r in reports for t in r.tests if t.category == "xpass" and t.id in args.expected]
+    passing = [
+        t.id for r in reports for t in r.tests if t.category == "xpass" and t.id in args.expected
+    ]
     print("\n# Failing tests not in expected_failures.py (hangs and crashes belong in SKIP):")
     for test in sorted(failing, key=lambda t: t.id):
         table = "SKIP" if test.on_loop is None else "EXPECTED_FAILURES"
@@ -433,31 +458,69 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.splitlines()[0],
         epilog="Example: %(prog)s --loop uvloop --modules test_locks,test_queues -v",
     )
-    parser.add_argument("--loop", choices=LOOPS, default="oxloop", help="event loop to test (default: oxloop)")
+    parser.add_argument(
+        "--loop", choices=LOOPS, default="oxloop", help="event loop to test (default: oxloop)"
+    )
     parser.add_argument(
         "--modules",
         action="append",
         metavar="NAMES",
-        help="comma-separated modules to run (repeatable); 'default' = the default set, 'all' = every known module",
+        help=(
+            "comma-separated modules to run (repeatable); 'default' = the default set, "
+            "'all' = every known module"
+        ),
     )
     parser.add_argument("--list", action="store_true", help="list the known modules and exit")
-    parser.add_argument("-k", dest="filters", action="append", default=[], metavar="PATTERN",
-                        help="run only tests whose id contains PATTERN or matches it as a glob (repeatable)")
-    parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2,
-                        help="modules run in parallel (default: number of CPUs)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="time limit per module, seconds (default 300)")
-    parser.add_argument("--test-timeout", type=float, default=60.0,
-                        help="a test making no progress for this long is a hang (default 60)")
-    parser.add_argument("--ignore-expected-failures", action="store_true",
-                        help="do not apply expected_failures.py (it applies to --loop oxloop only anyway)")
-    parser.add_argument("--no-adapters", action="store_true",
-                        help="do not adapt stdlib fixtures that build mocked loops (see stdlib_modules.py)")
-    parser.add_argument("--print-expected", action="store_true",
-                        help="print expected_failures.py entries for the failing tests (to review and paste)")
+    parser.add_argument(
+        "-k",
+        dest="filters",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="run only tests whose id contains PATTERN or matches it as a glob (repeatable)",
+    )
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="modules run in parallel (default: number of CPUs)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, help="time limit per module, seconds (default 300)"
+    )
+    parser.add_argument(
+        "--test-timeout",
+        type=float,
+        default=60.0,
+        help="a test making no progress for this long is a hang (default 60)",
+    )
+    parser.add_argument(
+        "--ignore-expected-failures",
+        action="store_true",
+        help="do not apply expected_failures.py (it applies to --loop oxloop only anyway)",
+    )
+    parser.add_argument(
+        "--no-adapters",
+        action="store_true",
+        help="do not adapt stdlib fixtures that build mocked loops (see stdlib_modules.py)",
+    )
+    parser.add_argument(
+        "--print-expected",
+        action="store_true",
+        help="print expected_failures.py entries for the failing tests (to review and paste)",
+    )
     parser.add_argument("--json", metavar="PATH", help="write all results as JSON to PATH")
-    parser.add_argument("--keep-logs", metavar="DIR", help="keep the workers' records and output in DIR")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="-v: failing tests with traceback summaries; -vv: every non-passing test in full")
+    parser.add_argument(
+        "--keep-logs", metavar="DIR", help="keep the workers' records and output in DIR"
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="-v: failing tests with traceback summaries; -vv: every non-passing test in full",
+    )
     args = parser.parse_args(argv)
 
     names: list[str] = []
@@ -485,7 +548,11 @@ def list_modules() -> None:
     width = max(len(m.name) for m in MODULES)
     for m in MODULES:
         flag = "default" if m.default else "extra  "
-        note = m.note if m.available() else f"{m.note} (Python {'.'.join(map(str, m.since))}+: not run here)"
+        note = (
+            m.note
+            if m.available()
+            else f"{m.note} (Python {'.'.join(map(str, m.since))}+: not run here)"
+        )
         print(f"{m.name:<{width}}  {flag}  {m.module:<40}  {note}")
 
 
@@ -503,18 +570,32 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     error = loop_importable(args.loop)
     if error:
-        print(f"cannot import {args.loop} or test.test_asyncio with {sys.executable}: {error}", file=sys.stderr)
+        print(
+            f"cannot import {args.loop} or test.test_asyncio with {sys.executable}: {error}",
+            file=sys.stderr,
+        )
         return 2
 
-    print(f"stdlib asyncio tests on {args.loop} (Python {sys.version.split()[0]}, {args.jobs} jobs)", flush=True)
+    print(
+        f"stdlib asyncio tests on {args.loop} (Python {sys.version.split()[0]}, {args.jobs} jobs)",
+        flush=True,
+    )
     if args.loop == "oxloop" and args.ignore_expected_failures:
         print("expected_failures.py is NOT applied (--ignore-expected-failures)")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="stdlib-tests-") as tmp:
         workdir = Path(args.keep_logs or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        opts = RunOptions(args.loop, args.timeout, args.test_timeout, args.filters, args.expected,
-                          args.skip, workdir, adapters=not args.no_adapters)
+        opts = RunOptions(
+            args.loop,
+            args.timeout,
+            args.test_timeout,
+            args.filters,
+            args.expected,
+            args.skip,
+            workdir,
+            adapters=not args.no_adapters,
+        )
         reports: dict[str, ModuleReport] = {}
         with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
             futures = [pool.submit(run_module, spec, opts) for spec in args.selected]
@@ -523,8 +604,9 @@ def main(argv: list[str] | None = None) -> int:
                 reports[report.name] = report
                 counts = report.counts
                 print(
-                    f"[{n:>2}/{len(futures)}] {report.name}: {report.status}, {counts['passed']} passed,"
-                    f" {report.failures} failed, {counts['not-on-loop']} not on loop ({report.seconds:.1f}s)",
+                    f"[{n:>2}/{len(futures)}] {report.name}: {report.status}, "
+                    f"{counts['passed']} passed, {report.failures} failed, "
+                    f"{counts['not-on-loop']} not on loop ({report.seconds:.1f}s)",
                     flush=True,
                 )
     ordered = [reports[spec.name] for spec in args.selected]
@@ -537,8 +619,10 @@ def main(argv: list[str] | None = None) -> int:
     failed = sum(totals[c] for c in FAILING)
     problems = [r for r in ordered if r.status in ("CRASH", "TIMEOUT", "ERROR")]
     print(
-        f"\n{totals['tests']} tests in {time.monotonic() - started:.0f}s: {totals['passed']} passed on {args.loop},"
-        f" {totals['not-on-loop']} passed without using {args.loop} (not counted), {totals['xfail']} expected"
+        f"\n{totals['tests']} tests in {time.monotonic() - started:.0f}s: "
+        f"{totals['passed']} passed on {args.loop},"
+        f" {totals['not-on-loop']} passed without using {args.loop} (not counted), "
+        f"{totals['xfail']} expected"
         f" failures, {totals['xpass']} unexpected successes, {totals['failed']} failures,"
         f" {totals['error']} errors, {totals['skipped']} skipped"
     )

@@ -129,7 +129,11 @@ MODULES: tuple[StdlibModule, ...] = (
         "mostly test_utils.TestLoop (asyncio's own, mock clock): not counted",
     ),
     _plain("test_futures2", "IsolatedAsyncioTestCase (asyncio.Runner)"),
-    _plain("test_eager_task_factory", "asyncio.new_event_loop(), with eager task factories", since=(3, 12)),
+    _plain(
+        "test_eager_task_factory",
+        "asyncio.new_event_loop(), with eager task factories",
+        since=(3, 12),
+    ),
     _plain("test_staggered", "IsolatedAsyncioTestCase (asyncio.Runner)", since=(3, 13)),
     _plain(
         "test_runners",
@@ -147,7 +151,9 @@ MODULES: tuple[StdlibModule, ...] = (
         name="test_server",
         module="test.test_asyncio.test_server",
         drop_classes=("SelectorStartServerTests", "ProactorStartServerTests"),
-        loop_classes=(LoopTestClass("StartServerTests", ("SelectorStartServerTests",), ("new_loop",)),),
+        loop_classes=(
+            LoopTestClass("StartServerTests", ("SelectorStartServerTests",), ("new_loop",)),
+        ),
         note="SelectorStartServerTests with new_loop() returning the loop",
     ),
     StdlibModule(
@@ -197,7 +203,8 @@ MODULES: tuple[StdlibModule, ...] = (
     ),
     _plain(
         "test_subprocess",
-        "policy.new_event_loop(); with 3.11's child watchers set by the tests, which oxloop honours",
+        "policy.new_event_loop(); with 3.11's child watchers set by the tests, "
+        "which oxloop honours",
     ),
 )
 

@@ -39,11 +39,11 @@ import sys
 import time
 import traceback
 import unittest
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stdlib_modules import MODULES_BY_NAME, LoopTestClass, StdlibModule  # noqa: E402
+from stdlib_modules import MODULES_BY_NAME, LoopTestClass, StdlibModule
 
 #: Longest detail (traceback + captured output) kept per test record.
 MAX_DETAIL = 20_000
@@ -79,11 +79,15 @@ def load_target(name: str) -> LoopTarget:
     if name == "oxloop":
         import oxloop
 
-        return LoopTarget("oxloop", "Oxloop", oxloop.new_event_loop, oxloop.EventLoopPolicy, oxloop.Loop)
+        return LoopTarget(
+            "oxloop", "Oxloop", oxloop.new_event_loop, oxloop.EventLoopPolicy, oxloop.Loop
+        )
     if name == "uvloop":
         import uvloop
 
-        return LoopTarget("uvloop", "Uvloop", uvloop.new_event_loop, uvloop.EventLoopPolicy, uvloop.Loop)
+        return LoopTarget(
+            "uvloop", "Uvloop", uvloop.new_event_loop, uvloop.EventLoopPolicy, uvloop.Loop
+        )
     if name == "asyncio":
         # A trivial subclass, so that loops the tests create explicitly with
         # asyncio.SelectorEventLoop() (or the test loops) are *not* counted,
@@ -96,7 +100,9 @@ def load_target(name: str) -> LoopTarget:
 
             _loop_factory = StandinSelectorLoop
 
-        return LoopTarget("asyncio", "Asyncio", StandinSelectorLoop, StandinPolicy, StandinSelectorLoop)
+        return LoopTarget(
+            "asyncio", "Asyncio", StandinSelectorLoop, StandinPolicy, StandinSelectorLoop
+        )
     raise ValueError(f"unknown loop {name!r}")
 
 
@@ -189,7 +195,9 @@ def check_instrumentation(target: LoopTarget, usage: LoopUsage) -> None:
     finally:
         loop.close()
     if usage.ran == 0 or usage.foreign_created or usage.foreign_ran:
-        raise RuntimeError(f"running the {target.name} loop was not counted right: {usage.snapshot()}")
+        raise RuntimeError(
+            f"running the {target.name} loop was not counted right: {usage.snapshot()}"
+        )
     selector_loop = asyncio.SelectorEventLoop()
     try:
         selector_loop.run_until_complete(asyncio.sleep(0))
@@ -330,7 +338,9 @@ class RecordingResult(unittest.TestResult):
                 **dict.fromkeys(LoopUsage.COUNTERS, 0),
             )
         if not covered and outcome == "error":
-            self.writer.write(event="fixture_error", id=holder.description, detail=detail[-MAX_DETAIL:])
+            self.writer.write(
+                event="fixture_error", id=holder.description, detail=detail[-MAX_DETAIL:]
+            )
 
     def addExpectedFailure(self, test, err):
         super().addExpectedFailure(test, err)
@@ -393,7 +403,9 @@ def make_loop_class(module, spec: LoopTestClass, target: LoopTarget) -> type:
     namespace = {
         "__module__": module.__name__,
         "__qualname__": name,
-        "__doc__": f"{' + '.join(spec.bases)} run on a {target.name} loop (defined by the stdlib runner).",
+        "__doc__": (
+            f"{' + '.join(spec.bases)} run on a {target.name} loop (defined by the stdlib runner)."
+        ),
     }
     for method in spec.factory_methods:
         namespace[method] = new_loop
@@ -429,7 +441,9 @@ def adapt_runners(module, target: LoopTarget) -> None:
 ADAPTERS = {"runners": adapt_runners}
 
 
-def build_tests(spec: StdlibModule, target: LoopTarget, adapt: bool = True) -> list[unittest.TestCase]:
+def build_tests(
+    spec: StdlibModule, target: LoopTarget, adapt: bool = True
+) -> list[unittest.TestCase]:
     """The tests of ``spec`` for ``target``, in load order."""
     loader = unittest.TestLoader()
     module = importlib.import_module(spec.module)
@@ -442,7 +456,9 @@ def build_tests(spec: StdlibModule, target: LoopTarget, adapt: bool = True) -> l
                 tests.append(test)
     for class_spec in spec.loop_classes:
         cls = make_loop_class(module, class_spec, target)
-        keep = vars(_resolve(module, class_spec.only_tests_of)) if class_spec.only_tests_of else None
+        keep = (
+            vars(_resolve(module, class_spec.only_tests_of)) if class_spec.only_tests_of else None
+        )
         for test in _iter_tests(loader.loadTestsFromTestCase(cls)):
             if keep is None or test._testMethodName in keep:
                 tests.append(test)
@@ -474,11 +490,15 @@ def run(module_name: str, loop_name: str, out: str, config: dict) -> int:
         usage.install(target)
         install_policy(target)
         check_instrumentation(target, usage)
-        tests = build_tests(MODULES_BY_NAME[module_name], target, adapt=config.get("adapters", True))
+        tests = build_tests(
+            MODULES_BY_NAME[module_name], target, adapt=config.get("adapters", True)
+        )
     except BaseException:
         writer.write(event="setup_error", detail=traceback.format_exc()[-MAX_DETAIL:])
         return 3
-    writer.write(event="meta", loop=target.name, counting=usage.method, python=sys.version.split()[0])
+    writer.write(
+        event="meta", loop=target.name, counting=usage.method, python=sys.version.split()[0]
+    )
 
     exclude = set(config.get("exclude", ()))
     patterns = config.get("filters") or []
@@ -510,7 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--module", required=True, choices=sorted(MODULES_BY_NAME))
     parser.add_argument("--loop", required=True, choices=("oxloop", "uvloop", "asyncio"))
     parser.add_argument("--out", required=True, help="JSON-lines file the records are appended to")
-    parser.add_argument("--config", help="JSON file: exclude (ids), skip ({id: reason}), filters, test_timeout")
+    parser.add_argument(
+        "--config", help="JSON file: exclude (ids), skip ({id: reason}), filters, test_timeout"
+    )
     args = parser.parse_args(argv)
     config = {}
     if args.config:

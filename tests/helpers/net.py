@@ -1,9 +1,9 @@
-"""Helpers shared by the network behaviour tests (test_tcp_transports.py, test_servers.py,
-test_streams.py and test_sendfile.py).
+"""Helpers shared by the network behaviour tests (stream transports, servers, streams,
+sendfile, datagrams, pipes, and the reliability tests).
 
-``kind``, ``sock_dir``  fixtures: the stream socket a test runs over (parametrized: "tcp"
-                        and "unix"), and a short directory for Unix socket paths. A test
-                        module makes them available with ``kind = net_helpers.kind``...
+The fixtures ``kind`` (the stream socket a test runs over: "tcp" and "unix") and ``sock_dir``
+(a short directory for Unix socket paths) are in conftest.py; ``KINDS`` is the list of kinds.
+
 ``Recorder``, ``Echo``  protocols that record what their transport does (``Echo`` also sends
                         every byte back).
 ``raw_peer``            a transport (create_connection/create_unix_connection) connected to a
@@ -21,10 +21,8 @@ import asyncio
 import contextlib
 import errno
 import os
-import shutil
 import socket
 import sys
-import tempfile
 import uuid
 
 import pytest
@@ -37,21 +35,6 @@ DATAGRAM_HEADER_SIZE = 8 if sys.version_info >= (3, 13) else 0
 DATAGRAM_BUFFER_KEEPS_HEADERS = (3, 13) <= sys.version_info < (3, 13, 6)
 MiB = 1024 * 1024
 CLEANUP_TIMEOUT = 5
-
-
-@pytest.fixture(params=KINDS)
-def kind(request):
-    """The stream socket a test runs over: "tcp" (127.0.0.1) or "unix" (a path in ``sock_dir``);
-    every test taking ``kind`` runs over both."""
-    return request.param
-
-
-@pytest.fixture
-def sock_dir():
-    """A short directory for Unix socket paths (pytest's tmp_path can exceed their 107 bytes)."""
-    path = tempfile.mkdtemp(prefix="oxl-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,7 +182,9 @@ def make_listener(kind, sock_dir, rcvbuf=None):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         address = os.path.join(sock_dir, f"{uuid.uuid4().hex[:8]}.sock")
     if rcvbuf is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # inherited by accepted sockets
+        sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf
+        )  # inherited by accepted sockets
     sock.bind(address)
     sock.listen(16)
     sock.setblocking(False)
@@ -288,7 +273,9 @@ async def raw_peer(loop, kind, sock_dir, factory=None, rcvbuf=None):
     unless ``factory`` is given) to a plain socket: yields a ``Conn``. ``rcvbuf`` sets the
     peer's receive buffer. Everything is closed at exit (see ``peer_of``)."""
     with make_listener(kind, sock_dir, rcvbuf) as listener:
-        connecting = connect(loop, kind, factory or (lambda: Recorder(loop)), listener.getsockname())
+        connecting = connect(
+            loop, kind, factory or (lambda: Recorder(loop)), listener.getsockname()
+        )
         async with peer_of(loop, listener, connecting) as conn:
             yield conn
 
@@ -317,7 +304,10 @@ def address_in_use_message(address):
     reason = os.strerror(errno.EADDRINUSE).lower()
     if sys.version_info >= (3, 13):
         reason = f"[errno {errno.EADDRINUSE}] {reason}"
-    return f"[Errno {errno.EADDRINUSE}] error while attempting to bind on address {address!r}: {reason}"
+    return (
+        f"[Errno {errno.EADDRINUSE}] error while attempting to bind on address {address!r}: "
+        f"{reason}"
+    )
 
 
 def run_raises(loop, coro, exc_type, message):
