@@ -31,9 +31,10 @@ gate "cargo fmt" cargo fmt --all --check
 gate "cargo clippy" env PYO3_PYTHON="$PYTHON" CARGO_TARGET_DIR="$ROOT/target/clippy" \
     cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-if [ ! -x .venv-lint/bin/ruff ]; then
-    "$PYTHON" -m venv .venv-lint && .venv-lint/bin/python -m pip install --quiet -r requirements/lint.txt
-fi
+# ruff, pinned by requirements/lint.txt, in a virtualenv of its own. To fix what it reports:
+# `.venv-lint/bin/ruff format .` and `.venv-lint/bin/ruff check --fix .` (the rest by hand).
+if [ ! -x .venv-lint/bin/python ]; then "$PYTHON" -m venv .venv-lint; fi
+.venv-lint/bin/python -m pip install --quiet -r requirements/lint.txt
 gate "ruff check" .venv-lint/bin/ruff check .
 gate "ruff format" .venv-lint/bin/ruff format --check .
 
