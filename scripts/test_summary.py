@@ -2,8 +2,9 @@
 
 Usage: python3 scripts/test_summary.py RESULTS_DIR VERSION [VERSION ...]
 
-One line per suite: cargo's counts, the code gates, each version's pytest and stdlib counts (or that the
-version was skipped for want of an interpreter), the wheel check; then a total line,
+One line per suite: cargo's counts, the code gates, each version's pytest and stdlib counts
+(or that the version was skipped for want of an interpreter), the wheel check; then a total
+line,
 ``total: N passed, M failed, K skipped``, where failed counts failures and errors.
 """
 
