@@ -30,11 +30,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::event_loop::{os_error, LoopCore, SharedRef};
+use crate::event_loop::{LoopCore, LoopRef, MAX_READ};
 use crate::gil_cell::{GilCell, GilRefMut};
-use crate::handles::is_fatal;
+use crate::glue::{debug_log, is_fatal, os_error, warn_log, with_buffer};
 use crate::sockaddr::RawAddress;
-use crate::transport::{debug_log, warn_log, with_buffer, MAX_READ};
 
 /// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
@@ -104,7 +103,7 @@ pub struct DatagramTransport {
     connected: bool,
     /// The running Python's datagram rules.
     rules: DatagramRules,
-    shared: SharedRef,
+    shared: LoopRef,
     state: GilCell<DatagramState>,
 }
 

@@ -9,7 +9,8 @@
 //! `socket.AddressFamily` / `socket.SocketKind` members wherever `socket.getaddrinfo` gives
 //! members, looked up once per value and cached. An answered query raises the same
 //! `socket.getaddrinfo` audit event as `socket.getaddrinfo` does (and propagates what an audit
-//! hook raises).
+//! hook raises). Called from Python, with the GIL held, on any thread; it opens no socket and
+//! owns no descriptor.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -15,7 +15,7 @@
 //!   stays in a reference cycle once it is done: a one-shot handle drops its callback when it
 //!   has run (after the exception handler has seen it, if it raised), every handle drops it
 //!   when cancelled, and the loop drops the callbacks of everything still pending when it
-//!   closes or is freed. A handle refers to its loop through [`SharedRef`], never to the Python loop
+//!   closes or is freed. A handle refers to its loop through [`LoopRef`], never to the Python loop
 //!   object, so an unclosed loop is still collected (and warns, as asyncio's does).
 //! - The context copy a handle makes for itself is untracked by the collector while the
 //!   handle holds it (see [`HandleContext`]).
@@ -23,7 +23,6 @@
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
@@ -33,8 +32,9 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use oxloop_core::timers::TimerItem;
 
-use crate::event_loop::SharedRef;
+use crate::event_loop::LoopRef;
 use crate::gil_cell::GilCell;
+use crate::glue::{copy_current_context, is_fatal};
 
 /// What a handle calls: the callback and its positional arguments.
 pub(crate) struct Callback {
@@ -107,13 +107,6 @@ fn track(context: &Py<PyAny>) {
             ffi::PyObject_GC_Track(context.as_ptr().cast());
         }
     }
-}
-
-/// `contextvars.copy_context()`.
-pub(crate) fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
-    // SAFETY: called with the GIL held; PyContext_CopyCurrent returns a new reference or NULL
-    // with an exception set, which `from_owned_ptr_or_err` turns into a PyErr.
-    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()).map(Bound::unbind) }
 }
 
 /// `PyObject_Vectorcall` as a function that may unwind. On CPython before 3.14 a daemon
@@ -226,7 +219,7 @@ pub struct Handle {
     state: GilCell<HandleState>,
     /// The `contextvars.Context` the callback runs in; kept after cancellation, as asyncio does.
     context: HandleContext,
-    shared: SharedRef,
+    shared: LoopRef,
     cancelled: AtomicBool,
     /// Dropped after the first run (`call_soon`, timers) rather than kept (fd watchers).
     one_shot: bool,
@@ -234,7 +227,7 @@ pub struct Handle {
 
 impl Handle {
     /// A new, not yet scheduled handle.
-    pub(crate) fn new(shared: SharedRef, callback: Callback, context: HandleContext, one_shot: bool, source_traceback: Option<Py<PyAny>>) -> Self {
+    pub(crate) fn new(shared: LoopRef, callback: Callback, context: HandleContext, one_shot: bool, source_traceback: Option<Py<PyAny>>) -> Self {
         let rare = source_traceback.map(|tb| Box::new(RareFields { source_traceback: Some(tb), ..RareFields::default() }));
         Handle {
             state: GilCell::new(HandleState { callback: Some(callback), rare }),
@@ -593,9 +586,4 @@ impl TimerHandle {
         };
         Ok(result.into_pyobject(py)?.to_owned().into_any().unbind())
     }
-}
-
-/// Whether `err` must leave the loop rather than reach the exception handler.
-pub(crate) fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
 }

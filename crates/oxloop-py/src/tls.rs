@@ -30,8 +30,9 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::fastcall::run_entry;
-use crate::transport::StreamTransport;
+use crate::glue::_PyBytes_Resize;
+use crate::method_table::run_entry;
+use crate::stream::StreamTransport;
 
 /// asyncio's `SSLProtocolState.WRAPPED` and `SSLAgainErrors`, given at installation.
 struct TlsConstants {
@@ -45,11 +46,6 @@ static CONSTANTS: PyOnceLock<TlsConstants> = PyOnceLock::new();
 
 fn constants(py: Python<'_>) -> PyResult<&TlsConstants> {
     CONSTANTS.get(py).ok_or_else(|| PyTypeError::new_err("oxloop TLS methods are not installed"))
-}
-
-extern "C" {
-    /// CPython's `_PyBytes_Resize` (see `transport.rs`).
-    fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, new_size: ffi::Py_ssize_t) -> c_int;
 }
 
 /// An object's instance attributes, read straight from its `__dict__`. asyncio's

@@ -27,36 +27,27 @@
 //! - A pipe transport does one direction only ([`Role`]): a read pipe never has buffered
 //!   data; a write pipe never reads, and its readable state means "the reader went away".
 
-use std::collections::VecDeque;
 use std::ffi::c_int;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use oxloop_core::write_buffer::MAX_IOVECS;
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
+use pyo3::types::{PyBytes, PyDict};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::event_loop::{os_error, LoopCore, SharedRef};
+use crate::event_loop::{LoopCore, LoopRef, MAX_READ};
 use crate::gil_cell::{GilCell, GilRefMut};
-use crate::handles::{copy_current_context, is_fatal};
+use crate::glue::{_PyBytes_Resize, check_bytes_like, copy_current_context, debug_log, is_fatal, os_error, warn_log, with_buffer};
 
-/// The most one read asks for (asyncio's `max_size`).
-pub(crate) const MAX_READ: usize = 256 * 1024;
 /// A read of at least this many bytes makes the next reads go straight into a `bytes` of this
 /// size (see `StreamTransport::read_bytes`).
 const LARGE_READ: usize = 64 * 1024;
-/// Writes up to this size that follow other buffered data are copied into a shared chunk, so
-/// that many small writes make few `iovec`s; larger `bytes` are kept by reference.
-const COALESCE_LIMIT: usize = 4 * 1024;
-/// The largest shared chunk small writes are copied into.
-const CHUNK_CAPACITY: usize = 64 * 1024;
-/// `iovec`s per `sendmsg`.
-const MAX_IOVECS: usize = 64;
 /// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 /// asyncio's default high-water mark; the low-water mark is a quarter of it.
@@ -109,113 +100,23 @@ impl Role {
     }
 }
 
-/// One piece of buffered outgoing data.
-enum Chunk {
-    /// A `bytes` object, kept by reference (it is immutable).
-    Shared(Py<PyBytes>),
-    /// A copy (of a mutable buffer, or of small writes coalesced together).
-    Owned(Vec<u8>),
-}
+/// A `bytes` object the write buffer keeps by reference (only an exact `bytes`: its
+/// deallocation runs no Python code, so the buffer may drop it during a state borrow).
+struct SharedBytes(Py<PyBytes>);
 
-impl Chunk {
-    fn as_slice<'a>(&'a self, py: Python<'a>) -> &'a [u8] {
-        match self {
-            Chunk::Shared(bytes) => bytes.as_bytes(py),
-            Chunk::Owned(data) => data,
-        }
+impl AsRef<[u8]> for SharedBytes {
+    #[inline]
+    fn as_ref(&self) -> &[u8] {
+        let object = self.0.as_ptr();
+        // SAFETY: `self.0` is a strong reference, so the object lives at least as long as the
+        // returned slice's borrow of `self`; a shared `bytes` object's size and contents never
+        // change, so reading them races with nothing (and every caller holds the GIL anyway).
+        unsafe { std::slice::from_raw_parts(ffi::PyBytes_AS_STRING(object).cast::<u8>(), ffi::Py_SIZE(object) as usize) }
     }
 }
 
-/// Outgoing data not yet accepted by the kernel, in order.
-#[derive(Default)]
-struct WriteBuffer {
-    chunks: VecDeque<Chunk>,
-    /// Bytes of the first chunk already sent.
-    sent_of_first: usize,
-    /// Bytes not yet sent, over all chunks.
-    len: usize,
-}
-
-impl WriteBuffer {
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Appends a copy of `data`, into the last chunk when it is a small copy with room left.
-    fn push_copy(&mut self, data: &[u8]) {
-        self.len += data.len();
-        if data.len() <= COALESCE_LIMIT {
-            if let Some(Chunk::Owned(last)) = self.chunks.back_mut() {
-                if last.len() + data.len() <= CHUNK_CAPACITY {
-                    last.extend_from_slice(data);
-                    return;
-                }
-            }
-        }
-        self.chunks.push_back(Chunk::Owned(data.to_vec()));
-    }
-
-    /// Appends a copy made by the caller: small ones are coalesced, large ones kept.
-    fn push_owned(&mut self, data: Vec<u8>) {
-        if data.len() <= COALESCE_LIMIT {
-            self.push_copy(&data);
-        } else {
-            self.len += data.len();
-            self.chunks.push_back(Chunk::Owned(data));
-        }
-    }
-
-    /// Appends a `bytes` object: kept by reference when it is large or the buffer is empty
-    /// (the common case of one write per iteration: no copy), else copied (coalesced).
-    fn push_bytes(&mut self, bytes: &Bound<'_, PyBytes>) {
-        let data = bytes.as_bytes();
-        if data.len() <= COALESCE_LIMIT && !self.chunks.is_empty() {
-            self.push_copy(data);
-        } else {
-            self.len += data.len();
-            self.chunks.push_back(Chunk::Shared(bytes.clone().unbind()));
-        }
-    }
-
-    /// Fills the start of `iov` with the unsent data, in order; returns those entries.
-    fn fill_iovecs<'a>(&self, py: Python<'_>, iov: &'a mut [MaybeUninit<libc::iovec>; MAX_IOVECS]) -> &'a [libc::iovec] {
-        let mut used = 0;
-        for (index, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
-            let mut data = chunk.as_slice(py);
-            if index == 0 {
-                data = &data[self.sent_of_first..];
-            }
-            iov[used].write(libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() });
-            used += 1;
-        }
-        // SAFETY: the first `used` entries were initialised just above.
-        unsafe { std::slice::from_raw_parts(iov.as_ptr().cast::<libc::iovec>(), used) }
-    }
-
-    /// Forgets the first `sent` bytes, dropping the chunks fully sent (exact `bytes` or
-    /// vectors, whose deallocation runs no Python code, so this may happen under the lock).
-    fn consume(&mut self, py: Python<'_>, mut sent: usize) {
-        self.len -= sent;
-        while sent > 0 {
-            let first_len = self.chunks.front().expect("sent bytes were buffered").as_slice(py).len();
-            let left_in_first = first_len - self.sent_of_first;
-            if sent < left_in_first {
-                self.sent_of_first += sent;
-                return;
-            }
-            sent -= left_in_first;
-            self.sent_of_first = 0;
-            self.chunks.pop_front();
-        }
-    }
-
-    /// Empties the buffer, returning the chunks (to be dropped outside the lock).
-    fn clear(&mut self) -> VecDeque<Chunk> {
-        self.len = 0;
-        self.sent_of_first = 0;
-        std::mem::take(&mut self.chunks)
-    }
-}
+/// A transport's outgoing data (see [`oxloop_core::write_buffer`]).
+type WriteBuffer = oxloop_core::write_buffer::WriteBuffer<SharedBytes>;
 
 /// The mutable state of a transport (see the module invariants).
 struct StreamState {
@@ -282,7 +183,7 @@ enum FlushOutcome {
 pub struct StreamTransport {
     fd: RawFd,
     role: Role,
-    shared: SharedRef,
+    shared: LoopRef,
     /// The `contextvars.Context` protocol callbacks run in (a copy of the one current when
     /// the transport was made, as asyncio's reader handle has).
     context: Py<PyAny>,
@@ -562,9 +463,9 @@ impl StreamTransport {
             if state.buffer.is_empty() {
                 break FlushOutcome::Emptied;
             }
-            let pieces = state.buffer.fill_iovecs(py, &mut iov);
+            let pieces = state.buffer.fill_iovecs(&mut iov);
             match send_vectored(self.role, self.fd, pieces) {
-                Ok(sent) => state.buffer.consume(py, sent),
+                Ok(sent) => state.buffer.consume(sent),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break FlushOutcome::WouldBlock,
                 Err(err) => break FlushOutcome::Failed(err),
@@ -679,7 +580,7 @@ impl StreamTransport {
         let py = slf.py();
         let protocol = {
             let mut state = slf.get().lock(py);
-            if state.buffer.len <= state.high_water || state.writing_paused {
+            if state.buffer.len() <= state.high_water || state.writing_paused {
                 return Ok(());
             }
             state.writing_paused = true;
@@ -697,7 +598,7 @@ impl StreamTransport {
         let py = slf.py();
         let protocol = {
             let mut state = slf.get().lock(py);
-            if !state.writing_paused || state.buffer.len > state.low_water {
+            if !state.writing_paused || state.buffer.len() > state.low_water {
                 return Ok(());
             }
             state.writing_paused = false;
@@ -755,7 +656,7 @@ impl StreamTransport {
         // A mutable buffer is copied now (the caller may change it after `write()` returns),
         // outside the lock; `bytes` are immutable and used in place.
         // Only an exact `bytes` is kept by reference: a subclass's deallocation could run
-        // Python code, and chunks are dropped under the lock (see `consume`).
+        // Python code, and chunks are dropped during a state borrow (see [`SharedBytes`]).
         let bytes = data.cast_exact::<PyBytes>().ok();
         let mut copy = match bytes {
             Some(_) => None,
@@ -787,7 +688,7 @@ impl StreamTransport {
                 (Some(lost), false, false)
             } else {
                 match (bytes, copy.take()) {
-                    (Some(bytes), _) => state.buffer.push_bytes(bytes),
+                    (Some(bytes), _) => state.buffer.push_shared(bytes.as_bytes(), || SharedBytes(bytes.clone().unbind())),
                     (None, Some(copy)) => state.buffer.push_owned(copy),
                     (None, None) => unreachable!("a copy is made of every non-bytes buffer"),
                 }
@@ -795,7 +696,7 @@ impl StreamTransport {
                 // A pipe is written at once, as asyncio does (its reader may be waiting in
                 // a blocking read); a socket at the end of the iteration, or at once above
                 // the high-water mark.
-                let send_now = !pending && !more_follows && (this.role == Role::WritePipe || state.buffer.len > state.high_water);
+                let send_now = !pending && !more_follows && (this.role == Role::WritePipe || state.buffer.len() > state.high_water);
                 let queue_flush = !send_now && !state.flush_queued && !pending;
                 if queue_flush {
                     state.flush_queued = true;
@@ -1001,7 +902,7 @@ impl StreamTransport {
 
     /// Bytes written but not yet accepted by the kernel.
     pub(crate) fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
-        self.lock(py).buffer.len
+        self.lock(py).buffer.len()
     }
 
     /// Whether the transport delivers incoming data (not paused, not closing).
@@ -1255,22 +1156,6 @@ impl StreamTransport {
     }
 }
 
-/// asyncio's logger.
-fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    LOGGER.get_or_try_init(py, || Ok::<_, PyErr>(py.import("logging")?.call_method1("getLogger", ("asyncio",))?.unbind())).map(|l| l.bind(py))
-}
-
-/// `logger.debug(message, transport)`.
-pub(crate) fn debug_log(py: Python<'_>, message: &str, transport: &Bound<'_, PyAny>) -> PyResult<()> {
-    logger(py)?.call_method1("debug", (message, transport)).map(drop)
-}
-
-/// `logger.warning(message)`.
-pub(crate) fn warn_log(py: Python<'_>, message: &str) -> PyResult<()> {
-    logger(py)?.call_method1("warning", (message,)).map(drop)
-}
-
 /// `future.set_result(None)` unless the future is already done.
 fn set_result_unless_done(future: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = future.py();
@@ -1285,39 +1170,6 @@ fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
     static BUFFERED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let buffered = BUFFERED.import(protocol.py(), "asyncio", "BufferedProtocol")?;
     protocol.is_instance(buffered)
-}
-
-/// asyncio's check of `write()`'s argument.
-fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<()> {
-    if data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
-        Ok(())
-    } else {
-        Err(PyTypeError::new_err(format!("data argument must be a bytes-like object, not {}", data.get_type().name()?.repr()?)))
-    }
-}
-
-/// Runs `f` on the contents of a contiguous bytes-like object.
-pub(crate) fn with_buffer<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
-    let py = data.py();
-    let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
-    // SAFETY: the GIL is held; on success the view describes `len` readable bytes at `buf`
-    // until `PyBuffer_Release`, which is called before returning.
-    unsafe {
-        if ffi::PyObject_GetBuffer(data.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_SIMPLE) < 0 {
-            return Err(PyErr::fetch(py));
-        }
-        let mut view = view.assume_init();
-        let slice = if view.len == 0 { &[][..] } else { std::slice::from_raw_parts(view.buf as *const u8, view.len as usize) };
-        let result = f(slice);
-        ffi::PyBuffer_Release(&mut view);
-        Ok(result)
-    }
-}
-
-extern "C" {
-    /// CPython's `_PyBytes_Resize` (not in PyO3's bindings): resizes a `bytes` object that
-    /// nobody else refers to yet; on failure frees it and sets `*bytes` to NULL.
-    fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, new_size: ffi::Py_ssize_t) -> c_int;
 }
 
 /// `read` of up to `capacity` bytes straight into a new `bytes`, shrunk to what was read.

@@ -20,8 +20,8 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple, PyType};
 
-use crate::fastcall::run_entry;
-use crate::transport::StreamTransport;
+use crate::method_table::run_entry;
+use crate::stream::StreamTransport;
 
 /// One forwarded method.
 #[derive(Clone, Copy)]

@@ -13,15 +13,14 @@
 //! `PanicException`.
 
 use std::ffi::{c_char, CStr};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
-use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyString, PyTuple, PyType};
 
-use crate::event_loop::LoopCore;
+use super::LoopCore;
+use crate::method_table::run_entry;
 
 /// Which scheduling method an entry point implements.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -145,28 +144,6 @@ unsafe fn schedule_from_vectorcall(
                 LoopCore::schedule_timer(&slf, when, given_when, callback, rest, context, "call_at").map(Py::into_any)
             }
             (Method::CallLater | Method::CallAt, None) => unreachable!("timer methods always have a time parameter"),
-        }
-    }
-}
-
-/// Runs the body of a native method CPython called and turns its outcome into what CPython
-/// expects: a new reference, or NULL with an exception set. A Rust panic becomes a
-/// `PanicException` (it never unwinds into C).
-///
-/// # Safety
-/// Only called from a method CPython calls, which holds the GIL.
-pub(crate) unsafe fn run_entry(body: impl FnOnce(Python<'_>) -> PyResult<Py<PyAny>>) -> *mut ffi::PyObject {
-    // SAFETY: the caller's contract: CPython calls methods with the GIL held.
-    let py = unsafe { Python::assume_attached() };
-    match catch_unwind(AssertUnwindSafe(|| body(py))) {
-        Ok(Ok(result)) => result.into_ptr(),
-        Ok(Err(err)) => {
-            err.restore(py);
-            std::ptr::null_mut()
-        }
-        Err(_) => {
-            PanicException::new_err("Rust panic in a native method of oxloop").restore(py);
-            std::ptr::null_mut()
         }
     }
 }
