@@ -5,54 +5,41 @@
 //! `isinstance`), and asyncio's transport classes have a `__slots__` layout no native class
 //! can share. So the transport is a Python object holding its native half in the `_core`
 //! slot, and the methods called per packet are method descriptors created here for that
-//! class: a call goes straight from the interpreter to [`StreamTransport`], with no Python
-//! frame in between.
+//! class, from the table [`METHODS`]: a call goes straight from the interpreter to
+//! [`StreamTransport`], with no Python frame in between.
 //!
 //! Invariants: CPython calls these functions with the GIL held, with `self` an instance of
 //! the class the descriptors were made for (the descriptor checks it); the method
 //! definitions are leaked, so they live as long as the class. A Rust panic becomes a
 //! `PanicException`, never an unwind into C.
 
-use std::ffi::{c_char, CStr};
-
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple, PyType};
 
-use crate::method_table::run_entry;
+use crate::method_table::{fastcall_entry, install_methods, MethodEntry, NativeMethod};
 use crate::stream::StreamTransport;
 
-/// One forwarded method.
-#[derive(Clone, Copy)]
-struct Forwarded {
-    name: &'static CStr,
-    /// The name of its single parameter, if it takes one.
-    parameter: Option<&'static str>,
-    doc: &'static CStr,
-}
-
-const METHODS: [Forwarded; 7] = [
-    Forwarded { name: c"write", parameter: Some("data"), doc: c"write($self, data, /)\n--\n\nWrite a bytes-like object; it is sent at the end of the loop iteration (at once if the buffer is above the high-water mark)." },
-    Forwarded { name: c"writelines", parameter: Some("list_of_data"), doc: c"writelines($self, list_of_data, /)\n--\n\nWrite each bytes-like object of an iterable, in order." },
-    Forwarded { name: c"is_closing", parameter: None, doc: c"is_closing($self, /)\n--\n\nWhether the transport is closing or closed." },
-    Forwarded { name: c"get_write_buffer_size", parameter: None, doc: c"get_write_buffer_size($self, /)\n--\n\nBytes written but not yet sent." },
-    Forwarded { name: c"is_reading", parameter: None, doc: c"is_reading($self, /)\n--\n\nWhether the transport delivers incoming data." },
-    Forwarded { name: c"pause_reading", parameter: None, doc: c"pause_reading($self, /)\n--\n\nStop delivering incoming data until resume_reading()." },
-    Forwarded { name: c"resume_reading", parameter: None, doc: c"resume_reading($self, /)\n--\n\nDeliver incoming data again." },
-];
-
-/// Parses the arguments and calls method number `index` of [`METHODS`] on the transport's
-/// native half.
+/// Parses the arguments of the forwarded method `name`, which takes the single parameter
+/// `parameter` (or none), and finds the transport's native half: returns it and the
+/// argument.
 ///
 /// # Safety
 /// As a `METH_FASTCALL | METH_KEYWORDS` function: `args` holds `nargs` positional arguments
 /// followed by one value per name of `kwnames` (a tuple or NULL), borrowed for the call; the
 /// GIL is held.
-unsafe fn call_forwarded(py: Python<'_>, slf: *mut ffi::PyObject, args: *const *mut ffi::PyObject, nargs: ffi::Py_ssize_t, kwnames: *mut ffi::PyObject, index: usize) -> PyResult<Py<PyAny>> {
-    let method = METHODS[index];
-    let name = method.name.to_str().expect("method names are ASCII");
-    // SAFETY (whole block): pointers from the vectorcall protocol, see above.
+unsafe fn parse_forwarded<'py>(
+    py: Python<'py>,
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+    name: &str,
+    parameter: Option<&str>,
+) -> PyResult<(Bound<'py, StreamTransport>, Option<Bound<'py, PyAny>>)> {
+    // SAFETY: (whole block) the pointers come from the vectorcall protocol, as the function's
+    // contract states.
     unsafe {
         let transport = Bound::from_borrowed_ptr(py, slf);
         let mut argument = None;
@@ -63,14 +50,14 @@ unsafe fn call_forwarded(py: Python<'_>, slf: *mut ffi::PyObject, args: *const *
             let values = std::slice::from_raw_parts(args.add(nargs as usize), keywords);
             for (keyword, &value) in names.iter().zip(values) {
                 let keyword = keyword.cast_into::<PyString>()?;
-                if method.parameter.is_some_and(|p| keyword.to_str().is_ok_and(|k| k == p)) && argument.is_none() {
+                if parameter.is_some_and(|p| keyword.to_str().is_ok_and(|k| k == p)) && argument.is_none() {
                     argument = Some(Bound::from_borrowed_ptr(py, value));
                 } else {
                     return Err(PyTypeError::new_err(format!("{name}() got an unexpected keyword argument '{keyword}'")));
                 }
             }
         }
-        let expected = usize::from(method.parameter.is_some());
+        let expected = usize::from(parameter.is_some());
         if positional.len() + usize::from(argument.is_some()) != expected {
             return Err(PyTypeError::new_err(format!("{name}() takes {} positional argument{} but {} were given", expected + 1, if expected == 0 { "" } else { "s" }, positional.len() + 1)));
         }
@@ -78,33 +65,110 @@ unsafe fn call_forwarded(py: Python<'_>, slf: *mut ffi::PyObject, args: *const *
             argument = Some(Bound::from_borrowed_ptr(py, first));
         }
         let core = transport.getattr(pyo3::intern!(py, "_core"))?.cast_into::<StreamTransport>()?;
-        let none = || Ok(py.None());
-        match index {
-            0 => StreamTransport::write(&core, &argument.expect("checked above")).and_then(|()| none()),
-            1 => StreamTransport::writelines(&core, &argument.expect("checked above")).and_then(|()| none()),
-            2 => Ok(core.get().is_closing(py).into_pyobject(py)?.to_owned().into_any().unbind()),
-            3 => Ok(core.get().get_write_buffer_size(py).into_pyobject(py)?.into_any().unbind()),
-            4 => Ok(core.get().is_reading(py).into_pyobject(py)?.to_owned().into_any().unbind()),
-            5 => StreamTransport::pause_reading(&core).and_then(|()| none()),
-            _ => StreamTransport::resume_reading(&core).and_then(|()| none()),
-        }
+        Ok((core, argument))
     }
 }
 
-/// The C entry point of method number `INDEX`.
-unsafe extern "C" fn forwarded_entry<const INDEX: usize>(slf: *mut ffi::PyObject, args: *const *mut ffi::PyObject, nargs: ffi::Py_ssize_t, kwnames: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls methods with the GIL held; arguments as `call_forwarded` documents.
-    unsafe { run_entry(|py| call_forwarded(py, slf, args, nargs, kwnames, INDEX)) }
+fastcall_entry! {
+    /// The C function of `write(data)`.
+    write_entry(py, slf, args, nargs, kwnames) {
+        // SAFETY: the vectorcall arguments of a forwarded method, as the function requires.
+        let (core, data) = unsafe { parse_forwarded(py, slf, args, nargs, kwnames, "write", Some("data")) }?;
+        StreamTransport::write(&core, &data.expect("parse_forwarded checked it")).map(|()| py.None())
+    }
 }
 
-const ENTRIES: [ffi::PyCFunctionFastWithKeywords; 7] = [
-    forwarded_entry::<0>,
-    forwarded_entry::<1>,
-    forwarded_entry::<2>,
-    forwarded_entry::<3>,
-    forwarded_entry::<4>,
-    forwarded_entry::<5>,
-    forwarded_entry::<6>,
+fastcall_entry! {
+    /// The C function of `writelines(list_of_data)`.
+    writelines_entry(py, slf, args, nargs, kwnames) {
+        // SAFETY: the vectorcall arguments of a forwarded method, as the function requires.
+        let (core, list_of_data) = unsafe { parse_forwarded(py, slf, args, nargs, kwnames, "writelines", Some("list_of_data")) }?;
+        StreamTransport::writelines(&core, &list_of_data.expect("parse_forwarded checked it")).map(|()| py.None())
+    }
+}
+
+fastcall_entry! {
+    /// The C function of `is_closing()`.
+    is_closing_entry(py, slf, args, nargs, kwnames) {
+        // SAFETY: the vectorcall arguments of a forwarded method, as the function requires.
+        let (core, _) = unsafe { parse_forwarded(py, slf, args, nargs, kwnames, "is_closing", None) }?;
+        Ok(core.get().is_closing(py).into_pyobject(py)?.to_owned().into_any().unbind())
+    }
+}
+
+fastcall_entry! {
+    /// The C function of `get_write_buffer_size()`.
+    get_write_buffer_size_entry(py, slf, args, nargs, kwnames) {
+        // SAFETY: the vectorcall arguments of a forwarded method, as the function requires.
+        let (core, _) = unsafe { parse_forwarded(py, slf, args, nargs, kwnames, "get_write_buffer_size", None) }?;
+        Ok(core.get().get_write_buffer_size(py).into_pyobject(py)?.into_any().unbind())
+    }
+}
+
+fastcall_entry! {
+    /// The C function of `is_reading()`.
+    is_reading_entry(py, slf, args, nargs, kwnames) {
+        // SAFETY: the vectorcall arguments of a forwarded method, as the function requires.
+        let (core, _) = unsafe { parse_forwarded(py, slf, args, nargs, kwnames, "is_reading", None) }?;
+        Ok(core.get().is_reading(py).into_pyobject(py)?.to_owned().into_any().unbind())
+    }
+}
+
+fastcall_entry! {
+    /// The C function of `pause_reading()`.
+    pause_reading_entry(py, slf, args, nargs, kwnames) {
+        // SAFETY: the vectorcall arguments of a forwarded method, as the function requires.
+        let (core, _) = unsafe { parse_forwarded(py, slf, args, nargs, kwnames, "pause_reading", None) }?;
+        StreamTransport::pause_reading(&core).map(|()| py.None())
+    }
+}
+
+fastcall_entry! {
+    /// The C function of `resume_reading()`.
+    resume_reading_entry(py, slf, args, nargs, kwnames) {
+        // SAFETY: the vectorcall arguments of a forwarded method, as the function requires.
+        let (core, _) = unsafe { parse_forwarded(py, slf, args, nargs, kwnames, "resume_reading", None) }?;
+        StreamTransport::resume_reading(&core).map(|()| py.None())
+    }
+}
+
+/// The forwarded methods, in the order they are installed.
+static METHODS: [NativeMethod; 7] = [
+    NativeMethod {
+        name: c"write",
+        doc: c"write($self, data, /)\n--\n\nWrite a bytes-like object; it is sent at the end of the loop iteration (at once if the buffer is above the high-water mark).",
+        entry: MethodEntry::FastWithKeywords(write_entry),
+    },
+    NativeMethod {
+        name: c"writelines",
+        doc: c"writelines($self, list_of_data, /)\n--\n\nWrite each bytes-like object of an iterable, in order.",
+        entry: MethodEntry::FastWithKeywords(writelines_entry),
+    },
+    NativeMethod {
+        name: c"is_closing",
+        doc: c"is_closing($self, /)\n--\n\nWhether the transport is closing or closed.",
+        entry: MethodEntry::FastWithKeywords(is_closing_entry),
+    },
+    NativeMethod {
+        name: c"get_write_buffer_size",
+        doc: c"get_write_buffer_size($self, /)\n--\n\nBytes written but not yet sent.",
+        entry: MethodEntry::FastWithKeywords(get_write_buffer_size_entry),
+    },
+    NativeMethod {
+        name: c"is_reading",
+        doc: c"is_reading($self, /)\n--\n\nWhether the transport delivers incoming data.",
+        entry: MethodEntry::FastWithKeywords(is_reading_entry),
+    },
+    NativeMethod {
+        name: c"pause_reading",
+        doc: c"pause_reading($self, /)\n--\n\nStop delivering incoming data until resume_reading().",
+        entry: MethodEntry::FastWithKeywords(pause_reading_entry),
+    },
+    NativeMethod {
+        name: c"resume_reading",
+        doc: c"resume_reading($self, /)\n--\n\nDeliver incoming data again.",
+        entry: MethodEntry::FastWithKeywords(resume_reading_entry),
+    },
 ];
 
 /// Installs the forwarded methods on `cls`, a Python class whose instances keep their
@@ -113,30 +177,13 @@ const ENTRIES: [ffi::PyCFunctionFastWithKeywords; 7] = [
 #[pyfunction]
 #[pyo3(signature = (cls, names=None))]
 fn install_transport_methods(cls: &Bound<'_, PyType>, names: Option<Vec<String>>) -> PyResult<()> {
-    let py = cls.py();
     if let Some(names) = &names {
-        if let Some(unknown) = names.iter().find(|n| !METHODS.iter().any(|m| m.name.to_str().is_ok_and(|m| m == n.as_str()))) {
+        if let Some(unknown) = names.iter().find(|n| !METHODS.iter().any(|m| m.name() == n.as_str())) {
             return Err(PyTypeError::new_err(format!("no native transport method named {unknown:?}")));
         }
     }
-    for (method, entry) in METHODS.iter().zip(ENTRIES) {
-        let name = method.name.to_str().expect("method names are ASCII");
-        if names.as_ref().is_some_and(|names| !names.iter().any(|n| n == name)) {
-            continue;
-        }
-        // The definition must outlive the class: leak it (a few small structs per class).
-        let definition: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
-            ml_name: method.name.as_ptr(),
-            ml_meth: ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: entry },
-            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-            ml_doc: method.doc.as_ptr() as *const c_char,
-        }));
-        // SAFETY: the class object and the leaked definition are valid; PyDescr_NewMethod
-        // returns a new reference or NULL with an exception set.
-        let descriptor = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(cls.as_type_ptr(), definition))? };
-        cls.setattr(name, descriptor)?;
-    }
-    Ok(())
+    let selected = METHODS.iter().filter(|method| names.as_ref().map_or(true, |names| names.iter().any(|n| n == method.name())));
+    install_methods(cls, selected)
 }
 
 /// Adds `install_transport_methods` to the module.

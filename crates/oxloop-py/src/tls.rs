@@ -16,11 +16,12 @@
 //! `_state`...); `oxloop._tls` checks at import that asyncio's `SSLProtocol` has them and
 //! falls back to the stock class otherwise.
 //!
-//! Invariants: CPython calls these functions with the GIL held; the method definitions are
+//! Invariants: CPython calls these functions with the GIL held (they are installed from the
+//! tables [`PROTOCOL_METHODS`] and [`APP_TRANSPORT_METHODS`]); the method definitions are
 //! leaked so they live as long as the classes; a Rust panic becomes a `PanicException`,
 //! never an unwind into C. Nothing here owns a file descriptor.
 
-use std::ffi::{c_char, c_int, CStr};
+use std::ffi::{c_char, c_int};
 
 use pyo3::exceptions::{PyAttributeError, PyException, PyOverflowError, PyTypeError};
 use pyo3::ffi;
@@ -31,7 +32,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyTuple,
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::glue::_PyBytes_Resize;
-use crate::method_table::run_entry;
+use crate::method_table::{install_methods, one_argument_entry, MethodEntry, NativeMethod};
 use crate::stream::StreamTransport;
 
 /// asyncio's `SSLProtocolState.WRAPPED` and `SSLAgainErrors`, given at installation.
@@ -549,55 +550,47 @@ fn encrypt<'py>(this: &Bound<'py, TlsProtocolState>, ssl_socket: &Bound<'py, PyA
     }
 }
 
-/// One native method: its name, docstring and implementation.
-struct NativeMethod {
-    name: &'static CStr,
-    doc: &'static CStr,
-    entry: ffi::PyCFunction,
-}
-
-/// Runs `f(slf, arg)` as a `METH_O` method body.
-fn method_o(slf: *mut ffi::PyObject, arg: *mut ffi::PyObject, f: fn(&Bound<'_, PyAny>, &Bound<'_, PyAny>) -> PyResult<Py<PyAny>>) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls methods with the GIL held, with `slf` and `arg` borrowed live
-    // objects.
-    unsafe {
-        run_entry(|py| {
-            let (slf, arg) = (Bound::from_borrowed_ptr(py, slf), Bound::from_borrowed_ptr(py, arg));
-            f(&slf, &arg)
-        })
+one_argument_entry! {
+    /// The C function of the protocol's `get_buffer(n)`.
+    get_buffer_entry(protocol, n) {
+        get_buffer(&protocol, &n).map(Bound::unbind)
     }
 }
 
-unsafe extern "C" fn get_buffer_entry(slf: *mut ffi::PyObject, arg: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    method_o(slf, arg, |p, n| get_buffer(p, n).map(Bound::unbind))
-}
-
-unsafe extern "C" fn buffer_updated_entry(slf: *mut ffi::PyObject, arg: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    method_o(slf, arg, |p, n| buffer_updated(p, n).map(|()| p.py().None()))
-}
-
-unsafe extern "C" fn app_write_entry(slf: *mut ffi::PyObject, arg: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    method_o(slf, arg, |t, d| app_write(t, d).map(|()| t.py().None()))
-}
-
-/// Installs `methods` on `cls` as method descriptors.
-fn install(cls: &Bound<'_, PyType>, methods: &[NativeMethod]) -> PyResult<()> {
-    let py = cls.py();
-    for method in methods {
-        // The definition must outlive the class: leak it (a few small structs per class).
-        let definition: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
-            ml_name: method.name.as_ptr(),
-            ml_meth: ffi::PyMethodDefPointer { PyCFunction: method.entry },
-            ml_flags: ffi::METH_O,
-            ml_doc: method.doc.as_ptr(),
-        }));
-        // SAFETY: the class object and the leaked definition are valid; PyDescr_NewMethod
-        // returns a new reference or NULL with an exception set.
-        let descriptor = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(cls.as_type_ptr(), definition))? };
-        cls.setattr(method.name.to_str().expect("method names are ASCII"), descriptor)?;
+one_argument_entry! {
+    /// The C function of the protocol's `buffer_updated(nbytes)`.
+    buffer_updated_entry(protocol, nbytes) {
+        buffer_updated(&protocol, &nbytes).map(|()| protocol.py().None())
     }
-    Ok(())
 }
+
+one_argument_entry! {
+    /// The C function of the application transport's `write(data)`.
+    app_write_entry(transport, data) {
+        app_write(&transport, &data).map(|()| transport.py().None())
+    }
+}
+
+/// The native methods of `TLSProtocol`.
+static PROTOCOL_METHODS: [NativeMethod; 2] = [
+    NativeMethod {
+        name: c"get_buffer",
+        doc: c"get_buffer($self, n, /)\n--\n\nThe buffer incoming TLS bytes are received into.",
+        entry: MethodEntry::OneArgument(get_buffer_entry),
+    },
+    NativeMethod {
+        name: c"buffer_updated",
+        doc: c"buffer_updated($self, nbytes, /)\n--\n\nFeed nbytes received to TLS and deliver the decrypted records.",
+        entry: MethodEntry::OneArgument(buffer_updated_entry),
+    },
+];
+
+/// The native methods of the TLS application transport.
+static APP_TRANSPORT_METHODS: [NativeMethod; 1] = [NativeMethod {
+    name: c"write",
+    doc: c"write($self, data, /)\n--\n\nEncrypt and send a bytes-like object.",
+    entry: MethodEntry::OneArgument(app_write_entry),
+}];
 
 /// Installs the native per-record methods: `get_buffer` and `buffer_updated` on
 /// `protocol_class` (a subclass of asyncio's `SSLProtocol`, `base`), `write` on
@@ -613,14 +606,8 @@ fn install_tls_methods(protocol_class: &Bound<'_, PyType>, transport_class: &Bou
         return Err(PyTypeError::new_err(format!("install_tls_methods: {} is not a subclass of TlsProtocolState", protocol_class.name()?)));
     }
     CONSTANTS.get_or_init(py, || TlsConstants { wrapped: wrapped.clone().unbind(), again_errors: again_errors.clone().unbind(), base: base.clone().unbind() });
-    install(
-        protocol_class,
-        &[
-            NativeMethod { name: c"get_buffer", doc: c"get_buffer($self, n, /)\n--\n\nThe buffer incoming TLS bytes are received into.", entry: get_buffer_entry },
-            NativeMethod { name: c"buffer_updated", doc: c"buffer_updated($self, nbytes, /)\n--\n\nFeed nbytes received to TLS and deliver the decrypted records.", entry: buffer_updated_entry },
-        ],
-    )?;
-    install(transport_class, &[NativeMethod { name: c"write", doc: c"write($self, data, /)\n--\n\nEncrypt and send a bytes-like object.", entry: app_write_entry }])
+    install_methods(protocol_class, &PROTOCOL_METHODS)?;
+    install_methods(transport_class, &APP_TRANSPORT_METHODS)
 }
 
 /// Adds `install_tls_methods` to the module.

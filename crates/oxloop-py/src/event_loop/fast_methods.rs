@@ -8,11 +8,9 @@
 //! (`LoopCore::schedule_soon` / `LoopCore::schedule_timer` / `LoopCore::spawn_task`).
 //!
 //! Invariants: CPython calls them with the GIL held (they are `METH_FASTCALL | METH_KEYWORDS`
-//! methods installed on `LoopCore` at module initialisation, with a method definition that
-//! lives for the life of the process). They never unwind into C: a Rust panic becomes a
+//! methods installed on `LoopCore` at module initialisation from the table [`METHODS`], with
+//! method definitions that live for the life of the process). They never unwind into C: a Rust panic becomes a
 //! `PanicException`.
-
-use std::ffi::{c_char, CStr};
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
@@ -20,14 +18,18 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyString, PyTuple, PyType};
 
 use super::LoopCore;
-use crate::method_table::run_entry;
+use crate::method_table::{fastcall_entry, install_methods, MethodEntry, NativeMethod};
 
-/// Which scheduling method an entry point implements.
+/// Which scheduling method an entry function implements.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Method {
+    /// `call_soon(callback, *args, context=None)`.
     CallSoon,
+    /// `call_soon_threadsafe(callback, *args, context=None)`.
     CallSoonThreadsafe,
+    /// `call_later(delay, callback, *args, context=None)`.
     CallLater,
+    /// `call_at(when, callback, *args, context=None)`.
     CallAt,
 }
 
@@ -50,16 +52,6 @@ impl Method {
             Method::CallAt => Some("when"),
         }
     }
-
-    /// The method for the `u8` const parameter of [`schedule_entry`].
-    const fn from_code(code: u8) -> Method {
-        match code {
-            0 => Method::CallSoon,
-            1 => Method::CallSoonThreadsafe,
-            2 => Method::CallLater,
-            _ => Method::CallAt,
-        }
-    }
 }
 
 /// Parses `([time,] callback, *args, context=None)` and schedules the callback.
@@ -77,7 +69,8 @@ unsafe fn schedule_from_vectorcall(
     method: Method,
 ) -> PyResult<Py<PyAny>> {
     let name = method.name();
-    // SAFETY (whole block): pointers come from CPython's vectorcall protocol, see above.
+    // SAFETY: (whole block) the pointers come from CPython's vectorcall protocol, as the
+    // function's contract states.
     unsafe {
         // The method descriptor has already checked that `slf` is a LoopCore (or a subclass):
         // CPython's method_descriptor calls verify the type of `self`.
@@ -148,16 +141,36 @@ unsafe fn schedule_from_vectorcall(
     }
 }
 
-/// The entry point of one scheduling method (`METHOD` is a [`Method`] code).
-unsafe extern "C" fn schedule_entry<const METHOD: u8>(
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls methods with the GIL held; arguments as `schedule_from_vectorcall`
-    // documents.
-    unsafe { run_entry(|py| schedule_from_vectorcall(py, slf, args, nargs, kwnames, Method::from_code(METHOD))) }
+fastcall_entry! {
+    /// The C function of `call_soon`.
+    call_soon_entry(py, slf, args, nargs, kwnames) {
+        // SAFETY: the vectorcall arguments of a `LoopCore` method, as the function requires.
+        unsafe { schedule_from_vectorcall(py, slf, args, nargs, kwnames, Method::CallSoon) }
+    }
+}
+
+fastcall_entry! {
+    /// The C function of `call_soon_threadsafe`.
+    call_soon_threadsafe_entry(py, slf, args, nargs, kwnames) {
+        // SAFETY: the vectorcall arguments of a `LoopCore` method, as the function requires.
+        unsafe { schedule_from_vectorcall(py, slf, args, nargs, kwnames, Method::CallSoonThreadsafe) }
+    }
+}
+
+fastcall_entry! {
+    /// The C function of `call_later`.
+    call_later_entry(py, slf, args, nargs, kwnames) {
+        // SAFETY: the vectorcall arguments of a `LoopCore` method, as the function requires.
+        unsafe { schedule_from_vectorcall(py, slf, args, nargs, kwnames, Method::CallLater) }
+    }
+}
+
+fastcall_entry! {
+    /// The C function of `call_at`.
+    call_at_entry(py, slf, args, nargs, kwnames) {
+        // SAFETY: the vectorcall arguments of a `LoopCore` method, as the function requires.
+        unsafe { schedule_from_vectorcall(py, slf, args, nargs, kwnames, Method::CallAt) }
+    }
 }
 
 /// Parses `(coro, *, name=None, context=None, **kwargs)` and creates the task.
@@ -171,7 +184,8 @@ unsafe fn create_task_from_vectorcall(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<Py<PyAny>> {
-    // SAFETY (whole block): pointers come from CPython's vectorcall protocol, see above.
+    // SAFETY: (whole block) the pointers come from CPython's vectorcall protocol, as the
+    // function's contract states.
     unsafe {
         let slf = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopCore>();
         if nargs > 1 {
@@ -203,71 +217,44 @@ unsafe fn create_task_from_vectorcall(
     }
 }
 
-/// The entry point of `create_task`.
-unsafe extern "C" fn create_task_entry(
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls methods with the GIL held; arguments as `schedule_from_vectorcall`
-    // documents.
-    unsafe { run_entry(|py| create_task_from_vectorcall(py, slf, args, nargs, kwnames)) }
+fastcall_entry! {
+    /// The C function of `create_task`.
+    create_task_entry(py, slf, args, nargs, kwnames) {
+        // SAFETY: the vectorcall arguments of a `LoopCore` method, as the function requires.
+        unsafe { create_task_from_vectorcall(py, slf, args, nargs, kwnames) }
+    }
 }
 
-/// One method to install: its name, its C function and its docstring (with the text signature
-/// `inspect.signature` reads).
-struct FastMethod {
-    name: &'static CStr,
-    function: ffi::PyCFunctionFastWithKeywords,
-    doc: &'static CStr,
-}
-
-const METHODS: [FastMethod; 5] = [
-    FastMethod {
+/// The hand-written methods of `LoopCore`.
+static METHODS: [NativeMethod; 5] = [
+    NativeMethod {
         name: c"call_soon",
-        function: schedule_entry::<0>,
         doc: c"call_soon($self, callback, *args, context=None)\n--\n\nSchedule callback(*args) for the next iteration; return its Handle.",
+        entry: MethodEntry::FastWithKeywords(call_soon_entry),
     },
-    FastMethod {
+    NativeMethod {
         name: c"call_soon_threadsafe",
-        function: schedule_entry::<1>,
         doc: c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\nLike call_soon(), callable from any thread and from signal handlers: wakes the loop.",
+        entry: MethodEntry::FastWithKeywords(call_soon_threadsafe_entry),
     },
-    FastMethod {
+    NativeMethod {
         name: c"call_later",
-        function: schedule_entry::<2>,
         doc: c"call_later($self, delay, callback, *args, context=None)\n--\n\nSchedule callback(*args) after delay seconds; return its TimerHandle.",
+        entry: MethodEntry::FastWithKeywords(call_later_entry),
     },
-    FastMethod {
+    NativeMethod {
         name: c"call_at",
-        function: schedule_entry::<3>,
         doc: c"call_at($self, when, callback, *args, context=None)\n--\n\nSchedule callback(*args) at when on the loop's clock; return its TimerHandle.",
+        entry: MethodEntry::FastWithKeywords(call_at_entry),
     },
-    FastMethod {
+    NativeMethod {
         name: c"create_task",
-        function: create_task_entry,
         doc: c"create_task($self, coro, *, name=None, context=None, **kwargs)\n--\n\nWrap the coroutine coro in a Task (or what the task factory makes) and schedule its first step.",
+        entry: MethodEntry::FastWithKeywords(create_task_entry),
     },
 ];
 
 /// Installs the hand-written methods on `LoopCore`.
 pub(crate) fn install(loop_type: &Bound<'_, PyType>) -> PyResult<()> {
-    let py = loop_type.py();
-    for method in METHODS {
-        // The definition must outlive the type: leak it (two small structs per process).
-        let definition: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
-            ml_name: method.name.as_ptr(),
-            ml_meth: ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: method.function },
-            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-            ml_doc: method.doc.as_ptr() as *const c_char,
-        }));
-        // SAFETY: the type object and the leaked definition are valid; PyDescr_NewMethod
-        // returns a new reference or NULL with an exception set.
-        let descriptor = unsafe {
-            Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(loop_type.as_ptr().cast(), definition))?
-        };
-        loop_type.setattr(method.name.to_str().expect("method names are ASCII"), descriptor)?;
-    }
-    Ok(())
+    install_methods(loop_type, &METHODS)
 }
