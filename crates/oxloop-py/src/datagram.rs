@@ -11,7 +11,7 @@
 //!
 //! Invariants:
 //! - Only the loop's thread touches a transport, with the GIL held. The state is in a
-//!   [`GilCell`], never borrowed across a call into Python or a drop of a Python object.
+//!   [`GilCell`], borrowed by the rule stated there.
 //! - The Python socket object owns the descriptor; this object borrows its number until
 //!   `detach`, which the Python half calls just before closing the socket.
 //! - The loop watches the descriptor as asyncio's datagram transport has it watched: a reader
@@ -117,20 +117,20 @@ enum SendOutcome {
 }
 
 impl DatagramTransport {
-    /// Locks the state (see the module invariants).
+    /// Borrows the state (by the rule of [`GilCell`]).
     #[inline]
-    fn lock<'a>(&'a self, py: Python<'a>) -> GilRefMut<'a, DatagramState> {
+    fn state<'a>(&'a self, py: Python<'a>) -> GilRefMut<'a, DatagramState> {
         self.state.borrow_mut(py)
     }
 
     /// The protocol, unless the transport is detached.
     fn protocol<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        self.lock(py).protocol.as_ref().map(|p| p.bind(py).clone())
+        self.state(py).protocol.as_ref().map(|p| p.bind(py).clone())
     }
 
     /// The Python transport, unless detached.
     fn python_transport<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        self.lock(py).transport.as_ref().map(|t| t.bind(py).clone())
+        self.state(py).transport.as_ref().map(|t| t.bind(py).clone())
     }
 
     /// `loop.<method>(fd, *args)` (the loop's internal fd watches).
@@ -147,7 +147,7 @@ impl DatagramTransport {
         let py = slf.py();
         let this = slf.get();
         {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             if state.reader_watched || state.closing || state.reading_paused {
                 return Ok(());
             }
@@ -159,7 +159,7 @@ impl DatagramTransport {
 
     /// Stops watching for readability.
     fn unwatch_reading(&self, py: Python<'_>) -> PyResult<()> {
-        if !std::mem::replace(&mut self.lock(py).reader_watched, false) {
+        if !std::mem::replace(&mut self.state(py).reader_watched, false) {
             return Ok(());
         }
         self.call_loop(py, "_remove_reader", None)
@@ -169,7 +169,7 @@ impl DatagramTransport {
     fn watch_writing(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if std::mem::replace(&mut this.lock(py).writer_watched, true) {
+        if std::mem::replace(&mut this.state(py).writer_watched, true) {
             return Ok(());
         }
         let callback = slf.getattr(pyo3::intern!(slf.py(), "_sendto_ready"))?;
@@ -178,7 +178,7 @@ impl DatagramTransport {
 
     /// Stops watching for writability.
     fn unwatch_writing(&self, py: Python<'_>) -> PyResult<()> {
-        if !std::mem::replace(&mut self.lock(py).writer_watched, false) {
+        if !std::mem::replace(&mut self.state(py).writer_watched, false) {
             return Ok(());
         }
         self.call_loop(py, "_remove_writer", None)
@@ -203,13 +203,13 @@ impl DatagramTransport {
 
     /// The Python address of a sender: the last one's tuple again if it is the same sender.
     fn sender_address<'py>(&self, py: Python<'py>, raw: &RawAddress) -> PyResult<Option<Bound<'py, PyAny>>> {
-        if let Some((last, address)) = &self.lock(py).last_sender {
+        if let Some((last, address)) = &self.state(py).last_sender {
             if last.same_as(raw) {
                 return Ok(Some(address.bind(py).clone()));
             }
         }
         let Some(address) = raw.to_python(py)? else { return Ok(None) };
-        let previous = self.lock(py).last_sender.replace((*raw, address.clone().unbind()));
+        let previous = self.state(py).last_sender.replace((*raw, address.clone().unbind()));
         drop(previous);
         Ok(Some(address))
     }
@@ -218,7 +218,7 @@ impl DatagramTransport {
     /// the last destination again, or a numeric address.
     fn destination(&self, py: Python<'_>, address: &Bound<'_, PyAny>) -> Option<RawAddress> {
         {
-            let state = self.lock(py);
+            let state = self.state(py);
             if let Some((raw, sender)) = &state.last_sender {
                 if sender.is(address) {
                     return Some(*raw);
@@ -231,7 +231,7 @@ impl DatagramTransport {
             }
         }
         let raw = RawAddress::from_python(self.family, address)?;
-        let previous = self.lock(py).last_destination.replace((address.clone().unbind(), raw));
+        let previous = self.state(py).last_destination.replace((address.clone().unbind(), raw));
         drop(previous);
         Some(raw)
     }
@@ -271,7 +271,7 @@ impl DatagramTransport {
     /// `sock.sendto(data, address)` by the Python socket (host names, unusual forms, and
     /// the errors Python gives for bad addresses).
     fn send_by_python(&self, py: Python<'_>, data: &Bound<'_, PyAny>, address: Option<&Bound<'_, PyAny>>) -> PyResult<SendOutcome> {
-        let Some(sock) = self.lock(py).sock.as_ref().map(|s| s.bind(py).clone()) else {
+        let Some(sock) = self.state(py).sock.as_ref().map(|s| s.bind(py).clone()) else {
             return Ok(SendOutcome::Sent);
         };
         let result = match address {
@@ -328,7 +328,7 @@ impl DatagramTransport {
 
     /// `sock.recvfrom(max_size)` by the Python socket (families converted only by Python).
     fn receive_by_python<'py>(&self, py: Python<'py>) -> PyResult<Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
-        let Some(sock) = self.lock(py).sock.as_ref().map(|s| s.bind(py).clone()) else { return Ok(None) };
+        let Some(sock) = self.state(py).sock.as_ref().map(|s| s.bind(py).clone()) else { return Ok(None) };
         let (data, address): (Bound<'py, PyAny>, Bound<'py, PyAny>) = sock.call_method1(pyo3::intern!(py, "recvfrom"), (MAX_READ,))?.extract()?;
         Ok(Some((data, address)))
     }
@@ -359,7 +359,7 @@ impl DatagramTransport {
     /// Forgets the protocol, the Python objects and the buffer (breaks reference cycles).
     fn abandon(&self, py: Python<'_>) {
         let dropped = {
-            let mut state = self.lock(py);
+            let mut state = self.state(py);
             state.buffer_size = 0;
             (
                 state.protocol.take(),
@@ -421,7 +421,7 @@ impl DatagramTransport {
     fn _read_ready(&self, py: Python<'_>) -> PyResult<()> {
         for _ in 0..DATAGRAMS_PER_EVENT {
             {
-                let state = self.lock(py);
+                let state = self.state(py);
                 // The protocol may have paused or closed the transport meanwhile.
                 if state.conn_lost > 0 || !state.reader_watched {
                     return Ok(());
@@ -449,7 +449,7 @@ impl DatagramTransport {
         }
         let mut address = addr.filter(|a| !a.is_none());
         let (remote, conn_lost, buffered) = {
-            let state = this.lock(py);
+            let state = this.state(py);
             (state.remote.as_ref().map(|r| r.bind(py).clone()), state.conn_lost, !state.buffer.is_empty())
         };
         if let Some(remote) = remote.filter(|r| r.is_truthy().unwrap_or(true)) {
@@ -463,7 +463,7 @@ impl DatagramTransport {
                 if conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
                     warn_log(py, "socket.send() raised exception.")?;
                 }
-                this.lock(py).conn_lost += 1;
+                this.state(py).conn_lost += 1;
                 return Ok(());
             }
         }
@@ -487,7 +487,7 @@ impl DatagramTransport {
             Err(_) => with_buffer(data, |view| PyBytes::new(py, view).unbind())?,
         };
         {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             state.buffer.push_back(Queued { data: copy, address: address.map(Bound::unbind) });
             state.buffer_size += length + this.rules.header_size;
         }
@@ -499,25 +499,25 @@ impl DatagramTransport {
         let py = slf.py();
         let this = slf.get();
         loop {
-            let Some(queued) = this.lock(py).buffer.pop_front() else { break };
+            let Some(queued) = this.state(py).buffer.pop_front() else { break };
             let data = queued.data.bind(py);
             let address = queued.address.as_ref().map(|a| a.bind(py).clone());
             let outcome = this.send_one(py, data.as_bytes(), address.as_ref(), data.as_any())?;
             match outcome {
-                SendOutcome::Sent => this.lock(py).buffer_size -= data.as_bytes().len() + this.rules.header_size,
+                SendOutcome::Sent => this.state(py).buffer_size -= data.as_bytes().len() + this.rules.header_size,
                 SendOutcome::WouldBlock => {
-                    this.lock(py).buffer.push_front(queued);
+                    this.state(py).buffer.push_front(queued);
                     break;
                 }
                 SendOutcome::Failed(error) => {
-                    this.lock(py).buffer_size -= data.as_bytes().len() + this.rules.header_size;
+                    this.state(py).buffer_size -= data.as_bytes().len() + this.rules.header_size;
                     return this.report(py, error, "Fatal write error on datagram transport");
                 }
             }
         }
         this.upcall(py, "_maybe_resume_protocol", ())?;
         let (empty, closing) = {
-            let state = this.lock(py);
+            let state = this.state(py);
             (state.buffer.is_empty(), state.closing)
         };
         if empty {
@@ -531,24 +531,24 @@ impl DatagramTransport {
 
     /// Bytes buffered, waiting for the kernel.
     fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
-        self.lock(py).buffer_size
+        self.state(py).buffer_size
     }
 
     /// Whether the transport is closing or closed.
     fn is_closing(&self, py: Python<'_>) -> bool {
-        self.lock(py).closing
+        self.state(py).closing
     }
 
     /// Whether datagrams are delivered (not paused, not closing).
     fn is_reading(&self, py: Python<'_>) -> bool {
-        let state = self.lock(py);
+        let state = self.state(py);
         !state.reading_paused && !state.closing
     }
 
     /// Stops delivering datagrams until `resume_reading()`.
     fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
         {
-            let mut state = self.lock(py);
+            let mut state = self.state(py);
             if state.closing || state.reading_paused {
                 return Ok(());
             }
@@ -568,7 +568,7 @@ impl DatagramTransport {
         let py = slf.py();
         let this = slf.get();
         {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             if state.closing || !state.reading_paused {
                 return Ok(());
             }
@@ -586,7 +586,7 @@ impl DatagramTransport {
     /// `close()`: stop reading; lose the connection once the buffer is sent.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let lose_now = {
-            let mut state = self.lock(py);
+            let mut state = self.state(py);
             if state.closing {
                 return Ok(());
             }
@@ -609,7 +609,7 @@ impl DatagramTransport {
     #[pyo3(signature = (exc=None))]
     fn force_close(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let dropped = {
-            let mut state = self.lock(py);
+            let mut state = self.state(py);
             if state.conn_lost > 0 {
                 return Ok(());
             }
@@ -626,30 +626,30 @@ impl DatagramTransport {
 
     /// Sets the protocol that receives the following events.
     fn set_protocol(&self, py: Python<'_>, protocol: Bound<'_, PyAny>) {
-        let old = self.lock(py).protocol.replace(protocol.unbind());
+        let old = self.state(py).protocol.replace(protocol.unbind());
         drop(old);
     }
 
     /// The current protocol (None once the transport is done).
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.lock(py).protocol.as_ref().map(|p| p.clone_ref(py))
+        self.state(py).protocol.as_ref().map(|p| p.clone_ref(py))
     }
 
     /// asyncio's `_conn_lost`.
     #[getter]
     fn conn_lost(&self, py: Python<'_>) -> u32 {
-        self.lock(py).conn_lost
+        self.state(py).conn_lost
     }
 
     /// Whether the loop watches the socket for reading / writing now.
     #[getter]
     fn reading_watched(&self, py: Python<'_>) -> bool {
-        self.lock(py).reader_watched
+        self.state(py).reader_watched
     }
 
     #[getter]
     fn writing_watched(&self, py: Python<'_>) -> bool {
-        self.lock(py).writer_watched
+        self.state(py).writer_watched
     }
 
     /// Stops watching and forgets the Python objects: called by the Python half right

@@ -3,7 +3,7 @@
 //! Invariants:
 //! - Handles are only touched with the GIL held (every method is called from Python, and the
 //!   loop runs them holding the GIL). The callback lives in a [`GilCell`], borrowed for a few
-//!   loads and never across a call into Python.
+//!   loads by the rule stated there.
 //! - `cancel()` drops the callback and its arguments at once (a cancelled
 //!   `wait_for(..., 3600)` holds no memory for an hour); the entry left in the timer heap is an
 //!   empty shell purged lazily.
@@ -261,7 +261,7 @@ impl Handle {
         self.cancelled.load(Ordering::Relaxed)
     }
 
-    /// The callback's parts, as new references (so that no lock is held during the call).
+    /// The callback's parts, as new references (so that no borrow is alive during the call).
     fn callback_parts<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
         let state = self.state.borrow_mut(py);
         state.callback.as_ref().map(|cb| (cb.func.bind(py).clone(), cb.args.bind(py).clone()))

@@ -9,8 +9,8 @@
 //!
 //! Invariants:
 //! - Only the loop's thread touches a transport, with the GIL held. The state lives in a
-//!   [`GilCell`], never borrowed across a call into Python or the drop of an object whose
-//!   deallocation could run Python code (the buffered chunks it drops are exact `bytes`).
+//!   [`GilCell`], borrowed by the rule stated there (the buffered chunks a borrow may drop are
+//!   exact `bytes` or vectors, whose deallocation runs no Python code).
 //! - The Python socket (or pipe) object owns the descriptor; this object only borrows its
 //!   number, from registration until [`StreamTransport::detach`], which the Python half calls
 //!   just before closing it. From registration to detach the loop watches the descriptor
@@ -23,7 +23,7 @@
 //! - A non-empty write buffer is always either queued for the end-of-iteration flush
 //!   (`flush_queued`) or waiting for writability (`write_pending`): data is never stranded.
 //! - `connection_lost` is scheduled exactly once: every path that schedules it first checks
-//!   and increments `conn_lost` under the lock.
+//!   and increments `conn_lost` in the same state borrow.
 //! - A pipe transport does one direction only ([`Role`]): a read pipe never has buffered
 //!   data; a write pipe never reads, and its readable state means "the reader went away".
 
@@ -204,9 +204,9 @@ pub struct StreamTransport {
 }
 
 impl StreamTransport {
-    /// Locks the state (see the module invariants).
+    /// Borrows the state (by the rule of [`GilCell`]).
     #[inline]
-    fn lock<'a>(&'a self, py: Python<'a>) -> GilRefMut<'a, StreamState> {
+    fn state<'a>(&'a self, py: Python<'a>) -> GilRefMut<'a, StreamState> {
         self.state.borrow_mut(py)
     }
 
@@ -253,7 +253,7 @@ impl StreamTransport {
 
     /// The Python transport and protocol, for error reports.
     fn transport_and_protocol(&self, py: Python<'_>) -> (Option<Py<PyAny>>, Option<Py<PyAny>>) {
-        let state = self.lock(py);
+        let state = self.state(py);
         (state.transport.as_ref().map(|t| t.clone_ref(py)), state.protocol.as_ref().map(|p| p.clone_ref(py)))
     }
 
@@ -315,7 +315,7 @@ impl StreamTransport {
         }
         let py = slf.py();
         let (protocol, buffered) = {
-            let state = this.lock(py);
+            let state = this.state(py);
             match &state.protocol {
                 Some(protocol) => (protocol.clone_ref(py).into_bound(py), state.buffered),
                 None => return Ok(()),
@@ -387,7 +387,7 @@ impl StreamTransport {
     /// Whether the transport still reads, for `protocol` (which `data_received` may have
     /// paused, closed or replaced).
     fn reads_into(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> bool {
-        self.reading.load(Ordering::Relaxed) && self.lock(py).protocol.as_ref().is_some_and(|p| p.is(protocol))
+        self.reading.load(Ordering::Relaxed) && self.state(py).protocol.as_ref().is_some_and(|p| p.is(protocol))
     }
 
     /// A read for a `BufferedProtocol`: `get_buffer(-1)`, `read` straight into it, then
@@ -436,7 +436,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             state.eof_received = true;
             this.sync_reading(&state);
         }
@@ -457,7 +457,7 @@ impl StreamTransport {
 
     /// Sends as much of the buffer as the kernel takes now.
     fn send_buffer(&self, py: Python<'_>) -> FlushOutcome {
-        let mut state = self.lock(py);
+        let mut state = self.state(py);
         let mut iov = [const { MaybeUninit::<libc::iovec>::uninit() }; MAX_IOVECS];
         loop {
             if state.buffer.is_empty() {
@@ -482,7 +482,7 @@ impl StreamTransport {
         match this.send_buffer(py) {
             FlushOutcome::WouldBlock if !this.pollable.load(Ordering::Relaxed) => {
                 // No writable event will come: try again at the end of the iteration.
-                let mut state = this.lock(py);
+                let mut state = this.state(py);
                 if !state.flush_queued {
                     state.flush_queued = true;
                     drop(state);
@@ -499,7 +499,7 @@ impl StreamTransport {
             FlushOutcome::Failed(err) => {
                 this.stop_watching_writable(py)?;
                 let error = os_error(err);
-                let waiter = this.lock(py).empty_waiter.as_ref().map(|w| w.clone_ref(py));
+                let waiter = this.state(py).empty_waiter.as_ref().map(|w| w.clone_ref(py));
                 if let Some(waiter) = waiter {
                     let waiter = waiter.bind(py);
                     if !waiter.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
@@ -512,7 +512,7 @@ impl StreamTransport {
                 this.stop_watching_writable(py)?;
                 Self::maybe_resume_protocol(slf)?;
                 let (waiter, lose_connection, shut_down) = {
-                    let mut state = this.lock(py);
+                    let mut state = this.state(py);
                     let waiter = state.empty_waiter.as_ref().map(|w| w.clone_ref(py));
                     let lose_connection = state.closing && state.conn_lost == 0;
                     if lose_connection {
@@ -547,7 +547,7 @@ impl StreamTransport {
     pub(crate) fn flush_queued(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        this.lock(py).flush_queued = false;
+        this.state(py).flush_queued = false;
         if this.write_pending.load(Ordering::Relaxed) {
             return Ok(()); // the writable event will flush
         }
@@ -579,7 +579,7 @@ impl StreamTransport {
     fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let protocol = {
-            let mut state = slf.get().lock(py);
+            let mut state = slf.get().state(py);
             if state.buffer.len() <= state.high_water || state.writing_paused {
                 return Ok(());
             }
@@ -597,7 +597,7 @@ impl StreamTransport {
     fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let protocol = {
-            let mut state = slf.get().lock(py);
+            let mut state = slf.get().state(py);
             if !state.writing_paused || state.buffer.len() > state.low_water {
                 return Ok(());
             }
@@ -634,7 +634,7 @@ impl StreamTransport {
     /// 3.12, `writelines` called `write()`, whose message names `write()`).
     fn writelines_refusal(&self, py: Python<'_>) -> Option<&'static str> {
         let message = {
-            let state = self.lock(py);
+            let state = self.state(py);
             if state.eof_requested {
                 "Cannot call writelines() after write_eof()"
             } else if state.empty_waiter.is_some() {
@@ -654,7 +654,7 @@ impl StreamTransport {
         let this = slf.get();
         check_bytes_like(data)?;
         // A mutable buffer is copied now (the caller may change it after `write()` returns),
-        // outside the lock; `bytes` are immutable and used in place.
+        // outside the borrow; `bytes` are immutable and used in place.
         // Only an exact `bytes` is kept by reference: a subclass's deallocation could run
         // Python code, and chunks are dropped during a state borrow (see [`SharedBytes`]).
         let bytes = data.cast_exact::<PyBytes>().ok();
@@ -664,7 +664,7 @@ impl StreamTransport {
         };
         let len = bytes.map_or_else(|| copy.as_ref().map_or(0, Vec::len), |b| b.as_bytes().len());
         let (warn_dropped, queue_flush, send_now) = {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             if state.eof_requested {
                 return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
             }
@@ -718,7 +718,7 @@ impl StreamTransport {
             Self::flush(slf)?;
         }
         // Only a buffer that was above the high-water mark (or already waiting for the kernel)
-        // can need pausing: the common small write skips the check and its lock.
+        // can need pausing: the common small write skips the check and its borrow.
         if may_need_pause {
             Self::maybe_pause_protocol(slf)?;
         }
@@ -730,7 +730,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let lose_now = {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             if state.closing {
                 return Ok(());
             }
@@ -752,7 +752,7 @@ impl StreamTransport {
     /// Unregisters the descriptor from the loop (if registered).
     fn unwatch(&self, py: Python<'_>) -> Option<Py<StreamTransport>> {
         let was_watched = {
-            let mut state = self.lock(py);
+            let mut state = self.state(py);
             std::mem::replace(&mut state.watched, false)
         };
         self.reading.store(false, Ordering::Relaxed);
@@ -768,7 +768,7 @@ impl StreamTransport {
     /// its loop closed (breaks the reference cycles through the protocol).
     pub(crate) fn abandon(&self, py: Python<'_>) {
         let dropped = {
-            let mut state = self.lock(py);
+            let mut state = self.state(py);
             state.watched = false;
             (state.protocol.take(), state.transport.take(), state.buffer.clear(), state.empty_waiter.take())
         };
@@ -779,7 +779,31 @@ impl StreamTransport {
 
     /// The Python transport, until the transport is detached.
     pub(crate) fn python_transport(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.lock(py).transport.as_ref().map(|t| t.clone_ref(py))
+        self.state(py).transport.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    /// A write pipe's reader went away: close now, with a `BrokenPipeError` if data is still
+    /// buffered (asyncio's `_UnixWritePipeTransport._read_ready`).
+    fn reader_gone(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        if !this.peer_closed.load(Ordering::Relaxed) {
+            return Ok(()); // data from a socket's peer: not the reader going away
+        }
+        let py = slf.py();
+        if this.shared.debug_enabled() {
+            Self::log_transport(slf, "%r was closed by peer")?;
+        }
+        let error = if this.state(py).buffer.is_empty() { None } else { Some(pyo3::exceptions::PyBrokenPipeError::new_err(()).into_value(py).into_bound(py).into_any()) };
+        Self::force_close(slf, error)
+    }
+
+    /// Logs `message % (transport,)` at debug level (debug mode only).
+    fn log_transport(slf: &Bound<'_, Self>, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        match slf.get().transport_and_protocol(py) {
+            (Some(transport), _) => debug_log(py, message, transport.bind(py)),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -830,7 +854,7 @@ impl StreamTransport {
             },
         )?;
         match shared.register_stream(py, fd, this.clone_ref(py)) {
-            Ok(()) => this.get().lock(py).watched = true,
+            Ok(()) => this.get().state(py).watched = true,
             // A pipe end the poller refuses (a character device such as /dev/null) is used
             // unwatched, as always ready; a socket must be watchable.
             Err(err) if role != Role::Socket && err.value(py).is_instance_of::<pyo3::exceptions::PyPermissionError>() => {
@@ -846,7 +870,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             state.started = true;
             this.sync_reading(&state);
         }
@@ -859,7 +883,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             state.watching_peer = true;
             this.sync_reading(&state);
         }
@@ -897,17 +921,17 @@ impl StreamTransport {
 
     /// Whether the transport is closing or closed.
     pub(crate) fn is_closing(&self, py: Python<'_>) -> bool {
-        self.lock(py).closing
+        self.state(py).closing
     }
 
     /// Bytes written but not yet accepted by the kernel.
     pub(crate) fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
-        self.lock(py).buffer.len()
+        self.state(py).buffer.len()
     }
 
     /// Whether the transport delivers incoming data (not paused, not closing).
     pub(crate) fn is_reading(&self, py: Python<'_>) -> bool {
-        let state = self.lock(py);
+        let state = self.state(py);
         !state.reading_paused && !state.closing
     }
 
@@ -916,7 +940,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let changed = {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             let changed = !state.reading_paused && !state.closing;
             if changed {
                 state.reading_paused = true;
@@ -935,7 +959,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let changed = {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             let changed = state.reading_paused && !state.closing;
             if changed {
                 state.reading_paused = false;
@@ -963,7 +987,7 @@ impl StreamTransport {
     fn force_close(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if exc.is_none() && this.role == Role::Socket && !this.write_pending.load(Ordering::Relaxed) && this.lock(py).conn_lost == 0 {
+        if exc.is_none() && this.role == Role::Socket && !this.write_pending.load(Ordering::Relaxed) && this.state(py).conn_lost == 0 {
             // `abort()`. asyncio's `write()` has already sent what the kernel takes, and abort
             // drops only the rest; small writes wait here for the end of the iteration, so
             // they are offered to the kernel now. What it refuses (or an error) is dropped,
@@ -971,7 +995,7 @@ impl StreamTransport {
             let _ = this.send_buffer(slf.py());
         }
         let dropped = {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             if state.conn_lost > 0 {
                 return Ok(());
             }
@@ -989,7 +1013,7 @@ impl StreamTransport {
     /// `write_eof()`: shut down the write side once the buffer is sent.
     fn write_eof(&self, py: Python<'_>) -> PyResult<()> {
         let shut_down_now = {
-            let mut state = self.lock(py);
+            let mut state = self.state(py);
             if state.closing || state.eof_requested {
                 return Ok(());
             }
@@ -1006,14 +1030,14 @@ impl StreamTransport {
     /// Whether `write_eof()` was called.
     #[getter]
     fn eof_requested(&self, py: Python<'_>) -> bool {
-        self.lock(py).eof_requested
+        self.state(py).eof_requested
     }
 
     /// Sets the protocol that receives the following events.
     fn set_protocol(&self, py: Python<'_>, protocol: Bound<'_, PyAny>) -> PyResult<()> {
         let buffered = is_buffered_protocol(&protocol)?;
         let old = {
-            let mut state = self.lock(py);
+            let mut state = self.state(py);
             state.buffered = buffered;
             state.protocol.replace(protocol.unbind())
         };
@@ -1023,14 +1047,14 @@ impl StreamTransport {
 
     /// The current protocol (None once the transport is done).
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.lock(py).protocol.as_ref().map(|p| p.clone_ref(py))
+        self.state(py).protocol.as_ref().map(|p| p.clone_ref(py))
     }
 
     /// Sets validated flow-control limits and pauses the protocol if already above.
     fn set_write_buffer_limits(slf: &Bound<'_, Self>, high: usize, low: usize) -> PyResult<()> {
         let py = slf.py();
         {
-            let mut state = slf.get().lock(py);
+            let mut state = slf.get().state(py);
             state.high_water = high;
             state.low_water = low;
         }
@@ -1040,7 +1064,7 @@ impl StreamTransport {
     /// Whether `pause_writing()` is in effect (asyncio's `_protocol_paused`).
     #[getter]
     fn writing_paused(&self, py: Python<'_>) -> bool {
-        self.lock(py).writing_paused
+        self.state(py).writing_paused
     }
 
     /// Whether a send waits for the socket to become writable.
@@ -1052,7 +1076,7 @@ impl StreamTransport {
     /// asyncio's `_conn_lost`.
     #[getter]
     fn conn_lost(&self, py: Python<'_>) -> u32 {
-        self.lock(py).conn_lost
+        self.state(py).conn_lost
     }
 
     /// Whether the loop watches the descriptor for reading now.
@@ -1065,7 +1089,7 @@ impl StreamTransport {
     /// at once if the buffer is already empty.
     fn set_empty_waiter(&self, py: Python<'_>, waiter: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let empty = {
-            let mut state = self.lock(py);
+            let mut state = self.state(py);
             state.empty_waiter = waiter.as_ref().map(|w| w.clone().unbind());
             state.buffer.is_empty()
         };
@@ -1078,7 +1102,7 @@ impl StreamTransport {
     /// Whether `sendfile` has a waiter set.
     #[getter]
     fn has_empty_waiter(&self, py: Python<'_>) -> bool {
-        self.lock(py).empty_waiter.is_some()
+        self.state(py).empty_waiter.is_some()
     }
 
     /// Stops watching the descriptor (`sendfile` drives it directly meanwhile).
@@ -1091,12 +1115,12 @@ impl StreamTransport {
     fn resume_watching(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if this.lock(py).watched {
+        if this.state(py).watched {
             return Ok(());
         }
         this.shared.register_stream(py, this.fd, slf.clone().unbind())?;
         {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             state.watched = true;
             this.sync_reading(&state);
         }
@@ -1127,32 +1151,6 @@ impl StreamTransport {
 
     fn __clear__(&self, py: Python<'_>) {
         self.abandon(py);
-    }
-}
-
-impl StreamTransport {
-    /// A write pipe's reader went away: close now, with a `BrokenPipeError` if data is still
-    /// buffered (asyncio's `_UnixWritePipeTransport._read_ready`).
-    fn reader_gone(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let this = slf.get();
-        if !this.peer_closed.load(Ordering::Relaxed) {
-            return Ok(()); // data from a socket's peer: not the reader going away
-        }
-        let py = slf.py();
-        if this.shared.debug_enabled() {
-            Self::log_transport(slf, "%r was closed by peer")?;
-        }
-        let error = if this.lock(py).buffer.is_empty() { None } else { Some(pyo3::exceptions::PyBrokenPipeError::new_err(()).into_value(py).into_bound(py).into_any()) };
-        Self::force_close(slf, error)
-    }
-
-    /// Logs `message % (transport,)` at debug level (debug mode only).
-    fn log_transport(slf: &Bound<'_, Self>, message: &str) -> PyResult<()> {
-        let py = slf.py();
-        match slf.get().transport_and_protocol(py) {
-            (Some(transport), _) => debug_log(py, message, transport.bind(py)),
-            _ => Ok(()),
-        }
     }
 }
 

@@ -78,7 +78,7 @@ impl Unwatched {
         Ok(replaced)
     }
 
-    /// Moves everything into `released`, to be dropped outside the lock (for callbacks that
+    /// Moves everything into `released`, to be dropped after the borrow (for callbacks that
     /// are cancelled already).
     fn release_into(self, released: &mut Vec<Py<PyAny>>) {
         released.extend(self.replaced.into_iter().chain(self.stale).map(Py::into_any));
@@ -177,7 +177,7 @@ impl LoopState {
     }
 
     /// Queues the callbacks of one readiness event (asyncio's `_process_events`): a cancelled
-    /// watcher is removed instead. Returns handles to release outside the lock.
+    /// watcher is removed instead. Puts what to release after the borrow in `released`.
     pub(super) fn dispatch_io(&mut self, py: Python<'_>, event: Readiness, released: &mut Vec<Py<PyAny>>) {
         if Some(event.fd) == self.wakeup_reader {
             drain(event.fd);
@@ -244,7 +244,7 @@ impl LoopShared {
     pub(crate) fn register_stream(&self, py: Python<'_>, fd: RawFd, transport: Py<StreamTransport>) -> PyResult<()> {
         let mut stale = Unwatched::default();
         let registered = {
-            let mut state = self.lock(py);
+            let mut state = self.state(py);
             state.discard_if_stale(fd, &mut stale);
             if state.fd_callbacks.contains_key(&fd) || state.streams.contains_key(&fd) {
                 Err(PyRuntimeError::new_err(format!("File descriptor {fd} is already watched by the loop")))
@@ -265,7 +265,7 @@ impl LoopShared {
     /// while a send would block, as libuv does: a socket watched for it all the time wakes
     /// the poller each time the peer's acknowledgements free buffer space.
     pub(crate) fn watch_stream_writable(&self, py: Python<'_>, fd: RawFd, writable: bool) -> PyResult<()> {
-        let mut state = self.lock(py);
+        let mut state = self.state(py);
         if !state.streams.contains_key(&fd) {
             return Ok(());
         }
@@ -274,9 +274,9 @@ impl LoopShared {
     }
 
     /// Stops watching a stream transport's descriptor; returns the loop's reference to the
-    /// transport (to be dropped by the caller, outside the lock).
+    /// transport (to be dropped by the caller, after the borrow).
     pub(crate) fn unregister_stream(&self, py: Python<'_>, fd: RawFd) -> Option<Py<StreamTransport>> {
-        let mut state = self.lock(py);
+        let mut state = self.state(py);
         let transport = state.streams.remove(&fd)?;
         if let Some(registrar) = state.registrar.as_mut() {
             registrar.unwatch(fd);
@@ -286,7 +286,7 @@ impl LoopShared {
 
     /// The stream transport using `fd`, if any.
     fn stream_on(&self, py: Python<'_>, fd: RawFd) -> Option<Py<StreamTransport>> {
-        self.lock(py).streams.get(&fd).map(|t| t.clone_ref(py))
+        self.state(py).streams.get(&fd).map(|t| t.clone_ref(py))
     }
 }
 
@@ -326,7 +326,7 @@ impl LoopCore {
         }
         let handle = Self::new_handle(slf, callback, args, None, false, None)?;
         let mut unwatched = Unwatched::default();
-        let added = this.lock(py).set_fd_callback(fd, side, Some((handle.clone_ref(py), fileobj)), &mut unwatched);
+        let added = this.state(py).set_fd_callback(fd, side, Some((handle.clone_ref(py), fileobj)), &mut unwatched);
         unwatched.cancel(py)?;
         added.map(|()| handle)
     }
@@ -348,12 +348,12 @@ impl LoopCore {
                 fd
             }
             // (asyncio checks a closed file object's transports under its fd, -1: none.)
-            Err(err) if err.is_instance_of::<PyValueError>(py) => this.lock(py).fd_registered_for(fileobj).ok_or(err)?,
+            Err(err) if err.is_instance_of::<PyValueError>(py) => this.state(py).fd_registered_for(fileobj).ok_or(err)?,
             Err(err) => return Err(err),
         };
         let mut unwatched = Unwatched::default();
         let removed = {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             if !state.fd_callbacks.get(&fd).is_some_and(|entry| entry.watches(side)) {
                 return Ok(false);
             }

@@ -3,7 +3,7 @@
 //! end-of-iteration flush of stream transports.
 //!
 //! Invariants:
-//! - The driver is locked (a real mutex) by the thread running the loop for the whole run; it
+//! - The driver is a mutex, locked by the thread running the loop for the whole run; it
 //!   waits with the GIL released and without borrowing the loop's state. Other threads
 //!   (holding the GIL) only push to the ready queue and trigger the waker, and only when the
 //!   loop is waiting.
@@ -22,6 +22,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use oxloop_core::clock::Clock;
 use oxloop_core::reactor::{Reactor, Readiness};
 use oxloop_core::ready::ReadyQueue;
 use pyo3::exceptions::PyRuntimeError;
@@ -78,7 +79,7 @@ impl Driver {
 /// an iteration allocates nothing and a run does not start by growing them again (freeing
 /// large buffers hands their pages back to the system, and a page faulted in again costs
 /// about as much as a callback). They are empty between iterations: Python objects in them
-/// are dropped outside the state lock, at the end of the iteration that put them there.
+/// are dropped after the state borrow ends, in the iteration that put them there.
 #[derive(Default)]
 struct IterationBuffers {
     batch: VecDeque<Runnable>,
@@ -87,7 +88,7 @@ struct IterationBuffers {
     io_events: Vec<Readiness>,
     released_objects: Vec<Py<PyAny>>,
     released_timers: Vec<ScheduledTimer>,
-    /// Callbacks run since the counters were last updated (added at the next lock).
+    /// Callbacks run since the counters were last updated (added at the next state borrow).
     callbacks_run: u64,
 }
 
@@ -117,7 +118,7 @@ impl LoopState {
     fn take_batch(&mut self, py: Python<'_>, resolution: f64, patched_now: Option<f64>, batch: &mut VecDeque<Runnable>) {
         if !self.timers.is_empty() {
             // The clock is read only when there are timers to compare with it.
-            let end = patched_now.unwrap_or_else(|| self.clock.now()) + resolution;
+            let end = patched_now.unwrap_or_else(Clock::now) + resolution;
             let mut due = DueTimers { py, ready: &mut self.ready };
             self.timers.pop_due(end, |t| t.bind(py).as_super().get().is_cancelled(), &mut due);
         }
@@ -139,7 +140,7 @@ impl LoopCore {
                 break Ok(());
             }
         };
-        this.lock(slf.py()).counters.callbacks_run += std::mem::take(&mut buffers.callbacks_run);
+        this.state(slf.py()).counters.callbacks_run += std::mem::take(&mut buffers.callbacks_run);
         result
     }
 
@@ -149,7 +150,7 @@ impl LoopCore {
         let mut driver = this.lock_driver()?;
         let Driver { reactor, buffers } = driver.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
         let result = Self::run_once_catching_panics(slf, reactor, buffers);
-        this.lock(slf.py()).counters.callbacks_run += std::mem::take(&mut buffers.callbacks_run);
+        this.state(slf.py()).counters.callbacks_run += std::mem::take(&mut buffers.callbacks_run);
         result
     }
 
@@ -161,7 +162,7 @@ impl LoopCore {
             return Ok(());
         }
         {
-            let mut state = shared.lock(py);
+            let mut state = shared.state(py);
             shared.flush_queued.store(false, Ordering::Relaxed);
             std::mem::swap(&mut state.flush_queue, &mut buffers.flushes);
         }
@@ -169,7 +170,7 @@ impl LoopCore {
         while let Some(transport) = pending.next() {
             if let Err(err) = StreamTransport::flush_queued(transport.bind(py)) {
                 let rest: Vec<_> = pending.collect();
-                shared.lock(py).flush_queue.extend(rest);
+                shared.state(py).flush_queue.extend(rest);
                 shared.flush_queued.store(true, Ordering::Relaxed);
                 return Err(err);
             }
@@ -185,7 +186,7 @@ impl LoopCore {
         Self::flush_transports(slf, buffers)?;
         let patched_now = this.patched_now(py)?;
         let wait = {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             state.counters.iterations += 1;
             state.counters.callbacks_run += std::mem::take(&mut buffers.callbacks_run);
             state.timers.purge_cancelled(is_cancelled, &mut buffers.released_timers);
@@ -200,13 +201,13 @@ impl LoopCore {
                 let deadline = state.timers.next_deadline();
                 state.waiting = true;
                 let timeout = match patched_now {
-                    None => state.clock.poll_timeout(deadline),
+                    None => Clock::poll_timeout(deadline),
                     Some(now) => deadline.map(|when| (when - now).max(0.0)),
                 };
                 Wait::Poll(timeout.map(|t| t.min(MAXIMUM_SELECT_TIMEOUT)))
             }
         };
-        buffers.released_timers.clear(); // dropped outside the lock
+        buffers.released_timers.clear(); // dropped after the borrow
 
         if let Wait::Poll(timeout) = wait {
             let started = Instant::now();
@@ -216,10 +217,10 @@ impl LoopCore {
             // back would cost more than the system call).
             let outcome = if timeout == Some(Duration::ZERO) { reactor.poll(timeout, io_events) } else { py.detach(|| reactor.poll(timeout, io_events)) };
             let waited = started.elapsed();
-            // Read again after the wait, as asyncio does (outside the lock: it calls Python).
+            // Read again after the wait, as asyncio does (outside the borrow: it calls Python).
             let patched_now = this.patched_now(py);
             {
-                let mut state = this.lock(py);
+                let mut state = this.state(py);
                 state.waiting = false;
                 state.counters.polls += 1;
                 state.counters.poll_wait_ns += waited.as_nanos() as u64;
@@ -231,19 +232,19 @@ impl LoopCore {
                     state.take_batch(py, this.clock_resolution, patched_now, &mut buffers.batch);
                 }
             }
-            buffers.released_objects.clear(); // dropped outside the lock
+            buffers.released_objects.clear(); // dropped after the borrow
             // A patched `time` that raised: its exception leaves the loop, as in asyncio (the
             // events are queued, nothing was taken out of the queue).
             patched_now?;
             if let Err(err) = outcome {
-                this.lock(py).ready.requeue_front(&mut buffers.batch);
+                this.state(py).ready.requeue_front(&mut buffers.batch);
                 return Err(err.into());
             }
         }
-        // Outside the lock: a signal handler may schedule callbacks. Fails only by raising
+        // Outside the borrow: a signal handler may schedule callbacks. Fails only by raising
         // (KeyboardInterrupt): the batch goes back to the queue first.
         if let Err(err) = py.check_signals() {
-            this.lock(py).ready.requeue_front(&mut buffers.batch);
+            this.state(py).ready.requeue_front(&mut buffers.batch);
             return Err(err);
         }
 
@@ -266,7 +267,7 @@ impl LoopCore {
             };
             buffers.callbacks_run += 1;
             if let Err(err) = result {
-                let mut state = this.lock(py);
+                let mut state = this.state(py);
                 state.counters.callbacks_run += std::mem::take(&mut buffers.callbacks_run);
                 state.ready.requeue_front(&mut buffers.batch);
                 return Err(err);
@@ -284,7 +285,7 @@ impl LoopCore {
         match catch_unwind(AssertUnwindSafe(|| Self::run_once(slf, reactor, buffers))) {
             Ok(result) => result,
             Err(payload) => {
-                slf.get().lock(slf.py()).ready.requeue_front(&mut buffers.batch);
+                slf.get().state(slf.py()).ready.requeue_front(&mut buffers.batch);
                 buffers.discard_leftovers();
                 let message = payload
                     .downcast_ref::<String>()
@@ -303,9 +304,9 @@ impl LoopCore {
             return run(transport);
         }
         let py = slf.py();
-        let started = slf.get().now(py);
+        let started = slf.get().now();
         run(transport)?;
-        let elapsed = slf.get().now(py) - started;
+        let elapsed = slf.get().now() - started;
         let slow: f64 = slf.getattr(pyo3::intern!(py, "slow_callback_duration"))?.extract()?;
         if elapsed >= slow {
             if let Some(owner) = transport.get().python_transport(py) {
@@ -321,9 +322,9 @@ impl LoopCore {
     fn run_handle_debug(slf: &Bound<'_, Self>, handle: &Bound<'_, Handle>) -> PyResult<()> {
         let py = slf.py();
         slf.setattr(pyo3::intern!(py, "_current_handle"), handle)?;
-        let started = slf.get().now(py);
+        let started = slf.get().now();
         let result = Handle::run(handle, false);
-        let elapsed = slf.get().now(py) - started;
+        let elapsed = slf.get().now() - started;
         slf.setattr(pyo3::intern!(py, "_current_handle"), py.None())?;
         let logged = result.and_then(|()| {
             let slow: f64 = slf.getattr(pyo3::intern!(py, "slow_callback_duration"))?.extract()?;

@@ -49,10 +49,8 @@ pub struct LoopCore {
     shared: LoopRef,
     /// What only the thread running the loop uses; None once the loop is closed.
     driver: Mutex<Option<Driver>>,
+    /// The clock's resolution (asyncio's `_clock_resolution`), read once.
     clock_resolution: f64,
-    /// Whether the clock is the real one (`Clock::Monotonic`), which is read without taking
-    /// the state lock; set when the loop is made.
-    real_time: bool,
     closed: AtomicBool,
     stopping: AtomicBool,
     /// `threading.get_ident()` of the thread running the loop, 0 when not running.
@@ -80,11 +78,9 @@ impl LoopCore {
     #[pyo3(signature = (*_args, **_kwargs))]
     fn py_new(py: Python<'_>, _args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
         let (reactor, registrar, waker) = reactor::new()?;
-        let clock = Clock::Monotonic;
         Ok(LoopCore {
-            clock_resolution: clock.resolution(),
-            real_time: clock == Clock::Monotonic,
-            shared: LoopRef::new(py, registrar, waker, clock)?,
+            clock_resolution: Clock::resolution(),
+            shared: LoopRef::new(py, registrar, waker)?,
             driver: Mutex::new(Some(Driver::new(reactor))),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -96,8 +92,8 @@ impl LoopCore {
     }
 
     /// The loop's time: `time.monotonic()`.
-    fn time(&self, py: Python<'_>) -> f64 {
-        self.now(py)
+    fn time(&self) -> f64 {
+        self.now()
     }
 
     /// Sets an attribute as `object.__setattr__` does, noting a patched `time`.
@@ -149,7 +145,7 @@ impl LoopCore {
     /// Handles are invisible to the collector (see `handles.rs`); a handle someone else also
     /// holds is not looked into, so what it refers to counts as reachable from outside. The
     /// loop itself is long-lived, so this runs only in the rare full collections. Skipped
-    /// (conservatively) if the state is locked.
+    /// (conservatively) if the state is borrowed.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         // SAFETY: the collector calls `tp_traverse` with the GIL held; the token is only used
         // to borrow the state and to view timers as their `Handle` base (a pointer cast, no
@@ -247,7 +243,7 @@ impl LoopCore {
     /// Watches the read end of the signal wakeup pipe: it ends a wait when a signal arrives
     /// and is drained natively (signal handlers themselves run from Python's signal module).
     fn _set_wakeup_reader(&self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
-        let mut state = self.lock(py);
+        let mut state = self.state(py);
         let registrar = state.registrar.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
         registrar.set_watch(fd, Watch { readable: true, writable: false, trigger: Trigger::Edge }).map_err(os_error)?;
         state.wakeup_reader = Some(fd);
@@ -309,7 +305,7 @@ impl LoopCore {
     /// The loop's counters, for live metrics.
     fn _counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let (counters, ready, timers, fds, transports) = {
-            let state = self.lock(py);
+            let state = self.state(py);
             (state.counters, state.ready.len(), state.timers.len(), state.registrar.as_ref().map_or(0, Registrar::len), state.streams.len())
         };
         let dict = PyDict::new(py);
@@ -378,10 +374,10 @@ impl LoopCore {
 }
 
 impl LoopCore {
-    /// Borrows the scheduling state (see the module invariants).
+    /// Borrows the scheduling state (by the rule of [`GilCell`]).
     #[inline]
-    fn lock<'a>(&'a self, py: Python<'a>) -> GilRefMut<'a, LoopState> {
-        self.shared.lock(py)
+    fn state<'a>(&'a self, py: Python<'a>) -> GilRefMut<'a, LoopState> {
+        self.shared.state(py)
     }
 
     /// Takes the driver (the reactor's waiting half and the iteration buffers): only one
@@ -449,11 +445,11 @@ impl LoopCore {
     /// Appends a handle to the ready queue; wakes the poller if `threadsafe` and it waits.
     #[inline]
     fn push_ready(&self, py: Python<'_>, handle: Py<Handle>, threadsafe: bool) -> PyResult<()> {
-        let mut state = self.lock(py);
+        let mut state = self.state(py);
         state.ready.push(Runnable::Callback(handle));
         if threadsafe && state.waiting {
             if let Some(waker) = &state.waker {
-                // A non-blocking write to an eventfd: no Python, safe under the lock.
+                // A non-blocking write to an eventfd: no Python, allowed during the borrow.
                 waker.wake()?;
             }
         }
@@ -502,7 +498,7 @@ impl LoopCore {
         }
         let init = PyClassInitializer::from(handle).add_subclass(TimerHandle::new(when));
         let timer = Py::new(py, init)?;
-        let mut state = this.lock(py);
+        let mut state = this.state(py);
         state.timers.push(timer.get().deadline(), ScheduledTimer(timer.clone_ref(py)));
         state.counters.timers_scheduled += 1;
         Ok(timer)
@@ -516,7 +512,7 @@ impl LoopCore {
                 return time.bind(py).call0()?.extract();
             }
         }
-        Ok(self.now(py))
+        Ok(self.now())
     }
 
     /// The patched time (see `patched_time`), if `time` is patched.
@@ -536,11 +532,8 @@ impl LoopCore {
     }
 
     /// The loop's clock.
-    pub(crate) fn now(&self, py: Python<'_>) -> f64 {
-        if self.real_time {
-            return Clock::Monotonic.now();
-        }
-        self.lock(py).clock.now()
+    pub(crate) fn now(&self) -> f64 {
+        Clock::now()
     }
 }
 

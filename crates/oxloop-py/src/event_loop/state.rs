@@ -2,10 +2,8 @@
 //! share ([`LoopShared`]) and their reference to it ([`LoopRef`]).
 //!
 //! Invariants:
-//! - All scheduling state lives in [`LoopShared::state`], a [`GilCell`]: borrowed only with the
-//!   GIL held and never across a call into Python or a drop of a Python object (a drop can run
-//!   a finalizer that schedules a callback). So no other thread sees it mid-change and nothing
-//!   re-enters it.
+//! - All scheduling state lives in [`LoopShared::state`], a [`GilCell`], borrowed by the rule
+//!   stated there (a drop during the borrow could run a finalizer that schedules a callback).
 //! - The loop owns its epoll registrar and waker (closed when `release_everything` drops
 //!   them), never a watched descriptor.
 //! - Handles and transports refer to their loop through a [`LoopRef`], never to the Python loop
@@ -16,7 +14,6 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use oxloop_core::clock::Clock;
 use oxloop_core::counters::Counters;
 use oxloop_core::reactor::{Registrar, Waker};
 use oxloop_core::ready::ReadyQueue;
@@ -55,7 +52,6 @@ pub(super) struct LoopState {
     pub(super) streams: HashMap<RawFd, Py<StreamTransport>>,
     /// Transports written to during this iteration, flushed at its end.
     pub(super) flush_queue: Vec<Py<StreamTransport>>,
-    pub(super) clock: Clock,
     pub(super) counters: Counters,
     /// The loop is (about to be) blocked in its poll: threadsafe calls must wake it.
     pub(super) waiting: bool,
@@ -91,7 +87,7 @@ pub(crate) struct LoopShared {
     /// only the loop's thread reads).
     pub(super) read_buffer: GilCell<Vec<u8>>,
     /// Whether `state.flush_queue` may hold transports: set when one is queued, so that an
-    /// iteration with nothing to flush does not take the lock to find out.
+    /// iteration with nothing to flush does not borrow the state to find out.
     pub(super) flush_queued: AtomicBool,
 }
 
@@ -101,7 +97,7 @@ pub(crate) struct LoopRef(Py<LoopShared>);
 
 impl LoopRef {
     /// A new loop's shared part, watching with `registrar` and woken by `waker`.
-    pub(super) fn new(py: Python<'_>, registrar: Registrar, waker: Arc<Waker>, clock: Clock) -> PyResult<Self> {
+    pub(super) fn new(py: Python<'_>, registrar: Registrar, waker: Arc<Waker>) -> PyResult<Self> {
         let shared = LoopShared {
             debug: AtomicBool::new(false),
             loop_object: PyOnceLock::new(),
@@ -115,7 +111,6 @@ impl LoopRef {
                 fd_callbacks: HashMap::new(),
                 streams: HashMap::new(),
                 flush_queue: Vec::new(),
-                clock,
                 counters: Counters::default(),
                 waiting: false,
                 wakeup_reader: None,
@@ -140,9 +135,9 @@ impl std::ops::Deref for LoopRef {
 }
 
 impl LoopShared {
-    /// Borrows the scheduling state (see the module invariants).
+    /// Borrows the scheduling state (by the rule of [`GilCell`]).
     #[inline]
-    pub(super) fn lock<'a>(&'a self, py: Python<'a>) -> GilRefMut<'a, LoopState> {
+    pub(super) fn state<'a>(&'a self, py: Python<'a>) -> GilRefMut<'a, LoopState> {
         self.state.borrow_mut(py)
     }
 
@@ -154,14 +149,14 @@ impl LoopShared {
 
     /// Called by a `TimerHandle` cancelled while still in the heap.
     pub(crate) fn timer_cancelled(&self, py: Python<'_>) {
-        let mut state = self.lock(py);
+        let mut state = self.state(py);
         state.timers.note_cancelled();
         state.counters.timers_cancelled += 1;
     }
 
     /// Called when a callback's exception goes to the exception handler.
     pub(crate) fn note_callback_error(&self, py: Python<'_>) {
-        self.lock(py).counters.callback_errors += 1;
+        self.state(py).counters.callback_errors += 1;
     }
 
     /// The Python loop object, if it is still alive.
@@ -172,11 +167,11 @@ impl LoopShared {
     /// Whether the loop has let go of everything (it was closed, or freed): its registrar is
     /// gone (`release_everything`).
     pub(crate) fn is_released(&self, py: Python<'_>) -> bool {
-        self.lock(py).registrar.is_none()
+        self.state(py).registrar.is_none()
     }
 
     /// Runs `f` on the loop's read buffer ([`MAX_READ`] bytes).
-    /// `f` must not run Python code (see the module invariants).
+    /// `f` must not run Python code (the buffer is borrowed by the rule of [`GilCell`]).
     pub(crate) fn with_read_buffer<R>(&self, py: Python<'_>, f: impl FnOnce(&mut [u8]) -> R) -> R {
         let mut buffer = self.read_buffer.borrow_mut(py);
         if buffer.is_empty() {
@@ -187,20 +182,20 @@ impl LoopShared {
 
     /// Queues a read of a stream transport for the next iteration.
     pub(crate) fn schedule_stream_read(&self, py: Python<'_>, transport: Py<StreamTransport>) {
-        self.lock(py).ready.push(Runnable::StreamRead(transport));
+        self.state(py).ready.push(Runnable::StreamRead(transport));
     }
 
     /// Queues a stream transport for the end-of-iteration flush.
     pub(crate) fn queue_flush(&self, py: Python<'_>, transport: Py<StreamTransport>) {
-        self.lock(py).flush_queue.push(transport);
+        self.state(py).flush_queue.push(transport);
         self.flush_queued.store(true, Ordering::Relaxed);
     }
 
     /// Removes every pending callback, timer and fd watch, and drops their callbacks (the
-    /// loop is closing or being freed). Nothing is dropped under the lock.
+    /// loop is closing or being freed). Nothing is dropped during the state borrow.
     pub(super) fn release_everything(&self, py: Python<'_>) {
         let (ready, timers, watchers, streams, flushes) = {
-            let mut state = self.lock(py);
+            let mut state = self.state(py);
             // Dropping the registrar and the waker closes their descriptors (the epoll
             // instance itself closes with the reactor, in `_close_core`).
             if let Some(mut registrar) = state.registrar.take() {
