@@ -10,6 +10,8 @@
 pub struct Clock;
 
 /// Reads `CLOCK_MONOTONIC` as nanoseconds.
+// `time_t` and `c_long` are `i64` on 64-bit targets only: the casts are needed elsewhere.
+#[allow(clippy::unnecessary_cast)]
 fn monotonic_ns() -> i64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux,
@@ -34,6 +36,8 @@ impl Clock {
     }
 
     /// The smallest step the clock distinguishes, in seconds (asyncio's `_clock_resolution`).
+    // `time_t` and `c_long` are `i64` on 64-bit targets only: the casts are needed elsewhere.
+    #[allow(clippy::unnecessary_cast)]
     pub fn resolution() -> f64 {
         let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: as in `monotonic_ns`.

@@ -58,6 +58,9 @@ impl DatagramRules {
     }
 }
 
+/// A received datagram and its sender's address.
+type Datagram<'py> = (Bound<'py, PyBytes>, Bound<'py, PyAny>);
+
 /// A datagram waiting for the kernel.
 struct Queued {
     data: Py<PyBytes>,
@@ -208,7 +211,7 @@ impl DatagramTransport {
                 return Ok(Some(address.bind(py).clone()));
             }
         }
-        let Some(address) = raw.to_python(py)? else { return Ok(None) };
+        let Some(address) = raw.python_address(py)? else { return Ok(None) };
         let previous = self.state(py).last_sender.replace((*raw, address.clone().unbind()));
         drop(previous);
         Ok(Some(address))
@@ -303,7 +306,7 @@ impl DatagramTransport {
 
     /// Receives one datagram natively; None if the socket's family is converted only by
     /// Python.
-    fn receive<'py>(&self, py: Python<'py>) -> PyResult<Option<io::Result<(Bound<'py, PyBytes>, Bound<'py, PyAny>)>>> {
+    fn receive<'py>(&self, py: Python<'py>) -> PyResult<Option<io::Result<Datagram<'py>>>> {
         let mut raw = RawAddress::empty();
         let received = self.shared.with_read_buffer(py, |buffer| {
             let (address, length) = raw.as_mut_parts();

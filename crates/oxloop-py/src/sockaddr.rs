@@ -99,7 +99,7 @@ impl RawAddress {
 
     /// The address as Python's `socket` module returns it from `recvfrom`, or None for a
     /// family converted only by Python (the caller then asks the socket itself).
-    pub(crate) fn to_python<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    pub(crate) fn python_address<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         if self.len == 0 {
             // An unnamed sender (an unbound Unix datagram socket): Python says None.
             return Ok(Some(py.None().into_bound(py)));

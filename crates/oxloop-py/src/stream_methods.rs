@@ -182,7 +182,7 @@ fn install_transport_methods(cls: &Bound<'_, PyType>, names: Option<Vec<String>>
             return Err(PyTypeError::new_err(format!("no native transport method named {unknown:?}")));
         }
     }
-    let selected = METHODS.iter().filter(|method| names.as_ref().map_or(true, |names| names.iter().any(|n| n == method.name())));
+    let selected = METHODS.iter().filter(|method| names.as_ref().is_none_or(|names| names.iter().any(|n| n == method.name())));
     install_methods(cls, selected)
 }
 

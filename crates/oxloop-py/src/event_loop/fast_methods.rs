@@ -9,8 +9,8 @@
 //!
 //! Invariants: CPython calls them with the GIL held (they are `METH_FASTCALL | METH_KEYWORDS`
 //! methods installed on `LoopCore` at module initialisation from the table [`METHODS`], with
-//! method definitions that live for the life of the process). They never unwind into C: a Rust panic becomes a
-//! `PanicException`.
+//! method definitions that live for the life of the process). They never unwind into C: a
+//! Rust panic becomes a `PanicException`.
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
@@ -22,34 +22,34 @@ use crate::method_table::{fastcall_entry, install_methods, MethodEntry, NativeMe
 
 /// Which scheduling method an entry function implements.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Method {
+enum Call {
     /// `call_soon(callback, *args, context=None)`.
-    CallSoon,
+    Soon,
     /// `call_soon_threadsafe(callback, *args, context=None)`.
-    CallSoonThreadsafe,
+    SoonThreadsafe,
     /// `call_later(delay, callback, *args, context=None)`.
-    CallLater,
+    Later,
     /// `call_at(when, callback, *args, context=None)`.
-    CallAt,
+    At,
 }
 
-impl Method {
+impl Call {
     /// The method's name, for error messages.
     const fn name(self) -> &'static str {
         match self {
-            Method::CallSoon => "call_soon",
-            Method::CallSoonThreadsafe => "call_soon_threadsafe",
-            Method::CallLater => "call_later",
-            Method::CallAt => "call_at",
+            Call::Soon => "call_soon",
+            Call::SoonThreadsafe => "call_soon_threadsafe",
+            Call::Later => "call_later",
+            Call::At => "call_at",
         }
     }
 
     /// The name of the time argument that precedes `callback`, if any.
     const fn time_parameter(self) -> Option<&'static str> {
         match self {
-            Method::CallSoon | Method::CallSoonThreadsafe => None,
-            Method::CallLater => Some("delay"),
-            Method::CallAt => Some("when"),
+            Call::Soon | Call::SoonThreadsafe => None,
+            Call::Later => Some("delay"),
+            Call::At => Some("when"),
         }
     }
 }
@@ -66,9 +66,9 @@ unsafe fn schedule_from_vectorcall(
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
-    method: Method,
+    call: Call,
 ) -> PyResult<Py<PyAny>> {
-    let name = method.name();
+    let name = call.name();
     // SAFETY: (whole block) the pointers come from CPython's vectorcall protocol, as the
     // function's contract states.
     unsafe {
@@ -76,7 +76,7 @@ unsafe fn schedule_from_vectorcall(
         // CPython's method_descriptor calls verify the type of `self`.
         let slf = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopCore>();
         let mut positional = std::slice::from_raw_parts(args, nargs as usize).iter();
-        let mut time = match method.time_parameter() {
+        let mut time = match call.time_parameter() {
             Some(_) => positional.next().map(|&arg| Bound::from_borrowed_ptr(py, arg)),
             None => None,
         };
@@ -100,7 +100,7 @@ unsafe fn schedule_from_vectorcall(
                     &mut context
                 } else if is("callback") {
                     &mut callback
-                } else if method.time_parameter().is_some_and(|parameter| is(parameter)) {
+                } else if call.time_parameter().is_some_and(is) {
                     &mut time
                 } else {
                     return Err(PyTypeError::new_err(format!("{name}() got an unexpected keyword argument '{keyword}'")));
@@ -111,24 +111,24 @@ unsafe fn schedule_from_vectorcall(
             }
         }
         let missing = |parameter: &str| PyTypeError::new_err(format!("{name}() missing 1 required positional argument: '{parameter}'"));
-        let time = match method.time_parameter() {
+        let time = match call.time_parameter() {
             Some(parameter) => Some(time.ok_or_else(|| missing(parameter))?),
             None => None,
         };
         let callback = callback.ok_or_else(|| missing("callback"))?;
-        match (method, time) {
-            (Method::CallSoon | Method::CallSoonThreadsafe, _) => {
-                let threadsafe = method == Method::CallSoonThreadsafe;
+        match (call, time) {
+            (Call::Soon | Call::SoonThreadsafe, _) => {
+                let threadsafe = call == Call::SoonThreadsafe;
                 LoopCore::schedule_soon(&slf, callback, rest, context, threadsafe).map(Py::into_any)
             }
-            (Method::CallLater | Method::CallAt, Some(time)) => {
+            (Call::Later | Call::At, Some(time)) => {
                 if time.is_none() {
-                    let message = if method == Method::CallAt { "when cannot be None" } else { "delay must not be None" };
+                    let message = if call == Call::At { "when cannot be None" } else { "delay must not be None" };
                     return Err(PyTypeError::new_err(message));
                 }
                 let mut when: f64 = time.extract()?;
-                let given_when = match method {
-                    Method::CallLater => {
+                let given_when = match call {
+                    Call::Later => {
                         when += slf.get().scheduling_now(py)?;
                         None
                     }
@@ -136,7 +136,7 @@ unsafe fn schedule_from_vectorcall(
                 };
                 LoopCore::schedule_timer(&slf, when, given_when, callback, rest, context, "call_at").map(Py::into_any)
             }
-            (Method::CallLater | Method::CallAt, None) => unreachable!("timer methods always have a time parameter"),
+            (Call::Later | Call::At, None) => unreachable!("timer methods always have a time parameter"),
         }
     }
 }
@@ -145,7 +145,7 @@ fastcall_entry! {
     /// The C function of `call_soon`.
     call_soon_entry(py, slf, args, nargs, kwnames) {
         // SAFETY: the vectorcall arguments of a `LoopCore` method, as the function requires.
-        unsafe { schedule_from_vectorcall(py, slf, args, nargs, kwnames, Method::CallSoon) }
+        unsafe { schedule_from_vectorcall(py, slf, args, nargs, kwnames, Call::Soon) }
     }
 }
 
@@ -153,7 +153,7 @@ fastcall_entry! {
     /// The C function of `call_soon_threadsafe`.
     call_soon_threadsafe_entry(py, slf, args, nargs, kwnames) {
         // SAFETY: the vectorcall arguments of a `LoopCore` method, as the function requires.
-        unsafe { schedule_from_vectorcall(py, slf, args, nargs, kwnames, Method::CallSoonThreadsafe) }
+        unsafe { schedule_from_vectorcall(py, slf, args, nargs, kwnames, Call::SoonThreadsafe) }
     }
 }
 
@@ -161,7 +161,7 @@ fastcall_entry! {
     /// The C function of `call_later`.
     call_later_entry(py, slf, args, nargs, kwnames) {
         // SAFETY: the vectorcall arguments of a `LoopCore` method, as the function requires.
-        unsafe { schedule_from_vectorcall(py, slf, args, nargs, kwnames, Method::CallLater) }
+        unsafe { schedule_from_vectorcall(py, slf, args, nargs, kwnames, Call::Later) }
     }
 }
 
@@ -169,7 +169,7 @@ fastcall_entry! {
     /// The C function of `call_at`.
     call_at_entry(py, slf, args, nargs, kwnames) {
         // SAFETY: the vectorcall arguments of a `LoopCore` method, as the function requires.
-        unsafe { schedule_from_vectorcall(py, slf, args, nargs, kwnames, Method::CallAt) }
+        unsafe { schedule_from_vectorcall(py, slf, args, nargs, kwnames, Call::At) }
     }
 }
 
