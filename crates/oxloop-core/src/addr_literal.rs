@@ -121,8 +121,11 @@ const SOCKET_KINDS: [SocketKind; 7] = [
 ];
 
 /// The (socket type, protocol) pairs glibc lists when the query names neither.
-const DEFAULT_SOCKET_KINDS: [(i32, i32); 3] =
-    [(libc::SOCK_STREAM, libc::IPPROTO_TCP), (libc::SOCK_DGRAM, libc::IPPROTO_UDP), (libc::SOCK_RAW, 0)];
+const DEFAULT_SOCKET_KINDS: [(i32, i32); 3] = [
+    (libc::SOCK_STREAM, libc::IPPROTO_TCP),
+    (libc::SOCK_DGRAM, libc::IPPROTO_UDP),
+    (libc::SOCK_RAW, 0),
+];
 
 /// Answers `getaddrinfo(host, port, query)` as glibc would, or declines with `None`.
 ///
@@ -335,11 +338,9 @@ fn decimal_value(digits: &[u8]) -> Option<Option<u64>> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    Some(
-        digits
-            .iter()
-            .try_fold(0u64, |value, &digit| value.checked_mul(10)?.checked_add(u64::from(digit - b'0'))),
-    )
+    Some(digits.iter().try_fold(0u64, |value, &digit| {
+        value.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
+    }))
 }
 
 /// The (socket type, protocol) pairs glibc answers for a query, or `None` where it fails
@@ -363,13 +364,15 @@ fn socket_kinds(socktype: i32, protocol: i32, service: Service) -> Option<Vec<(i
 
 /// The address glibc uses for an absent host with `AF_INET`.
 fn absent_host_ipv4(flags: i32, port: u16) -> SocketAddr {
-    let ip = if flags & libc::AI_PASSIVE != 0 { Ipv4Addr::UNSPECIFIED } else { Ipv4Addr::LOCALHOST };
+    let ip =
+        if flags & libc::AI_PASSIVE != 0 { Ipv4Addr::UNSPECIFIED } else { Ipv4Addr::LOCALHOST };
     SocketAddr::V4(SocketAddrV4::new(ip, port))
 }
 
 /// The address glibc uses for an absent host with `AF_INET6`.
 fn absent_host_ipv6(flags: i32, port: u16) -> SocketAddr {
-    let ip = if flags & libc::AI_PASSIVE != 0 { Ipv6Addr::UNSPECIFIED } else { Ipv6Addr::LOCALHOST };
+    let ip =
+        if flags & libc::AI_PASSIVE != 0 { Ipv6Addr::UNSPECIFIED } else { Ipv6Addr::LOCALHOST };
     SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0))
 }
 
@@ -436,8 +439,10 @@ fn parse_inet_aton(text: &[u8]) -> Option<Ipv4Addr> {
     if last_bits < 32 && last >> last_bits != 0 {
         return None;
     }
-    let leading_value =
-        leading.iter().enumerate().fold(0u32, |value, (index, &part)| value | part << (24 - 8 * index));
+    let leading_value = leading
+        .iter()
+        .enumerate()
+        .fold(0u32, |value, (index, &part)| value | part << (24 - 8 * index));
     Some(Ipv4Addr::from(leading_value | last))
 }
 
@@ -515,7 +520,8 @@ fn hex_group_value(text: &[u8]) -> Option<u16> {
     if text.is_empty() || text.len() > 4 {
         return None;
     }
-    text.iter().try_fold(0u16, |value, &digit| Some(value << 4 | char::from(digit).to_digit(16)? as u16))
+    text.iter()
+        .try_fold(0u16, |value, &digit| Some(value << 4 | char::from(digit).to_digit(16)? as u16))
 }
 
 /// glibc's `inet_pton(AF_INET, ...)`: exactly four decimal parts of 0 to 255 without leading
@@ -524,7 +530,11 @@ fn parse_inet_pton4(text: &[u8]) -> Option<Ipv4Addr> {
     let mut octets = [0u8; 4];
     let mut count = 0;
     for part in text.split(|&byte| byte == b'.') {
-        if count == octets.len() || part.is_empty() || part.len() > 3 || (part.len() > 1 && part[0] == b'0') {
+        if count == octets.len()
+            || part.is_empty()
+            || part.len() > 3
+            || (part.len() > 1 && part[0] == b'0')
+        {
             return None;
         }
         let value = decimal_value(part)??;
@@ -608,7 +618,8 @@ fn addr_info_from_c(info: &libc::addrinfo) -> Option<AddrInfo> {
         libc::AF_INET if address_length >= size_of::<libc::sockaddr_in>() => {
             // SAFETY: glibc points `ai_addr` at a `sockaddr_in` of `ai_addrlen` bytes for an
             // AF_INET entry; the read copes with any alignment.
-            let c_address = unsafe { ptr::read_unaligned(info.ai_addr.cast::<libc::sockaddr_in>()) };
+            let c_address =
+                unsafe { ptr::read_unaligned(info.ai_addr.cast::<libc::sockaddr_in>()) };
             SocketAddr::V4(SocketAddrV4::new(
                 Ipv4Addr::from(u32::from_be(c_address.sin_addr.s_addr)),
                 u16::from_be(c_address.sin_port),
@@ -617,7 +628,8 @@ fn addr_info_from_c(info: &libc::addrinfo) -> Option<AddrInfo> {
         libc::AF_INET6 if address_length >= size_of::<libc::sockaddr_in6>() => {
             // SAFETY: glibc points `ai_addr` at a `sockaddr_in6` of `ai_addrlen` bytes for an
             // AF_INET6 entry; the read copes with any alignment.
-            let c_address = unsafe { ptr::read_unaligned(info.ai_addr.cast::<libc::sockaddr_in6>()) };
+            let c_address =
+                unsafe { ptr::read_unaligned(info.ai_addr.cast::<libc::sockaddr_in6>()) };
             SocketAddr::V6(SocketAddrV6::new(
                 Ipv6Addr::from(c_address.sin6_addr.s6_addr),
                 u16::from_be(c_address.sin6_port),
@@ -672,8 +684,11 @@ mod tests {
 
     /// The single address of an answer for a stream socket, or `None` if declined.
     fn stream_address(host: &str, port: Port<'_>, family: i32, flags: i32) -> Option<SocketAddr> {
-        let answer =
-            resolve_literal(Host::Text(host.as_bytes()), port, query(family, libc::SOCK_STREAM, flags))?;
+        let answer = resolve_literal(
+            Host::Text(host.as_bytes()),
+            port,
+            query(family, libc::SOCK_STREAM, flags),
+        )?;
         assert_eq!(answer.len(), 1);
         Some(answer[0].address)
     }
@@ -750,7 +765,8 @@ mod tests {
     #[test]
     fn inet_pton6_agrees_with_the_c_library() {
         let mut random = Xorshift(0x2545_f491_4f6c_dd1d);
-        let seeds: &[&[u8]] = &[b"::", b"::1", b"1::", b"::ffff:1.2.3.4", b"1:2:3:4:5:6:7:8", b"fe80::"];
+        let seeds: &[&[u8]] =
+            &[b"::", b"::1", b"1::", b"::ffff:1.2.3.4", b"1:2:3:4:5:6:7:8", b"fe80::"];
         let mut accepted_count = 0;
         for round in 0..300_000 {
             let text = if round % 3 == 0 {
@@ -767,7 +783,8 @@ mod tests {
             let mut octets = [0u8; 16];
             // SAFETY: a NUL-terminated string and 16 writable bytes for the address.
             let accepted =
-                unsafe { inet_pton(libc::AF_INET6, c_text.as_ptr(), octets.as_mut_ptr().cast()) } == 1;
+                unsafe { inet_pton(libc::AF_INET6, c_text.as_ptr(), octets.as_mut_ptr().cast()) }
+                    == 1;
             let expected = accepted.then(|| Ipv6Addr::from(octets));
             assert_eq!(parse_inet_pton6(&text), expected, "{:?}", String::from_utf8_lossy(&text));
             accepted_count += usize::from(accepted);
@@ -835,8 +852,9 @@ mod tests {
             let mut buffer = [0 as libc::c_char; 64];
             // SAFETY: 16 readable address bytes and a 64-byte buffer, larger than
             // INET6_ADDRSTRLEN.
-            let written =
-                unsafe { inet_ntop(libc::AF_INET6, octets.as_ptr().cast(), buffer.as_mut_ptr(), 64) };
+            let written = unsafe {
+                inet_ntop(libc::AF_INET6, octets.as_ptr().cast(), buffer.as_mut_ptr(), 64)
+            };
             assert!(!written.is_null());
             // SAFETY: inet_ntop succeeded, so the buffer holds a NUL-terminated string.
             let expected = unsafe { CStr::from_ptr(buffer.as_ptr()) }.to_str().unwrap();
@@ -881,7 +899,12 @@ mod tests {
             (b"+", None),
         ];
         for &(text, expected) in cases {
-            assert_eq!(service_of(Port::Text(text)), expected, "{:?}", String::from_utf8_lossy(text));
+            assert_eq!(
+                service_of(Port::Text(text)),
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
         }
         assert_eq!(service_of(Port::Number(65537)), Some(Service::Port(1)));
         assert_eq!(service_of(Port::Number(-1)), None);
@@ -907,7 +930,10 @@ mod tests {
             Some(vec![(libc::SOCK_SEQPACKET, libc::IPPROTO_SCTP)])
         );
         assert_eq!(socket_kinds(libc::SOCK_RAW, 0, port), None);
-        assert_eq!(socket_kinds(libc::SOCK_RAW, 17, Service::Absent), Some(vec![(libc::SOCK_RAW, 17)]));
+        assert_eq!(
+            socket_kinds(libc::SOCK_RAW, 17, Service::Absent),
+            Some(vec![(libc::SOCK_RAW, 17)])
+        );
         assert_eq!(socket_kinds(0, 1, Service::Absent), Some(vec![(libc::SOCK_RAW, 1)]));
         assert_eq!(socket_kinds(libc::SOCK_STREAM, libc::IPPROTO_UDP, Service::Absent), None);
         assert_eq!(socket_kinds(4, 0, Service::Absent), None);
@@ -944,7 +970,10 @@ mod tests {
         // Under AF_INET the zone is checked against the IPv6 address with its first four bytes
         // overwritten by the IPv4 address.
         assert_eq!(v6("::ffff:1.2.3.4%1", libc::AF_INET), Some("1.2.3.4:80".parse().unwrap()));
-        assert_eq!(v6("::ffff:254.128.0.1%lo", libc::AF_INET), Some("254.128.0.1:80".parse().unwrap()));
+        assert_eq!(
+            v6("::ffff:254.128.0.1%lo", libc::AF_INET),
+            Some("254.128.0.1:80".parse().unwrap())
+        );
         assert_eq!(v6("::ffff:1.2.3.4%lo", libc::AF_INET), None);
     }
 
@@ -965,13 +994,20 @@ mod tests {
         assert_eq!(stream_address("127.0.0.1", Port::Number(80), libc::AF_UNIX, 0), None);
         assert_eq!(stream_address("localhost", Port::Number(80), libc::AF_UNSPEC, 0), None);
         assert_eq!(stream_address("*", Port::Number(80), libc::AF_UNSPEC, 0), None);
-        assert_eq!(stream_address("127.0.0.1", Port::Number(80), libc::AF_UNSPEC, libc::AI_ADDRCONFIG), None);
+        assert_eq!(
+            stream_address("127.0.0.1", Port::Number(80), libc::AF_UNSPEC, libc::AI_ADDRCONFIG),
+            None
+        );
     }
 
     #[test]
     fn unspecified_socket_type_lists_three_kinds_with_canonname_on_the_first() {
-        let answer =
-            resolve_literal(Host::Text(b"::1"), Port::Text(b"443"), query(0, 0, libc::AI_CANONNAME)).unwrap();
+        let answer = resolve_literal(
+            Host::Text(b"::1"),
+            Port::Text(b"443"),
+            query(0, 0, libc::AI_CANONNAME),
+        )
+        .unwrap();
         let kinds: Vec<_> = answer.iter().map(|entry| (entry.socktype, entry.protocol)).collect();
         assert_eq!(kinds, DEFAULT_SOCKET_KINDS.to_vec());
         let names: Vec<_> = answer.iter().map(|entry| entry.canonname.as_str()).collect();
@@ -982,19 +1018,30 @@ mod tests {
     #[test]
     fn absent_host() {
         let passive = libc::AI_PASSIVE;
-        let v4 =
-            resolve_literal(Host::None, Port::Number(80), query(libc::AF_INET, libc::SOCK_STREAM, passive))
-                .unwrap();
+        let v4 = resolve_literal(
+            Host::None,
+            Port::Number(80),
+            query(libc::AF_INET, libc::SOCK_STREAM, passive),
+        )
+        .unwrap();
         assert_eq!(v4[0].address, "0.0.0.0:80".parse().unwrap());
-        let v6 = resolve_literal(Host::None, Port::Number(80), query(libc::AF_INET6, libc::SOCK_STREAM, 0))
-            .unwrap();
+        let v6 = resolve_literal(
+            Host::None,
+            Port::Number(80),
+            query(libc::AF_INET6, libc::SOCK_STREAM, 0),
+        )
+        .unwrap();
         assert_eq!(v6[0].address, "[::1]:80".parse().unwrap());
         let both =
-            resolve_literal(Host::None, Port::Number(80), query(0, libc::SOCK_STREAM, passive)).unwrap();
+            resolve_literal(Host::None, Port::Number(80), query(0, libc::SOCK_STREAM, passive))
+                .unwrap();
         let mut families: Vec<_> = both.iter().map(|entry| entry.family).collect();
         families.sort_unstable();
         assert_eq!(families, [libc::AF_INET, libc::AF_INET6]);
         assert_eq!(resolve_literal(Host::None, Port::None, query(0, 0, 0)), None);
-        assert_eq!(resolve_literal(Host::None, Port::Number(80), query(0, 0, libc::AI_CANONNAME)), None);
+        assert_eq!(
+            resolve_literal(Host::None, Port::Number(80), query(0, 0, libc::AI_CANONNAME)),
+            None
+        );
     }
 }

@@ -109,7 +109,11 @@ pub fn new() -> io::Result<(Reactor, Registrar, Arc<Waker>)> {
 
 impl Reactor {
     /// Waits up to `timeout` (`None`: forever) and appends the ready descriptors to `ready`.
-    pub fn poll(&mut self, timeout: Option<Duration>, ready: &mut Vec<Readiness>) -> io::Result<PollOutcome> {
+    pub fn poll(
+        &mut self,
+        timeout: Option<Duration>,
+        ready: &mut Vec<Readiness>,
+    ) -> io::Result<PollOutcome> {
         let mut outcome = PollOutcome::default();
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
@@ -147,20 +151,22 @@ impl Registrar {
                 self.watches.insert(fd, watch);
                 Ok(())
             }
-            (Some(_), Some(interest)) => match self.registry.reregister(&mut SourceFd(&fd), Token(fd as usize), interest) {
-                Ok(()) => {
-                    self.watches.insert(fd, watch);
-                    Ok(())
-                }
-                Err(err) => {
-                    if closed_while_watched(&err) {
-                        // epoll dropped the descriptor when it was closed; its number may
-                        // name another file now (ENOENT) or none (EBADF). Forgotten here too.
-                        self.watches.remove(&fd);
+            (Some(_), Some(interest)) => {
+                match self.registry.reregister(&mut SourceFd(&fd), Token(fd as usize), interest) {
+                    Ok(()) => {
+                        self.watches.insert(fd, watch);
+                        Ok(())
                     }
-                    Err(err)
+                    Err(err) => {
+                        if closed_while_watched(&err) {
+                            // epoll dropped the descriptor when it was closed; its number may
+                            // name another file now (ENOENT) or none (EBADF). Forgotten here too.
+                            self.watches.remove(&fd);
+                        }
+                        Err(err)
+                    }
                 }
-            },
+            }
             (Some(_), None) => {
                 self.watches.remove(&fd);
                 // The fd may already be closed (epoll then forgot it): nothing left to undo.
@@ -173,7 +179,8 @@ impl Registrar {
     /// Stops watching `fd` entirely. Returns what was watched.
     pub fn unwatch(&mut self, fd: RawFd) -> Option<Watch> {
         let previous = self.watches.get(&fd).copied()?;
-        let _ = self.set_watch(fd, Watch { readable: false, writable: false, trigger: previous.trigger });
+        let _ = self
+            .set_watch(fd, Watch { readable: false, writable: false, trigger: previous.trigger });
         Some(previous)
     }
 
@@ -183,7 +190,11 @@ impl Registrar {
         if let Some(watch) = self.watches.get(&fd) {
             if watch.trigger == Trigger::Level {
                 if let Some(interest) = watch.interest() {
-                    if self.registry.reregister(&mut SourceFd(&fd), Token(fd as usize), interest).is_err() {
+                    if self
+                        .registry
+                        .reregister(&mut SourceFd(&fd), Token(fd as usize), interest)
+                        .is_err()
+                    {
                         self.watches.remove(&fd);
                     }
                 }
@@ -249,7 +260,10 @@ mod tests {
         for _ in 0..3 {
             let mut ready = Vec::new();
             reactor.poll(SHORT, &mut ready).unwrap();
-            assert_eq!(ready, vec![Readiness { fd, readable: true, writable: false, read_closed: false }]);
+            assert_eq!(
+                ready,
+                vec![Readiness { fd, readable: true, writable: false, read_closed: false }]
+            );
             registrar.rearm_if_level(fd);
         }
         let mut buf = [0u8; 16];
@@ -264,7 +278,9 @@ mod tests {
         let (mut reactor, mut registrar, _waker) = new().unwrap();
         let (mut a, b) = UnixStream::pair().unwrap();
         let fd = b.as_raw_fd();
-        registrar.set_watch(fd, Watch { readable: true, writable: false, trigger: Trigger::Edge }).unwrap();
+        registrar
+            .set_watch(fd, Watch { readable: true, writable: false, trigger: Trigger::Edge })
+            .unwrap();
         a.write_all(b"x").unwrap();
         let mut ready = Vec::new();
         reactor.poll(SHORT, &mut ready).unwrap();
@@ -338,7 +354,10 @@ mod tests {
         registrar.set_watch(fd, level(true, true)).unwrap();
         let mut ready = Vec::new();
         reactor.poll(SHORT, &mut ready).unwrap();
-        assert_eq!(ready, vec![Readiness { fd, readable: false, writable: true, read_closed: false }]);
+        assert_eq!(
+            ready,
+            vec![Readiness { fd, readable: false, writable: true, read_closed: false }]
+        );
         assert_eq!(registrar.unwatch(fd), Some(level(true, true)));
         assert!(registrar.is_empty());
         ready.clear();

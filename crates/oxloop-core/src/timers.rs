@@ -109,7 +109,9 @@ impl<T: TimerItem> Entry<T> {
     /// Earliest deadline first; equal deadlines in push order.
     #[inline]
     fn due_order(&self, other: &Self) -> Ordering {
-        self.key.cmp(&other.key).then_with(|| self.item.push_number().cmp(&other.item.push_number()))
+        self.key
+            .cmp(&other.key)
+            .then_with(|| self.item.push_number().cmp(&other.item.push_number()))
     }
 }
 
@@ -211,7 +213,12 @@ impl<T: TimerItem> TimerHeap<T> {
     /// Pops every entry due before `end` (deadline `< end`), earliest first, into `due`.
     /// Cancelled entries popped here are returned too (the runner skips them); `is_cancelled`
     /// keeps the cancelled count right.
-    pub fn pop_due(&mut self, end: f64, is_cancelled: impl Fn(&T) -> bool, due: &mut impl Extend<T>) {
+    pub fn pop_due(
+        &mut self,
+        end: f64,
+        is_cancelled: impl Fn(&T) -> bool,
+        due: &mut impl Extend<T>,
+    ) {
         if self.heap.peek().is_some_and(|top| top.when() < end) && self.sample_looks_due(end) {
             return self.pop_due_burst(end, is_cancelled, due);
         }
@@ -244,11 +251,20 @@ impl<T: TimerItem> TimerHeap<T> {
     /// nothing): one pass moves the due entries to its end, where they are sorted and handed
     /// out in one `extend` (which can reserve room for all of them); the entries left are
     /// made a heap again.
-    fn pop_due_burst(&mut self, end: f64, is_cancelled: impl Fn(&T) -> bool, due: &mut impl Extend<T>) {
+    fn pop_due_burst(
+        &mut self,
+        end: f64,
+        is_cancelled: impl Fn(&T) -> bool,
+        due: &mut impl Extend<T>,
+    ) {
         let mut entries = std::mem::take(&mut self.heap).into_vec();
         let kept = partition_kept_first(&mut entries, |entry| entry.when() >= end);
         entries[kept..].sort_unstable_by(Entry::due_order);
-        due.extend(entries.drain(kept..).map(|entry| Self::take_due(&mut self.cancelled, entry, &is_cancelled)));
+        due.extend(
+            entries
+                .drain(kept..)
+                .map(|entry| Self::take_due(&mut self.cancelled, entry, &is_cancelled)),
+        );
         self.heap = BinaryHeap::from(entries);
     }
 

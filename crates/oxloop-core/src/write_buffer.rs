@@ -107,14 +107,20 @@ impl<B: AsRef<[u8]>> WriteBuffer<B> {
 
     /// Fills the start of `iov` with the unsent data, in order (at most [`MAX_IOVECS`]
     /// chunks); returns those entries. They point into the buffer: valid until it changes.
-    pub fn fill_iovecs<'a>(&self, iov: &'a mut [MaybeUninit<libc::iovec>; MAX_IOVECS]) -> &'a [libc::iovec] {
+    pub fn fill_iovecs<'a>(
+        &self,
+        iov: &'a mut [MaybeUninit<libc::iovec>; MAX_IOVECS],
+    ) -> &'a [libc::iovec] {
         let mut used = 0;
         for (index, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
             let mut data = chunk.as_slice();
             if index == 0 {
                 data = &data[self.sent_of_first..];
             }
-            iov[used].write(libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() });
+            iov[used].write(libc::iovec {
+                iov_base: data.as_ptr() as *mut libc::c_void,
+                iov_len: data.len(),
+            });
             used += 1;
         }
         // SAFETY: the first `used` entries were initialised just above.
@@ -160,7 +166,9 @@ mod tests {
         let mut out = Vec::new();
         for piece in buffer.fill_iovecs(&mut iov) {
             // SAFETY: the iovecs describe live chunks of `buffer`, not changed meanwhile.
-            out.extend_from_slice(unsafe { std::slice::from_raw_parts(piece.iov_base as *const u8, piece.iov_len) });
+            out.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(piece.iov_base as *const u8, piece.iov_len)
+            });
         }
         out
     }

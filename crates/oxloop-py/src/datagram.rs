@@ -137,7 +137,12 @@ impl DatagramTransport {
     }
 
     /// `loop.<method>(fd, *args)` (the loop's internal fd watches).
-    fn call_loop(&self, py: Python<'_>, method: &str, callback: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    fn call_loop(
+        &self,
+        py: Python<'_>,
+        method: &str,
+        callback: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let Some(event_loop) = self.shared.loop_object(py) else { return Ok(()) };
         match callback {
             Some(callback) => event_loop.call_method1(method, (self.fd, callback)).map(drop),
@@ -188,8 +193,14 @@ impl DatagramTransport {
     }
 
     /// Schedules `transport._call_connection_lost(exc)` with `call_soon`.
-    fn schedule_connection_lost(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
-        let (Some(transport), Some(event_loop)) = (self.python_transport(py), self.shared.loop_object(py)) else {
+    fn schedule_connection_lost(
+        &self,
+        py: Python<'_>,
+        exc: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let (Some(transport), Some(event_loop)) =
+            (self.python_transport(py), self.shared.loop_object(py))
+        else {
             return Ok(());
         };
         let callback = transport.getattr(pyo3::intern!(py, "_call_connection_lost"))?;
@@ -197,7 +208,12 @@ impl DatagramTransport {
     }
 
     /// Calls `transport.<method>(*args)` on the Python half (flow control, fatal errors).
-    fn upcall<'py>(&self, py: Python<'py>, method: &str, args: impl pyo3::call::PyCallArgs<'py>) -> PyResult<()> {
+    fn upcall<'py>(
+        &self,
+        py: Python<'py>,
+        method: &str,
+        args: impl pyo3::call::PyCallArgs<'py>,
+    ) -> PyResult<()> {
         match self.python_transport(py) {
             Some(transport) => transport.call_method1(method, args).map(drop),
             None => Ok(()),
@@ -205,7 +221,11 @@ impl DatagramTransport {
     }
 
     /// The Python address of a sender: the last one's tuple again if it is the same sender.
-    fn sender_address<'py>(&self, py: Python<'py>, raw: &RawAddress) -> PyResult<Option<Bound<'py, PyAny>>> {
+    fn sender_address<'py>(
+        &self,
+        py: Python<'py>,
+        raw: &RawAddress,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
         if let Some((last, address)) = &self.state(py).last_sender {
             if last.same_as(raw) {
                 return Ok(Some(address.bind(py).clone()));
@@ -241,7 +261,13 @@ impl DatagramTransport {
 
     /// Sends one datagram now: `send` on a connected socket, else `sendto` (natively, or by
     /// the Python socket for addresses only Python converts).
-    fn send_one(&self, py: Python<'_>, data: &[u8], address: Option<&Bound<'_, PyAny>>, data_object: &Bound<'_, PyAny>) -> PyResult<SendOutcome> {
+    fn send_one(
+        &self,
+        py: Python<'_>,
+        data: &[u8],
+        address: Option<&Bound<'_, PyAny>>,
+        data_object: &Bound<'_, PyAny>,
+    ) -> PyResult<SendOutcome> {
         let native = match (self.connected, address) {
             (true, _) => Some(None),
             (false, Some(address)) => self.destination(py, address).map(Some),
@@ -255,8 +281,17 @@ impl DatagramTransport {
             // address of its length; `fd` is open until the transport is detached.
             let sent = unsafe {
                 match &raw {
-                    None => libc::send(self.fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL),
-                    Some(raw) => libc::sendto(self.fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL, raw.as_ptr(), raw.len),
+                    None => {
+                        libc::send(self.fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL)
+                    }
+                    Some(raw) => libc::sendto(
+                        self.fd,
+                        data.as_ptr().cast(),
+                        data.len(),
+                        libc::MSG_NOSIGNAL,
+                        raw.as_ptr(),
+                        raw.len,
+                    ),
                 }
             };
             if sent >= 0 {
@@ -273,7 +308,12 @@ impl DatagramTransport {
 
     /// `sock.sendto(data, address)` by the Python socket (host names, unusual forms, and
     /// the errors Python gives for bad addresses).
-    fn send_by_python(&self, py: Python<'_>, data: &Bound<'_, PyAny>, address: Option<&Bound<'_, PyAny>>) -> PyResult<SendOutcome> {
+    fn send_by_python(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        address: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<SendOutcome> {
         let Some(sock) = self.state(py).sock.as_ref().map(|s| s.bind(py).clone()) else {
             return Ok(SendOutcome::Sent);
         };
@@ -283,7 +323,12 @@ impl DatagramTransport {
         };
         match result {
             Ok(_) => Ok(SendOutcome::Sent),
-            Err(err) if err.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py) || err.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py) => Ok(SendOutcome::WouldBlock),
+            Err(err)
+                if err.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
+                    || err.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py) =>
+            {
+                Ok(SendOutcome::WouldBlock)
+            }
             // OSErrors go to error_received, anything else is fatal: `report` decides.
             Err(err) => Ok(SendOutcome::Failed(err)),
         }
@@ -312,7 +357,16 @@ impl DatagramTransport {
             let (address, length) = raw.as_mut_parts();
             // SAFETY: `buffer` is writable for its length; `address`/`length` describe `raw`'s
             // storage; `fd` is open until the transport is detached.
-            let n = unsafe { libc::recvfrom(self.fd, buffer.as_mut_ptr().cast(), buffer.len().min(MAX_READ), 0, address, length) };
+            let n = unsafe {
+                libc::recvfrom(
+                    self.fd,
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len().min(MAX_READ),
+                    0,
+                    address,
+                    length,
+                )
+            };
             if n < 0 {
                 Err(io::Error::last_os_error())
             } else {
@@ -330,9 +384,15 @@ impl DatagramTransport {
     }
 
     /// `sock.recvfrom(max_size)` by the Python socket (families converted only by Python).
-    fn receive_by_python<'py>(&self, py: Python<'py>) -> PyResult<Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
-        let Some(sock) = self.state(py).sock.as_ref().map(|s| s.bind(py).clone()) else { return Ok(None) };
-        let (data, address): (Bound<'py, PyAny>, Bound<'py, PyAny>) = sock.call_method1(pyo3::intern!(py, "recvfrom"), (MAX_READ,))?.extract()?;
+    fn receive_by_python<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
+        let Some(sock) = self.state(py).sock.as_ref().map(|s| s.bind(py).clone()) else {
+            return Ok(None);
+        };
+        let (data, address): (Bound<'py, PyAny>, Bound<'py, PyAny>) =
+            sock.call_method1(pyo3::intern!(py, "recvfrom"), (MAX_READ,))?.extract()?;
         Ok(Some((data, address)))
     }
 
@@ -345,14 +405,25 @@ impl DatagramTransport {
             Some(Err(err)) => {
                 return match err.kind() {
                     io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(false),
-                    _ => self.report(py, os_error(err), "Fatal read error on datagram transport").map(|()| false),
+                    _ => self
+                        .report(py, os_error(err), "Fatal read error on datagram transport")
+                        .map(|()| false),
                 };
             }
             None => match self.receive_by_python(py) {
                 Ok(Some(received)) => received,
                 Ok(None) => return Ok(false),
-                Err(err) if err.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py) || err.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py) => return Ok(false),
-                Err(err) => return self.report(py, err, "Fatal read error on datagram transport").map(|()| false),
+                Err(err)
+                    if err.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
+                        || err.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py) =>
+                {
+                    return Ok(false)
+                }
+                Err(err) => {
+                    return self
+                        .report(py, err, "Fatal read error on datagram transport")
+                        .map(|()| false)
+                }
             },
         };
         protocol.call_method1(pyo3::intern!(py, "datagram_received"), received)?;
@@ -384,7 +455,14 @@ impl DatagramTransport {
     /// `transport` is the Python half; `remote` the endpoint's `remote_addr` (or None);
     /// `connected` whether the socket has a peer. Reading starts with `_start_reading()`.
     #[new]
-    fn py_new(event_loop: &Bound<'_, LoopCore>, sock: Bound<'_, PyAny>, protocol: Bound<'_, PyAny>, transport: Bound<'_, PyAny>, remote: Option<Bound<'_, PyAny>>, connected: bool) -> PyResult<Self> {
+    fn py_new(
+        event_loop: &Bound<'_, LoopCore>,
+        sock: Bound<'_, PyAny>,
+        protocol: Bound<'_, PyAny>,
+        transport: Bound<'_, PyAny>,
+        remote: Option<Bound<'_, PyAny>>,
+        connected: bool,
+    ) -> PyResult<Self> {
         let py = event_loop.py();
         let shared = LoopCore::shared_for_transport(event_loop)?;
         let fd: RawFd = sock.call_method0(pyo3::intern!(py, "fileno"))?.extract()?;
@@ -440,11 +518,21 @@ impl DatagramTransport {
     /// `transport.sendto(data, addr=None)`: send now if nothing is buffered, else (or if the
     /// kernel is full) buffer a copy and send it when the socket is writable.
     #[pyo3(signature = (data, addr=None))]
-    fn sendto(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>, addr: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    fn sendto(
+        slf: &Bound<'_, Self>,
+        data: &Bound<'_, PyAny>,
+        addr: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if !(data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()) {
-            return Err(PyTypeError::new_err(format!("data argument must be a bytes-like object, not {}", data.get_type().name()?.repr()?)));
+        if !(data.is_instance_of::<PyBytes>()
+            || data.is_instance_of::<PyByteArray>()
+            || data.is_instance_of::<PyMemoryView>())
+        {
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not {}",
+                data.get_type().name()?.repr()?
+            )));
         }
         let length = data.len()?;
         if length == 0 && !this.rules.sends_empty {
@@ -453,12 +541,19 @@ impl DatagramTransport {
         let mut address = addr.filter(|a| !a.is_none());
         let (remote, conn_lost, buffered) = {
             let state = this.state(py);
-            (state.remote.as_ref().map(|r| r.bind(py).clone()), state.conn_lost, !state.buffer.is_empty())
+            (
+                state.remote.as_ref().map(|r| r.bind(py).clone()),
+                state.conn_lost,
+                !state.buffer.is_empty(),
+            )
         };
         if let Some(remote) = remote.filter(|r| r.is_truthy().unwrap_or(true)) {
             if let Some(given) = &address {
                 if !given.is(&remote) && !given.eq(&remote)? {
-                    return Err(PyValueError::new_err(format!("Invalid address: must be None or {}", remote.str()?)));
+                    return Err(PyValueError::new_err(format!(
+                        "Invalid address: must be None or {}",
+                        remote.str()?
+                    )));
                 }
             }
             address = Some(remote);
@@ -476,11 +571,15 @@ impl DatagramTransport {
         if !buffered {
             let outcome = match data.cast::<PyBytes>() {
                 Ok(bytes) => this.send_one(py, bytes.as_bytes(), address.as_ref(), data)?,
-                Err(_) => with_buffer(data, |view| this.send_one(py, view, address.as_ref(), data))??,
+                Err(_) => {
+                    with_buffer(data, |view| this.send_one(py, view, address.as_ref(), data))??
+                }
             };
             match outcome {
                 SendOutcome::Sent => return Ok(()),
-                SendOutcome::Failed(error) => return this.report(py, error, "Fatal write error on datagram transport"),
+                SendOutcome::Failed(error) => {
+                    return this.report(py, error, "Fatal write error on datagram transport")
+                }
                 SendOutcome::WouldBlock => Self::watch_writing(slf)?,
             }
         }
@@ -507,7 +606,9 @@ impl DatagramTransport {
             let address = queued.address.as_ref().map(|a| a.bind(py).clone());
             let outcome = this.send_one(py, data.as_bytes(), address.as_ref(), data.as_any())?;
             match outcome {
-                SendOutcome::Sent => this.state(py).buffer_size -= data.as_bytes().len() + this.rules.header_size,
+                SendOutcome::Sent => {
+                    this.state(py).buffer_size -= data.as_bytes().len() + this.rules.header_size
+                }
                 SendOutcome::WouldBlock => {
                     this.state(py).buffer.push_front(queued);
                     break;
@@ -668,7 +769,10 @@ impl DatagramTransport {
         // borrows the state.
         let py = unsafe { Python::assume_attached() };
         if let Some(state) = self.state.try_borrow_mut(py) {
-            for object in [&state.protocol, &state.transport, &state.sock, &state.remote].into_iter().flatten() {
+            for object in [&state.protocol, &state.transport, &state.sock, &state.remote]
+                .into_iter()
+                .flatten()
+            {
                 visit.call(object)?;
             }
             for queued in &state.buffer {

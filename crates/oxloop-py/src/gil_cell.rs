@@ -54,7 +54,10 @@ impl<T> GilCell<T> {
     /// here (see the module invariants).
     #[inline]
     pub(crate) fn borrow_mut<'a>(&'a self, _py: Python<'a>) -> GilRefMut<'a, T> {
-        assert!(!self.borrowed.replace(true), "GilCell borrowed twice: Python code ran under a borrow");
+        assert!(
+            !self.borrowed.replace(true),
+            "GilCell borrowed twice: Python code ran under a borrow"
+        );
         GilRefMut { cell: self, _gil: PhantomData }
     }
 
@@ -100,4 +103,3 @@ impl<T> Drop for GilRefMut<'_, T> {
         self.cell.borrowed.set(false);
     }
 }
-

@@ -16,11 +16,19 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 /// asyncio's logger.
 fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    LOGGER.get_or_try_init(py, || Ok::<_, PyErr>(py.import("logging")?.call_method1("getLogger", ("asyncio",))?.unbind())).map(|l| l.bind(py))
+    LOGGER
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("logging")?.call_method1("getLogger", ("asyncio",))?.unbind())
+        })
+        .map(|l| l.bind(py))
 }
 
 /// `logger.debug(message, transport)`.
-pub(crate) fn debug_log(py: Python<'_>, message: &str, transport: &Bound<'_, PyAny>) -> PyResult<()> {
+pub(crate) fn debug_log(
+    py: Python<'_>,
+    message: &str,
+    transport: &Bound<'_, PyAny>,
+) -> PyResult<()> {
     logger(py)?.call_method1("debug", (message, transport)).map(drop)
 }
 
@@ -31,10 +39,16 @@ pub(crate) fn warn_log(py: Python<'_>, message: &str) -> PyResult<()> {
 
 /// asyncio's check of `write()`'s argument.
 pub(crate) fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<()> {
-    if data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+    if data.is_instance_of::<PyBytes>()
+        || data.is_instance_of::<PyByteArray>()
+        || data.is_instance_of::<PyMemoryView>()
+    {
         Ok(())
     } else {
-        Err(PyTypeError::new_err(format!("data argument must be a bytes-like object, not {}", data.get_type().name()?.repr()?)))
+        Err(PyTypeError::new_err(format!(
+            "data argument must be a bytes-like object, not {}",
+            data.get_type().name()?.repr()?
+        )))
     }
 }
 
@@ -49,7 +63,11 @@ pub(crate) fn with_buffer<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R
             return Err(PyErr::fetch(py));
         }
         let mut view = view.assume_init();
-        let slice = if view.len == 0 { &[][..] } else { std::slice::from_raw_parts(view.buf as *const u8, view.len as usize) };
+        let slice = if view.len == 0 {
+            &[][..]
+        } else {
+            std::slice::from_raw_parts(view.buf as *const u8, view.len as usize)
+        };
         let result = f(slice);
         ffi::PyBuffer_Release(&mut view);
         Ok(result)
@@ -63,7 +81,9 @@ pub(crate) fn os_error(err: std::io::Error) -> PyErr {
         Some(code) => {
             // SAFETY: strerror returns a pointer to a NUL-terminated static or thread-local
             // message, read at once.
-            let message = unsafe { std::ffi::CStr::from_ptr(libc::strerror(code)) }.to_string_lossy().into_owned();
+            let message = unsafe { std::ffi::CStr::from_ptr(libc::strerror(code)) }
+                .to_string_lossy()
+                .into_owned();
             PyOSError::new_err((code, message))
         }
         None => err.into(),
@@ -86,7 +106,10 @@ pub(crate) fn _panic_for_tests(message: &str) -> PyResult<()> {
 extern "C" {
     /// CPython's `_PyBytes_Resize` (not in PyO3's bindings): resizes a `bytes` object that
     /// nobody else refers to yet; on failure frees it and sets `*bytes` to NULL.
-    pub(crate) fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, new_size: ffi::Py_ssize_t) -> c_int;
+    pub(crate) fn _PyBytes_Resize(
+        bytes: *mut *mut ffi::PyObject,
+        new_size: ffi::Py_ssize_t,
+    ) -> c_int;
 }
 
 /// `contextvars.copy_context()`.

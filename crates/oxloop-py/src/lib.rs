@@ -42,7 +42,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     event_loop::fast_methods::install(&py.get_type::<event_loop::LoopCore>())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
-    handle_alloc::install(&py.get_type::<handles::Handle>(), &py.get_type::<handles::TimerHandle>());
+    handle_alloc::install(
+        &py.get_type::<handles::Handle>(),
+        &py.get_type::<handles::TimerHandle>(),
+    );
     m.add_class::<stream::StreamTransport>()?;
     m.add_class::<datagram::DatagramTransport>()?;
     stream_methods::register(m)?;

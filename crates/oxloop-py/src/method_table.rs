@@ -35,10 +35,13 @@ impl MethodEntry {
     /// The method definition's flags and function pointer.
     fn flags_and_function(self) -> (c_int, ffi::PyMethodDefPointer) {
         match self {
-            MethodEntry::FastWithKeywords(function) => {
-                (ffi::METH_FASTCALL | ffi::METH_KEYWORDS, ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: function })
+            MethodEntry::FastWithKeywords(function) => (
+                ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+                ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: function },
+            ),
+            MethodEntry::OneArgument(function) => {
+                (ffi::METH_O, ffi::PyMethodDefPointer { PyCFunction: function })
             }
-            MethodEntry::OneArgument(function) => (ffi::METH_O, ffi::PyMethodDefPointer { PyCFunction: function }),
         }
     }
 }
@@ -62,16 +65,25 @@ impl NativeMethod {
 }
 
 /// Installs `methods` on `ty` as method descriptors.
-pub(crate) fn install_methods<'a>(ty: &Bound<'_, PyType>, methods: impl IntoIterator<Item = &'a NativeMethod>) -> PyResult<()> {
+pub(crate) fn install_methods<'a>(
+    ty: &Bound<'_, PyType>,
+    methods: impl IntoIterator<Item = &'a NativeMethod>,
+) -> PyResult<()> {
     let py = ty.py();
     for method in methods {
         let (ml_flags, ml_meth) = method.entry.flags_and_function();
         // The definition must outlive the type: leak it (a few small structs per type).
-        let definition: &'static mut ffi::PyMethodDef =
-            Box::leak(Box::new(ffi::PyMethodDef { ml_name: method.name.as_ptr(), ml_meth, ml_flags, ml_doc: method.doc.as_ptr() }));
+        let definition: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
+            ml_name: method.name.as_ptr(),
+            ml_meth,
+            ml_flags,
+            ml_doc: method.doc.as_ptr(),
+        }));
         // SAFETY: the type object and the leaked definition are valid; PyDescr_NewMethod
         // returns a new reference or NULL with an exception set.
-        let descriptor = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(ty.as_type_ptr(), definition))? };
+        let descriptor = unsafe {
+            Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(ty.as_type_ptr(), definition))?
+        };
         ty.setattr(method.name(), descriptor)?;
     }
     Ok(())
@@ -83,7 +95,9 @@ pub(crate) fn install_methods<'a>(ty: &Bound<'_, PyType>, methods: impl IntoIter
 ///
 /// # Safety
 /// Only called from a method CPython calls, which holds the GIL.
-pub(crate) unsafe fn run_entry(body: impl FnOnce(Python<'_>) -> PyResult<Py<PyAny>>) -> *mut ffi::PyObject {
+pub(crate) unsafe fn run_entry(
+    body: impl FnOnce(Python<'_>) -> PyResult<Py<PyAny>>,
+) -> *mut ffi::PyObject {
     // SAFETY: the caller's contract: CPython calls methods with the GIL held.
     let py = unsafe { Python::assume_attached() };
     match catch_unwind(AssertUnwindSafe(|| body(py))) {

@@ -43,7 +43,10 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::event_loop::{LoopCore, LoopRef, MAX_READ};
 use crate::gil_cell::{GilCell, GilRefMut};
-use crate::glue::{_PyBytes_Resize, check_bytes_like, copy_current_context, debug_log, is_fatal, os_error, warn_log, with_buffer};
+use crate::glue::{
+    _PyBytes_Resize, check_bytes_like, copy_current_context, debug_log, is_fatal, os_error,
+    warn_log, with_buffer,
+};
 
 /// A read of at least this many bytes makes the next reads go straight into a `bytes` of this
 /// size (see `StreamTransport::read_bytes`).
@@ -72,7 +75,9 @@ impl Role {
             "socket" => Ok(Role::Socket),
             "read_pipe" => Ok(Role::ReadPipe),
             "write_pipe" => Ok(Role::WritePipe),
-            _ => Err(pyo3::exceptions::PyValueError::new_err(format!("unknown transport kind {kind:?}"))),
+            _ => Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "unknown transport kind {kind:?}"
+            ))),
         }
     }
 
@@ -111,7 +116,12 @@ impl AsRef<[u8]> for SharedBytes {
         // SAFETY: `self.0` is a strong reference, so the object lives at least as long as the
         // returned slice's borrow of `self`; a shared `bytes` object's size and contents never
         // change, so reading them races with nothing (and every caller holds the GIL anyway).
-        unsafe { std::slice::from_raw_parts(ffi::PyBytes_AS_STRING(object).cast::<u8>(), ffi::Py_SIZE(object) as usize) }
+        unsafe {
+            std::slice::from_raw_parts(
+                ffi::PyBytes_AS_STRING(object).cast::<u8>(),
+                ffi::Py_SIZE(object) as usize,
+            )
+        }
     }
 }
 
@@ -159,7 +169,11 @@ struct StreamState {
 impl StreamState {
     /// Whether the transport should read (on events, or, unwatched, when scheduled).
     fn wants_read(&self, pollable: bool) -> bool {
-        self.started && !self.reading_paused && !self.closing && !self.eof_received && (self.watched || !pollable)
+        self.started
+            && !self.reading_paused
+            && !self.closing
+            && !self.eof_received
+            && (self.watched || !pollable)
     }
 
     /// Whether a write pipe should hear of its reader going away.
@@ -239,7 +253,9 @@ impl StreamTransport {
     /// Whether a read that got `received` of `capacity` bytes may have left something to
     /// read (more data, or an end of file or error with no event to announce it).
     fn may_have_more(&self, received: usize, capacity: usize) -> bool {
-        received == capacity || !self.pollable.load(Ordering::Relaxed) || self.peer_closed.load(Ordering::Relaxed)
+        received == capacity
+            || !self.pollable.load(Ordering::Relaxed)
+            || self.peer_closed.load(Ordering::Relaxed)
     }
 
     /// Recomputes `reading` from the state.
@@ -254,7 +270,10 @@ impl StreamTransport {
     /// The Python transport and protocol, for error reports.
     fn transport_and_protocol(&self, py: Python<'_>) -> (Option<Py<PyAny>>, Option<Py<PyAny>>) {
         let state = self.state(py);
-        (state.transport.as_ref().map(|t| t.clone_ref(py)), state.protocol.as_ref().map(|p| p.clone_ref(py)))
+        (
+            state.transport.as_ref().map(|t| t.clone_ref(py)),
+            state.protocol.as_ref().map(|p| p.clone_ref(py)),
+        )
     }
 
     /// Hands a failure to the Python half (`SocketTransport._fatal_error`), which reports it
@@ -263,13 +282,21 @@ impl StreamTransport {
         let py = slf.py();
         let (transport, _) = slf.get().transport_and_protocol(py);
         match transport {
-            Some(transport) => transport.bind(py).call_method1(pyo3::intern!(py, "_fatal_error"), (error.value(py), message)).map(drop),
+            Some(transport) => transport
+                .bind(py)
+                .call_method1(pyo3::intern!(py, "_fatal_error"), (error.value(py), message))
+                .map(drop),
             None => Ok(()),
         }
     }
 
     /// Calls `protocol.<method>(*args)` inside the transport's context.
-    fn call_protocol<'py>(&self, protocol: &Bound<'py, PyAny>, method: &Bound<'py, pyo3::types::PyString>, arg: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+    fn call_protocol<'py>(
+        &self,
+        protocol: &Bound<'py, PyAny>,
+        method: &Bound<'py, pyo3::types::PyString>,
+        arg: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let py = protocol.py();
         // SAFETY: the GIL is held; every pointer is a live object borrowed for the call; the
         // context is entered and exited in pairs whatever the call returns.
@@ -277,9 +304,15 @@ impl StreamTransport {
             if ffi::PyContext_Enter(self.context.as_ptr()) < 0 {
                 return Err(PyErr::fetch(py));
             }
-            let args: [*mut ffi::PyObject; 2] = [protocol.as_ptr(), arg.map_or(std::ptr::null_mut(), |a| a.as_ptr())];
+            let args: [*mut ffi::PyObject; 2] =
+                [protocol.as_ptr(), arg.map_or(std::ptr::null_mut(), |a| a.as_ptr())];
             let nargs = if arg.is_some() { 2 } else { 1 };
-            let result = ffi::PyObject_VectorcallMethod(method.as_ptr(), args.as_ptr(), nargs | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET, std::ptr::null_mut());
+            let result = ffi::PyObject_VectorcallMethod(
+                method.as_ptr(),
+                args.as_ptr(),
+                nargs | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
+                std::ptr::null_mut(),
+            );
             let result = Bound::from_owned_ptr_or_err(py, result);
             let exit_status: c_int = ffi::PyContext_Exit(self.context.as_ptr());
             if exit_status < 0 && result.is_ok() {
@@ -352,7 +385,8 @@ impl StreamTransport {
                     // SAFETY: `buffer` is a valid writable region of its length; `fd` is
                     // registered (open) while this transport reads. (`read` is `recv` without
                     // flags on a socket, and works on pipes.)
-                    let n = unsafe { libc::read(this.fd, buffer.as_mut_ptr().cast(), buffer.len()) };
+                    let n =
+                        unsafe { libc::read(this.fd, buffer.as_mut_ptr().cast(), buffer.len()) };
                     if n < 0 {
                         Err(io::Error::last_os_error())
                     } else {
@@ -371,8 +405,16 @@ impl StreamTransport {
             // 64 + 36 KiB keeps the next message on the straight path).
             this.large_reads.store(MAX_READ - budget >= LARGE_READ, Ordering::Relaxed);
             let more = this.may_have_more(length, capacity);
-            if let Err(error) = this.call_protocol(protocol, pyo3::intern!(py, "data_received"), Some(data.as_any())) {
-                return Self::protocol_failed(slf, error, "Fatal error: protocol.data_received() call failed.");
+            if let Err(error) = this.call_protocol(
+                protocol,
+                pyo3::intern!(py, "data_received"),
+                Some(data.as_any()),
+            ) {
+                return Self::protocol_failed(
+                    slf,
+                    error,
+                    "Fatal error: protocol.data_received() call failed.",
+                );
             }
             if !more {
                 return Ok(());
@@ -387,30 +429,53 @@ impl StreamTransport {
     /// Whether the transport still reads, for `protocol` (which `data_received` may have
     /// paused, closed or replaced).
     fn reads_into(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> bool {
-        self.reading.load(Ordering::Relaxed) && self.state(py).protocol.as_ref().is_some_and(|p| p.is(protocol))
+        self.reading.load(Ordering::Relaxed)
+            && self.state(py).protocol.as_ref().is_some_and(|p| p.is(protocol))
     }
 
     /// A read for a `BufferedProtocol`: `get_buffer(-1)`, `read` straight into it, then
     /// `buffer_updated(n)`.
-    fn read_into_protocol_buffer(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn read_into_protocol_buffer(
+        slf: &Bound<'_, Self>,
+        protocol: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let minus_one = (-1i32).into_pyobject(py)?.into_any();
-        let buffer = match this.call_protocol(protocol, pyo3::intern!(py, "get_buffer"), Some(&minus_one)) {
-            Ok(buffer) => buffer,
-            Err(error) => return Self::protocol_failed(slf, error, "Fatal error: protocol.get_buffer() call failed."),
-        };
+        let buffer =
+            match this.call_protocol(protocol, pyo3::intern!(py, "get_buffer"), Some(&minus_one)) {
+                Ok(buffer) => buffer,
+                Err(error) => {
+                    return Self::protocol_failed(
+                        slf,
+                        error,
+                        "Fatal error: protocol.get_buffer() call failed.",
+                    )
+                }
+            };
         let received = match read_into(this.fd, &buffer) {
             Ok(received) => received,
-            Err(ReceiveIntoError::Python(error)) => return Self::protocol_failed(slf, error, "Fatal error: protocol.get_buffer() call failed."),
+            Err(ReceiveIntoError::Python(error)) => {
+                return Self::protocol_failed(
+                    slf,
+                    error,
+                    "Fatal error: protocol.get_buffer() call failed.",
+                )
+            }
             Err(ReceiveIntoError::Os(err)) => return Self::read_failed(slf, err),
         };
         if received.bytes == 0 {
             return Self::on_eof(slf, protocol);
         }
         let count = received.bytes.into_pyobject(py)?.into_any();
-        if let Err(error) = this.call_protocol(protocol, pyo3::intern!(py, "buffer_updated"), Some(&count)) {
-            return Self::protocol_failed(slf, error, "Fatal error: protocol.buffer_updated() call failed.");
+        if let Err(error) =
+            this.call_protocol(protocol, pyo3::intern!(py, "buffer_updated"), Some(&count))
+        {
+            return Self::protocol_failed(
+                slf,
+                error,
+                "Fatal error: protocol.buffer_updated() call failed.",
+            );
         }
         if this.may_have_more(received.bytes, received.capacity) {
             Self::schedule_read(slf);
@@ -445,9 +510,16 @@ impl StreamTransport {
                 debug_log(py, "%r received EOF", transport.bind(py))?;
             }
         }
-        let keep_open = match this.call_protocol(protocol, pyo3::intern!(py, "eof_received"), None) {
+        let keep_open = match this.call_protocol(protocol, pyo3::intern!(py, "eof_received"), None)
+        {
             Ok(keep_open) => keep_open,
-            Err(error) => return Self::protocol_failed(slf, error, "Fatal error: protocol.eof_received() call failed."),
+            Err(error) => {
+                return Self::protocol_failed(
+                    slf,
+                    error,
+                    "Fatal error: protocol.eof_received() call failed.",
+                )
+            }
         };
         if this.role == Role::ReadPipe || !keep_open.is_truthy()? {
             Self::close_transport(slf)?;
@@ -467,7 +539,9 @@ impl StreamTransport {
             match send_vectored(self.role, self.fd, pieces) {
                 Ok(sent) => state.buffer.consume(sent),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break FlushOutcome::WouldBlock,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    break FlushOutcome::WouldBlock
+                }
                 Err(err) => break FlushOutcome::Failed(err),
             }
         }
@@ -503,7 +577,8 @@ impl StreamTransport {
                 if let Some(waiter) = waiter {
                     let waiter = waiter.bind(py);
                     if !waiter.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
-                        waiter.call_method1(pyo3::intern!(py, "set_exception"), (error.value(py),))?;
+                        waiter
+                            .call_method1(pyo3::intern!(py, "set_exception"), (error.value(py),))?;
                     }
                 }
                 Self::fatal_error(slf, error, this.role.write_error_message())
@@ -557,7 +632,10 @@ impl StreamTransport {
     /// Schedules `SocketTransport._call_connection_lost(exc)` with `call_soon`, in the
     /// transport's context. Once the loop is closed, this fails as asyncio's `call_soon`
     /// does (the transport is left closing, its socket for its finalizer to close).
-    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    fn schedule_connection_lost(
+        slf: &Bound<'_, Self>,
+        exc: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         if this.shared.is_released(py) {
@@ -612,7 +690,11 @@ impl StreamTransport {
 
     /// Calls `pause_writing`/`resume_writing`; an exception goes to the exception handler
     /// (`protocol.<method>() failed`), as asyncio's flow-control mixin does.
-    fn call_flow_control(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
+    fn call_flow_control(
+        slf: &Bound<'_, Self>,
+        protocol: &Bound<'_, PyAny>,
+        method: &str,
+    ) -> PyResult<()> {
         let py = slf.py();
         let Err(error) = protocol.call_method0(method) else { return Ok(()) };
         if is_fatal(py, &error) {
@@ -649,7 +731,11 @@ impl StreamTransport {
     /// Appends `data` (a bytes-like object) to the buffer, queues the flush, and sends at
     /// once when the buffer would otherwise pause the protocol — unless `more_follows` (a
     /// piece of `writelines` before its last, which decides for all of them).
-    fn write_data(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>, more_follows: bool) -> PyResult<()> {
+    fn write_data(
+        slf: &Bound<'_, Self>,
+        data: &Bound<'_, PyAny>,
+        more_follows: bool,
+    ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         check_bytes_like(data)?;
@@ -688,7 +774,9 @@ impl StreamTransport {
                 (Some(lost), false, false)
             } else {
                 match (bytes, copy.take()) {
-                    (Some(bytes), _) => state.buffer.push_shared(bytes.as_bytes(), || SharedBytes(bytes.clone().unbind())),
+                    (Some(bytes), _) => state
+                        .buffer
+                        .push_shared(bytes.as_bytes(), || SharedBytes(bytes.clone().unbind())),
                     (None, Some(copy)) => state.buffer.push_owned(copy),
                     (None, None) => unreachable!("a copy is made of every non-bytes buffer"),
                 }
@@ -696,7 +784,9 @@ impl StreamTransport {
                 // A pipe is written at once, as asyncio does (its reader may be waiting in
                 // a blocking read); a socket at the end of the iteration, or at once above
                 // the high-water mark.
-                let send_now = !pending && !more_follows && (this.role == Role::WritePipe || state.buffer.len() > state.high_water);
+                let send_now = !pending
+                    && !more_follows
+                    && (this.role == Role::WritePipe || state.buffer.len() > state.high_water);
                 let queue_flush = !send_now && !state.flush_queued && !pending;
                 if queue_flush {
                     state.flush_queued = true;
@@ -770,7 +860,12 @@ impl StreamTransport {
         let dropped = {
             let mut state = self.state(py);
             state.watched = false;
-            (state.protocol.take(), state.transport.take(), state.buffer.clear(), state.empty_waiter.take())
+            (
+                state.protocol.take(),
+                state.transport.take(),
+                state.buffer.clear(),
+                state.empty_waiter.take(),
+            )
         };
         self.reading.store(false, Ordering::Relaxed);
         self.write_pending.store(false, Ordering::Relaxed);
@@ -793,7 +888,16 @@ impl StreamTransport {
         if this.shared.debug_enabled() {
             Self::log_transport(slf, "%r was closed by peer")?;
         }
-        let error = if this.state(py).buffer.is_empty() { None } else { Some(pyo3::exceptions::PyBrokenPipeError::new_err(()).into_value(py).into_bound(py).into_any()) };
+        let error = if this.state(py).buffer.is_empty() {
+            None
+        } else {
+            Some(
+                pyo3::exceptions::PyBrokenPipeError::new_err(())
+                    .into_value(py)
+                    .into_bound(py)
+                    .into_any(),
+            )
+        };
         Self::force_close(slf, error)
     }
 
@@ -814,7 +918,13 @@ impl StreamTransport {
     /// "write_pipe". Reading starts with `_start_reading()`.
     #[new]
     #[pyo3(signature = (event_loop, fd, protocol, transport, kind="socket"))]
-    fn py_new(event_loop: &Bound<'_, LoopCore>, fd: RawFd, protocol: Bound<'_, PyAny>, transport: Bound<'_, PyAny>, kind: &str) -> PyResult<Py<Self>> {
+    fn py_new(
+        event_loop: &Bound<'_, LoopCore>,
+        fd: RawFd,
+        protocol: Bound<'_, PyAny>,
+        transport: Bound<'_, PyAny>,
+        kind: &str,
+    ) -> PyResult<Py<Self>> {
         let py = event_loop.py();
         let role = Role::parse(kind)?;
         let shared = LoopCore::shared_for_transport(event_loop)?;
@@ -857,7 +967,10 @@ impl StreamTransport {
             Ok(()) => this.get().state(py).watched = true,
             // A pipe end the poller refuses (a character device such as /dev/null) is used
             // unwatched, as always ready; a socket must be watchable.
-            Err(err) if role != Role::Socket && err.value(py).is_instance_of::<pyo3::exceptions::PyPermissionError>() => {
+            Err(err)
+                if role != Role::Socket
+                    && err.value(py).is_instance_of::<pyo3::exceptions::PyPermissionError>() =>
+            {
                 this.get().pollable.store(false, Ordering::Relaxed);
             }
             Err(err) => return Err(err),
@@ -901,7 +1014,10 @@ impl StreamTransport {
     /// `transport.writelines(list_of_data)`: the pieces are buffered in order and sent
     /// together. As asyncio's (which joins them and calls `write()`), nothing is written if a
     /// piece is not bytes-like, and an empty list still raises after `write_eof()`.
-    pub(crate) fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+    pub(crate) fn writelines(
+        slf: &Bound<'_, Self>,
+        list_of_data: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         if let Some(message) = slf.get().writelines_refusal(slf.py()) {
             return Err(PyRuntimeError::new_err(message));
         }
@@ -987,7 +1103,11 @@ impl StreamTransport {
     fn force_close(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if exc.is_none() && this.role == Role::Socket && !this.write_pending.load(Ordering::Relaxed) && this.state(py).conn_lost == 0 {
+        if exc.is_none()
+            && this.role == Role::Socket
+            && !this.write_pending.load(Ordering::Relaxed)
+            && this.state(py).conn_lost == 0
+        {
             // `abort()`. asyncio's `write()` has already sent what the kernel takes, and abort
             // drops only the rest; small writes wait here for the end of the iteration, so
             // they are offered to the kernel now. What it refuses (or an error) is dropped,
@@ -1142,7 +1262,9 @@ impl StreamTransport {
         // borrows the state.
         let py = unsafe { Python::assume_attached() };
         if let Some(state) = self.state.try_borrow_mut(py) {
-            for object in [&state.protocol, &state.transport, &state.empty_waiter].into_iter().flatten() {
+            for object in
+                [&state.protocol, &state.transport, &state.empty_waiter].into_iter().flatten()
+            {
                 visit.call(object)?;
             }
         }
@@ -1171,12 +1293,17 @@ fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
 }
 
 /// `read` of up to `capacity` bytes straight into a new `bytes`, shrunk to what was read.
-fn read_into_new_bytes(py: Python<'_>, fd: RawFd, capacity: usize) -> io::Result<Bound<'_, PyBytes>> {
+fn read_into_new_bytes(
+    py: Python<'_>,
+    fd: RawFd,
+    capacity: usize,
+) -> io::Result<Bound<'_, PyBytes>> {
     // SAFETY: the GIL is held. A `bytes` made with a NULL source is uninitialised and not yet
     // shared, so writing into it and resizing it (which may move it) is allowed; it is
     // initialised up to the size it is shrunk to before anyone else sees it.
     unsafe {
-        let mut object = ffi::PyBytes_FromStringAndSize(std::ptr::null(), capacity as ffi::Py_ssize_t);
+        let mut object =
+            ffi::PyBytes_FromStringAndSize(std::ptr::null(), capacity as ffi::Py_ssize_t);
         if object.is_null() {
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         }
@@ -1222,7 +1349,9 @@ fn read_into(fd: RawFd, buffer: &Bound<'_, PyAny>) -> Result<Received, ReceiveIn
         let mut view = view.assume_init();
         let capacity = view.len as usize;
         let result = if capacity == 0 {
-            Err(ReceiveIntoError::Python(PyRuntimeError::new_err("get_buffer() returned an empty buffer")))
+            Err(ReceiveIntoError::Python(PyRuntimeError::new_err(
+                "get_buffer() returned an empty buffer",
+            )))
         } else {
             let n = libc::read(fd, view.buf, capacity);
             if n < 0 {

@@ -50,16 +50,25 @@ unsafe fn parse_forwarded<'py>(
             let values = std::slice::from_raw_parts(args.add(nargs as usize), keywords);
             for (keyword, &value) in names.iter().zip(values) {
                 let keyword = keyword.cast_into::<PyString>()?;
-                if parameter.is_some_and(|p| keyword.to_str().is_ok_and(|k| k == p)) && argument.is_none() {
+                if parameter.is_some_and(|p| keyword.to_str().is_ok_and(|k| k == p))
+                    && argument.is_none()
+                {
                     argument = Some(Bound::from_borrowed_ptr(py, value));
                 } else {
-                    return Err(PyTypeError::new_err(format!("{name}() got an unexpected keyword argument '{keyword}'")));
+                    return Err(PyTypeError::new_err(format!(
+                        "{name}() got an unexpected keyword argument '{keyword}'"
+                    )));
                 }
             }
         }
         let expected = usize::from(parameter.is_some());
         if positional.len() + usize::from(argument.is_some()) != expected {
-            return Err(PyTypeError::new_err(format!("{name}() takes {} positional argument{} but {} were given", expected + 1, if expected == 0 { "" } else { "s" }, positional.len() + 1)));
+            return Err(PyTypeError::new_err(format!(
+                "{name}() takes {} positional argument{} but {} were given",
+                expected + 1,
+                if expected == 0 { "" } else { "s" },
+                positional.len() + 1
+            )));
         }
         if let Some(&first) = positional.first() {
             argument = Some(Bound::from_borrowed_ptr(py, first));
@@ -178,11 +187,17 @@ static METHODS: [NativeMethod; 7] = [
 #[pyo3(signature = (cls, names=None))]
 fn install_transport_methods(cls: &Bound<'_, PyType>, names: Option<Vec<String>>) -> PyResult<()> {
     if let Some(names) = &names {
-        if let Some(unknown) = names.iter().find(|n| !METHODS.iter().any(|m| m.name() == n.as_str())) {
-            return Err(PyTypeError::new_err(format!("no native transport method named {unknown:?}")));
+        if let Some(unknown) =
+            names.iter().find(|n| !METHODS.iter().any(|m| m.name() == n.as_str()))
+        {
+            return Err(PyTypeError::new_err(format!(
+                "no native transport method named {unknown:?}"
+            )));
         }
     }
-    let selected = METHODS.iter().filter(|method| names.as_ref().is_none_or(|names| names.iter().any(|n| n == method.name())));
+    let selected = METHODS.iter().filter(|method| {
+        names.as_ref().is_none_or(|names| names.iter().any(|n| n == method.name()))
+    });
     install_methods(cls, selected)
 }
 

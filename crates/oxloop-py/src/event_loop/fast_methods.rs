@@ -95,7 +95,11 @@ unsafe fn schedule_from_vectorcall(
             for (keyword, &value) in names.iter().zip(values) {
                 let value = Bound::from_borrowed_ptr(py, value);
                 // Keyword names are almost always the interned string itself.
-                let is = |expected: &str| keyword.cast::<PyString>().is_ok_and(|k| k.to_str().is_ok_and(|k| k == expected));
+                let is = |expected: &str| {
+                    keyword
+                        .cast::<PyString>()
+                        .is_ok_and(|k| k.to_str().is_ok_and(|k| k == expected))
+                };
                 let slot = if keyword.is(context_name) || is("context") {
                     &mut context
                 } else if is("callback") {
@@ -103,14 +107,22 @@ unsafe fn schedule_from_vectorcall(
                 } else if call.time_parameter().is_some_and(is) {
                     &mut time
                 } else {
-                    return Err(PyTypeError::new_err(format!("{name}() got an unexpected keyword argument '{keyword}'")));
+                    return Err(PyTypeError::new_err(format!(
+                        "{name}() got an unexpected keyword argument '{keyword}'"
+                    )));
                 };
                 if slot.replace(value).is_some() {
-                    return Err(PyTypeError::new_err(format!("{name}() got multiple values for argument '{keyword}'")));
+                    return Err(PyTypeError::new_err(format!(
+                        "{name}() got multiple values for argument '{keyword}'"
+                    )));
                 }
             }
         }
-        let missing = |parameter: &str| PyTypeError::new_err(format!("{name}() missing 1 required positional argument: '{parameter}'"));
+        let missing = |parameter: &str| {
+            PyTypeError::new_err(format!(
+                "{name}() missing 1 required positional argument: '{parameter}'"
+            ))
+        };
         let time = match call.time_parameter() {
             Some(parameter) => Some(time.ok_or_else(|| missing(parameter))?),
             None => None,
@@ -123,7 +135,11 @@ unsafe fn schedule_from_vectorcall(
             }
             (Call::Later | Call::At, Some(time)) => {
                 if time.is_none() {
-                    let message = if call == Call::At { "when cannot be None" } else { "delay must not be None" };
+                    let message = if call == Call::At {
+                        "when cannot be None"
+                    } else {
+                        "delay must not be None"
+                    };
                     return Err(PyTypeError::new_err(message));
                 }
                 let mut when: f64 = time.extract()?;
@@ -134,9 +150,12 @@ unsafe fn schedule_from_vectorcall(
                     }
                     _ => (!time.is_exact_instance_of::<PyFloat>()).then_some(time),
                 };
-                LoopCore::schedule_timer(&slf, when, given_when, callback, rest, context, "call_at").map(Py::into_any)
+                LoopCore::schedule_timer(&slf, when, given_when, callback, rest, context, "call_at")
+                    .map(Py::into_any)
             }
-            (Call::Later | Call::At, None) => unreachable!("timer methods always have a time parameter"),
+            (Call::Later | Call::At, None) => {
+                unreachable!("timer methods always have a time parameter")
+            }
         }
     }
 }
@@ -189,7 +208,9 @@ unsafe fn create_task_from_vectorcall(
     unsafe {
         let slf = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopCore>();
         if nargs > 1 {
-            return Err(PyTypeError::new_err(format!("create_task() takes 1 positional argument but {nargs} were given")));
+            return Err(PyTypeError::new_err(format!(
+                "create_task() takes 1 positional argument but {nargs} were given"
+            )));
         }
         let mut coro = (nargs == 1).then(|| Bound::from_borrowed_ptr(py, *args));
         let (mut name, mut context, mut extra) = (None, None, None::<Bound<'_, PyDict>>);
@@ -208,11 +229,15 @@ unsafe fn create_task_from_vectorcall(
                     }
                 };
                 if slot.replace(value).is_some() {
-                    return Err(PyTypeError::new_err(format!("create_task() got multiple values for argument '{keyword}'")));
+                    return Err(PyTypeError::new_err(format!(
+                        "create_task() got multiple values for argument '{keyword}'"
+                    )));
                 }
             }
         }
-        let coro = coro.ok_or_else(|| PyTypeError::new_err("create_task() missing 1 required positional argument: 'coro'"))?;
+        let coro = coro.ok_or_else(|| {
+            PyTypeError::new_err("create_task() missing 1 required positional argument: 'coro'")
+        })?;
         LoopCore::spawn_task(&slf, &coro, name, context, extra.as_ref()).map(Bound::unbind)
     }
 }

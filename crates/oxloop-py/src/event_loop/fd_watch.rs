@@ -104,7 +104,13 @@ impl LoopState {
     /// watched: epoll dropped the old file (so the registrar no longer knows the fd, or epoll
     /// refuses to modify it), and the entry's callbacks are stale. They are taken out and the
     /// new file is watched for the new callback alone.
-    fn set_fd_callback(&mut self, fd: RawFd, side: Side, new: Option<(Py<Handle>, &Bound<'_, PyAny>)>, unwatched: &mut Unwatched) -> PyResult<()> {
+    fn set_fd_callback(
+        &mut self,
+        fd: RawFd,
+        side: Side,
+        new: Option<(Py<Handle>, &Bound<'_, PyAny>)>,
+        unwatched: &mut Unwatched,
+    ) -> PyResult<()> {
         let Some(registrar) = self.registrar.as_mut() else {
             return Err(PyRuntimeError::new_err("Event loop is closed"));
         };
@@ -118,7 +124,11 @@ impl LoopState {
             // An existing entry keeps its file object; the caller holds the one given, so the
             // unused reference dropped here only decrements it.
             Some((handle, fileobj)) => {
-                let entry = self.fd_callbacks.entry(fd).or_insert_with(|| FdCallbacks { fileobj: fileobj.clone().unbind(), reader: None, writer: None });
+                let entry = self.fd_callbacks.entry(fd).or_insert_with(|| FdCallbacks {
+                    fileobj: fileobj.clone().unbind(),
+                    reader: None,
+                    writer: None,
+                });
                 unwatched.replaced = entry.slot(side).replace(handle);
                 entry
             }
@@ -130,7 +140,11 @@ impl LoopState {
                 None => return Ok(()),
             },
         };
-        let watch = |entry: &FdCallbacks| Watch { readable: entry.reader.is_some(), writable: entry.writer.is_some(), trigger: Trigger::Level };
+        let watch = |entry: &FdCallbacks| Watch {
+            readable: entry.reader.is_some(),
+            writable: entry.writer.is_some(),
+            trigger: Trigger::Level,
+        };
         let mut result = registrar.set_watch(fd, watch(entry));
         if adding && result.is_err() && !registrar.is_watched(fd) {
             // Closed while watched (see above): what else the entry held is stale.
@@ -178,7 +192,12 @@ impl LoopState {
 
     /// Queues the callbacks of one readiness event (asyncio's `_process_events`): a cancelled
     /// watcher is removed instead. Puts what to release after the borrow in `released`.
-    pub(super) fn dispatch_io(&mut self, py: Python<'_>, event: Readiness, released: &mut Vec<Py<PyAny>>) {
+    pub(super) fn dispatch_io(
+        &mut self,
+        py: Python<'_>,
+        event: Readiness,
+        released: &mut Vec<Py<PyAny>>,
+    ) {
         if Some(event.fd) == self.wakeup_reader {
             drain(event.fd);
             return;
@@ -198,7 +217,9 @@ impl LoopState {
         }
         let Some(entry) = self.fd_callbacks.get(&event.fd) else { return };
         let mut remove = [false, false];
-        for (side, ready, handle) in [(0, event.readable, &entry.reader), (1, event.writable, &entry.writer)] {
+        for (side, ready, handle) in
+            [(0, event.readable, &entry.reader), (1, event.writable, &entry.writer)]
+        {
             if let (true, Some(handle)) = (ready, handle) {
                 if handle.get().is_cancelled() {
                     remove[side] = true;
@@ -241,17 +262,29 @@ fn drain(fd: RawFd) {
 impl LoopShared {
     /// Registers a stream transport's descriptor: watched edge-triggered for reading (and
     /// for writing only while a send would block: see [`Self::watch_stream_writable`]).
-    pub(crate) fn register_stream(&self, py: Python<'_>, fd: RawFd, transport: Py<StreamTransport>) -> PyResult<()> {
+    pub(crate) fn register_stream(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        transport: Py<StreamTransport>,
+    ) -> PyResult<()> {
         let mut stale = Unwatched::default();
         let registered = {
             let mut state = self.state(py);
             state.discard_if_stale(fd, &mut stale);
             if state.fd_callbacks.contains_key(&fd) || state.streams.contains_key(&fd) {
-                Err(PyRuntimeError::new_err(format!("File descriptor {fd} is already watched by the loop")))
+                Err(PyRuntimeError::new_err(format!(
+                    "File descriptor {fd} is already watched by the loop"
+                )))
             } else {
                 match state.registrar.as_mut() {
                     None => Err(PyRuntimeError::new_err("Event loop is closed")),
-                    Some(registrar) => registrar.set_watch(fd, Watch { readable: true, writable: false, trigger: Trigger::Edge }).map_err(os_error),
+                    Some(registrar) => registrar
+                        .set_watch(
+                            fd,
+                            Watch { readable: true, writable: false, trigger: Trigger::Edge },
+                        )
+                        .map_err(os_error),
                 }
                 .map(|()| state.streams.insert(fd, transport.clone_ref(py)))
             }
@@ -264,18 +297,29 @@ impl LoopShared {
     /// Adds or removes writability to a stream transport's watch. Writability is watched only
     /// while a send would block, as libuv does: a socket watched for it all the time wakes
     /// the poller each time the peer's acknowledgements free buffer space.
-    pub(crate) fn watch_stream_writable(&self, py: Python<'_>, fd: RawFd, writable: bool) -> PyResult<()> {
+    pub(crate) fn watch_stream_writable(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        writable: bool,
+    ) -> PyResult<()> {
         let mut state = self.state(py);
         if !state.streams.contains_key(&fd) {
             return Ok(());
         }
         let Some(registrar) = state.registrar.as_mut() else { return Ok(()) };
-        registrar.set_watch(fd, Watch { readable: true, writable, trigger: Trigger::Edge }).map_err(os_error)
+        registrar
+            .set_watch(fd, Watch { readable: true, writable, trigger: Trigger::Edge })
+            .map_err(os_error)
     }
 
     /// Stops watching a stream transport's descriptor; returns the loop's reference to the
     /// transport (to be dropped by the caller, after the borrow).
-    pub(crate) fn unregister_stream(&self, py: Python<'_>, fd: RawFd) -> Option<Py<StreamTransport>> {
+    pub(crate) fn unregister_stream(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+    ) -> Option<Py<StreamTransport>> {
         let mut state = self.state(py);
         let transport = state.streams.remove(&fd)?;
         if let Some(registrar) = state.registrar.as_mut() {
@@ -295,28 +339,49 @@ impl LoopCore {
     /// (a stream transport: it keeps its watch until it has flushed and lost its connection,
     /// so its fd stays taken until then) or Python (in the loop's `_transports`, as asyncio
     /// keeps them: taken until the transport is closing).
-    pub(super) fn ensure_fd_no_transport(slf: &Bound<'_, Self>, fileobj: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<()> {
+    pub(super) fn ensure_fd_no_transport(
+        slf: &Bound<'_, Self>,
+        fileobj: &Bound<'_, PyAny>,
+        fd: RawFd,
+    ) -> PyResult<()> {
         let py = slf.py();
         let owner = match slf.get().shared.stream_on(py, fd) {
             Some(transport) => Some(match transport.get().python_transport(py) {
                 Some(owner) => owner.bind(py).repr()?.to_string(),
                 None => "<closed transport>".to_owned(),
             }),
-            None => match slf.getattr(pyo3::intern!(py, "_transports"))?.call_method1(pyo3::intern!(py, "get"), (fd,))? {
+            None => match slf
+                .getattr(pyo3::intern!(py, "_transports"))?
+                .call_method1(pyo3::intern!(py, "get"), (fd,))?
+            {
                 transport if transport.is_none() => None,
-                transport if transport.call_method0(pyo3::intern!(py, "is_closing"))?.is_truthy()? => None,
+                transport
+                    if transport.call_method0(pyo3::intern!(py, "is_closing"))?.is_truthy()? =>
+                {
+                    None
+                }
                 transport => Some(transport.repr()?.to_string()),
             },
         };
         match owner {
-            Some(owner) => Err(PyRuntimeError::new_err(format!("File descriptor {} is used by transport {owner}", fileobj.repr()?))),
+            Some(owner) => Err(PyRuntimeError::new_err(format!(
+                "File descriptor {} is used by transport {owner}",
+                fileobj.repr()?
+            ))),
             None => Ok(()),
         }
     }
 
     /// `add_reader`/`add_writer` (`checked`: refused for a transport's fd, as the public
     /// methods are; the loop's own callers, like asyncio's `_add_reader`, are not checked).
-    pub(super) fn add_fd_callback(slf: &Bound<'_, Self>, fileobj: &Bound<'_, PyAny>, side: Side, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, checked: bool) -> PyResult<Py<Handle>> {
+    pub(super) fn add_fd_callback(
+        slf: &Bound<'_, Self>,
+        fileobj: &Bound<'_, PyAny>,
+        side: Side,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        checked: bool,
+    ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
         this.check_closed()?;
@@ -326,7 +391,12 @@ impl LoopCore {
         }
         let handle = Self::new_handle(slf, callback, args, None, false, None)?;
         let mut unwatched = Unwatched::default();
-        let added = this.state(py).set_fd_callback(fd, side, Some((handle.clone_ref(py), fileobj)), &mut unwatched);
+        let added = this.state(py).set_fd_callback(
+            fd,
+            side,
+            Some((handle.clone_ref(py), fileobj)),
+            &mut unwatched,
+        );
         unwatched.cancel(py)?;
         added.map(|()| handle)
     }
@@ -334,7 +404,12 @@ impl LoopCore {
     /// `remove_reader`/`remove_writer`: whether a callback was registered (`checked` as for
     /// [`Self::add_fd_callback`]). A file object closed since it was registered is found by
     /// identity, as asyncio's selector finds it.
-    pub(super) fn remove_fd_callback(slf: &Bound<'_, Self>, fileobj: &Bound<'_, PyAny>, side: Side, checked: bool) -> PyResult<bool> {
+    pub(super) fn remove_fd_callback(
+        slf: &Bound<'_, Self>,
+        fileobj: &Bound<'_, PyAny>,
+        side: Side,
+        checked: bool,
+    ) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
         if this.closed.load(Ordering::Acquire) {
@@ -348,7 +423,9 @@ impl LoopCore {
                 fd
             }
             // (asyncio checks a closed file object's transports under its fd, -1: none.)
-            Err(err) if err.is_instance_of::<PyValueError>(py) => this.state(py).fd_registered_for(fileobj).ok_or(err)?,
+            Err(err) if err.is_instance_of::<PyValueError>(py) => {
+                this.state(py).fd_registered_for(fileobj).ok_or(err)?
+            }
             Err(err) => return Err(err),
         };
         let mut unwatched = Unwatched::default();
@@ -376,8 +453,15 @@ pub(super) fn fileobj_to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
             .and_then(|n| n.extract::<i64>());
         match number {
             Ok(fd) => fd,
-            Err(err) if err.is_instance_of::<PyAttributeError>(py) || err.is_instance_of::<PyTypeError>(py) || err.is_instance_of::<PyValueError>(py) => {
-                return Err(PyValueError::new_err(format!("Invalid file object: {}", fileobj.repr()?)));
+            Err(err)
+                if err.is_instance_of::<PyAttributeError>(py)
+                    || err.is_instance_of::<PyTypeError>(py)
+                    || err.is_instance_of::<PyValueError>(py) =>
+            {
+                return Err(PyValueError::new_err(format!(
+                    "Invalid file object: {}",
+                    fileobj.repr()?
+                )));
             }
             Err(err) => return Err(err),
         }

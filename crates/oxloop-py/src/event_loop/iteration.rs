@@ -115,7 +115,13 @@ impl LoopState {
     /// Moves the timers due now to the ready queue (asyncio: deadline before now plus the
     /// clock's resolution), then takes the whole queue as this iteration's batch.
     /// `patched_now` is the time when `loop.time` is patched (see `LoopCore::patched_time`).
-    fn take_batch(&mut self, py: Python<'_>, resolution: f64, patched_now: Option<f64>, batch: &mut VecDeque<Runnable>) {
+    fn take_batch(
+        &mut self,
+        py: Python<'_>,
+        resolution: f64,
+        patched_now: Option<f64>,
+        batch: &mut VecDeque<Runnable>,
+    ) {
         if !self.timers.is_empty() {
             // The clock is read only when there are timers to compare with it.
             let end = patched_now.unwrap_or_else(Clock::now) + resolution;
@@ -131,7 +137,8 @@ impl LoopCore {
     pub(super) fn run_until_stopped(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
         let mut driver = this.lock_driver()?;
-        let Driver { reactor, buffers } = driver.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
+        let Driver { reactor, buffers } =
+            driver.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
         let result = loop {
             if let Err(err) = Self::run_once_catching_panics(slf, reactor, buffers) {
                 break Err(err);
@@ -148,7 +155,8 @@ impl LoopCore {
     pub(super) fn run_one_iteration(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
         let mut driver = this.lock_driver()?;
-        let Driver { reactor, buffers } = driver.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
+        let Driver { reactor, buffers } =
+            driver.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
         let result = Self::run_once_catching_panics(slf, reactor, buffers);
         this.state(slf.py()).counters.callbacks_run += std::mem::take(&mut buffers.callbacks_run);
         result
@@ -179,7 +187,11 @@ impl LoopCore {
     }
 
     /// One iteration: wait for I/O or the next timer, queue what became ready, run the batch.
-    fn run_once(slf: &Bound<'_, Self>, reactor: &mut Reactor, buffers: &mut IterationBuffers) -> PyResult<()> {
+    fn run_once(
+        slf: &Bound<'_, Self>,
+        reactor: &mut Reactor,
+        buffers: &mut IterationBuffers,
+    ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let is_cancelled = |t: &ScheduledTimer| t.bind(py).as_super().get().is_cancelled();
@@ -215,7 +227,11 @@ impl LoopCore {
             let timeout = timeout.map(Duration::from_secs_f64);
             // A zero-timeout poll does not block: the GIL is kept (releasing and taking it
             // back would cost more than the system call).
-            let outcome = if timeout == Some(Duration::ZERO) { reactor.poll(timeout, io_events) } else { py.detach(|| reactor.poll(timeout, io_events)) };
+            let outcome = if timeout == Some(Duration::ZERO) {
+                reactor.poll(timeout, io_events)
+            } else {
+                py.detach(|| reactor.poll(timeout, io_events))
+            };
             let waited = started.elapsed();
             // Read again after the wait, as asyncio does (outside the borrow: it calls Python).
             let patched_now = this.patched_now(py);
@@ -233,8 +249,8 @@ impl LoopCore {
                 }
             }
             buffers.released_objects.clear(); // dropped after the borrow
-            // A patched `time` that raised: its exception leaves the loop, as in asyncio (the
-            // events are queued, nothing was taken out of the queue).
+                                              // A patched `time` that raised: its exception leaves the loop, as in asyncio (the
+                                              // events are queued, nothing was taken out of the queue).
             patched_now?;
             if let Err(err) = outcome {
                 this.state(py).ready.requeue_front(&mut buffers.batch);
@@ -262,8 +278,20 @@ impl LoopCore {
                         Handle::run(&handle, true)
                     }
                 }
-                Runnable::StreamRead(transport) => Self::run_stream_event(slf, transport.bind(py), debug, StreamTransport::on_readable, "_read_ready"),
-                Runnable::StreamWrite(transport) => Self::run_stream_event(slf, transport.bind(py), debug, StreamTransport::on_writable, "_write_ready"),
+                Runnable::StreamRead(transport) => Self::run_stream_event(
+                    slf,
+                    transport.bind(py),
+                    debug,
+                    StreamTransport::on_readable,
+                    "_read_ready",
+                ),
+                Runnable::StreamWrite(transport) => Self::run_stream_event(
+                    slf,
+                    transport.bind(py),
+                    debug,
+                    StreamTransport::on_writable,
+                    "_write_ready",
+                ),
             };
             buffers.callbacks_run += 1;
             if let Err(err) = result {
@@ -281,7 +309,11 @@ impl LoopCore {
     /// them). The callbacks of the batch not yet run go back to the queue, and the driver's
     /// lock is held outside the unwinding (not poisoned), so the loop can run again or close,
     /// as after a `KeyboardInterrupt`.
-    fn run_once_catching_panics(slf: &Bound<'_, Self>, reactor: &mut Reactor, buffers: &mut IterationBuffers) -> PyResult<()> {
+    fn run_once_catching_panics(
+        slf: &Bound<'_, Self>,
+        reactor: &mut Reactor,
+        buffers: &mut IterationBuffers,
+    ) -> PyResult<()> {
         match catch_unwind(AssertUnwindSafe(|| Self::run_once(slf, reactor, buffers))) {
             Ok(result) => result,
             Err(payload) => {
@@ -299,7 +331,13 @@ impl LoopCore {
 
     /// Runs a transport's read or flush; in debug mode, reports it if it was slow (as
     /// asyncio reports the transport's `_read_ready` handle).
-    fn run_stream_event(slf: &Bound<'_, Self>, transport: &Bound<'_, StreamTransport>, debug: bool, run: fn(&Bound<'_, StreamTransport>) -> PyResult<()>, name: &str) -> PyResult<()> {
+    fn run_stream_event(
+        slf: &Bound<'_, Self>,
+        transport: &Bound<'_, StreamTransport>,
+        debug: bool,
+        run: fn(&Bound<'_, StreamTransport>) -> PyResult<()>,
+        name: &str,
+    ) -> PyResult<()> {
         if !debug {
             return run(transport);
         }

@@ -36,8 +36,8 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use self::fd_watch::{fileobj_to_fd, Side};
 use self::iteration::Driver;
-use self::state::{LoopState, Runnable};
 pub(crate) use self::state::{LoopRef, MAX_READ};
+use self::state::{LoopState, Runnable};
 use crate::futures;
 use crate::gil_cell::{GilCell, GilRefMut};
 use crate::glue::os_error;
@@ -76,7 +76,11 @@ impl LoopCore {
     /// A new, empty loop core on the real monotonic clock.
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
-    fn py_new(py: Python<'_>, _args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+    fn py_new(
+        py: Python<'_>,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
         let (reactor, registrar, waker) = reactor::new()?;
         Ok(LoopCore {
             clock_resolution: Clock::resolution(),
@@ -97,7 +101,11 @@ impl LoopCore {
     }
 
     /// Sets an attribute as `object.__setattr__` does, noting a patched `time`.
-    fn __setattr__(slf: &Bound<'_, Self>, name: &Bound<'_, PyString>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn __setattr__(
+        slf: &Bound<'_, Self>,
+        name: &Bound<'_, PyString>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         generic_setattr(slf.as_any(), name, Some(value))?;
         if name.to_str()? == "time" {
             slf.get().note_time_attribute(slf.py(), Some(value));
@@ -195,7 +203,8 @@ impl LoopCore {
     /// Breaks the cycles the loop is part of when it is garbage: drops the task factory and
     /// everything pending (as closing does, without closing transports).
     fn __clear__(&self, py: Python<'_>) {
-        let old = (self.task_factory.borrow_mut(py).take(), self.patched_time.borrow_mut(py).take());
+        let old =
+            (self.task_factory.borrow_mut(py).take(), self.patched_time.borrow_mut(py).take());
         drop(old);
         self.shared.release_everything(py);
     }
@@ -244,22 +253,37 @@ impl LoopCore {
     /// and is drained natively (signal handlers themselves run from Python's signal module).
     fn _set_wakeup_reader(&self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
         let mut state = self.state(py);
-        let registrar = state.registrar.as_mut().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
-        registrar.set_watch(fd, Watch { readable: true, writable: false, trigger: Trigger::Edge }).map_err(os_error)?;
+        let registrar = state
+            .registrar
+            .as_mut()
+            .ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))?;
+        registrar
+            .set_watch(fd, Watch { readable: true, writable: false, trigger: Trigger::Edge })
+            .map_err(os_error)?;
         state.wakeup_reader = Some(fd);
         Ok(())
     }
 
     /// Watches `fd` for reading: `callback(*args)` runs each iteration while it is readable.
     #[pyo3(signature = (fd, callback, *args))]
-    fn add_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
+    fn add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
         Self::add_fd_callback(slf, fd, Side::Read, callback, args, true).map(drop)
     }
 
     /// Like `add_reader`, returning the handle, and allowed on a transport's fd (for the
     /// loop's own use, as asyncio's `_add_reader`).
     #[pyo3(signature = (fd, callback, *args))]
-    fn _add_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
+    fn _add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
         Self::add_fd_callback(slf, fd, Side::Read, callback, args, false)
     }
 
@@ -275,14 +299,24 @@ impl LoopCore {
 
     /// Watches `fd` for writing: `callback(*args)` runs each iteration while it is writable.
     #[pyo3(signature = (fd, callback, *args))]
-    fn add_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
+    fn add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
         Self::add_fd_callback(slf, fd, Side::Write, callback, args, true).map(drop)
     }
 
     /// Like `add_writer`, returning the handle, and allowed on a transport's fd (asyncio's
     /// `_add_writer`).
     #[pyo3(signature = (fd, callback, *args))]
-    fn _add_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
+    fn _add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
         Self::add_fd_callback(slf, fd, Side::Write, callback, args, false)
     }
 
@@ -306,7 +340,13 @@ impl LoopCore {
     fn _counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let (counters, ready, timers, fds, transports) = {
             let state = self.state(py);
-            (state.counters, state.ready.len(), state.timers.len(), state.registrar.as_ref().map_or(0, Registrar::len), state.streams.len())
+            (
+                state.counters,
+                state.ready.len(),
+                state.timers.len(),
+                state.registrar.as_ref().map_or(0, Registrar::len),
+                state.streams.len(),
+            )
         };
         let dict = PyDict::new(py);
         dict.set_item("iterations", counters.iterations)?;
@@ -383,7 +423,9 @@ impl LoopCore {
     /// Takes the driver (the reactor's waiting half and the iteration buffers): only one
     /// thread may run the loop.
     fn lock_driver(&self) -> PyResult<MutexGuard<'_, Option<Driver>>> {
-        self.driver.try_lock().map_err(|_| PyRuntimeError::new_err("This event loop is already running"))
+        self.driver
+            .try_lock()
+            .map_err(|_| PyRuntimeError::new_err("This event loop is already running"))
     }
 
     /// Whether debug mode is on.
@@ -412,7 +454,12 @@ impl LoopCore {
     }
 
     /// Debug-mode checks of `call_soon`/`call_at` and the creation traceback.
-    fn debug_checks(slf: &Bound<'_, Self>, callback: &Bound<'_, PyAny>, method: &str, check_thread: bool) -> PyResult<Option<Py<PyAny>>> {
+    fn debug_checks(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        method: &str,
+        check_thread: bool,
+    ) -> PyResult<Option<Py<PyAny>>> {
         if !slf.get().debug_enabled() {
             return Ok(None);
         }
@@ -424,10 +471,26 @@ impl LoopCore {
     }
 
     /// Creates a handle for `callback(*args)` in `context`.
-    fn new_handle(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, one_shot: bool, traceback: Option<Py<PyAny>>) -> PyResult<Py<Handle>> {
+    fn new_handle(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+        one_shot: bool,
+        traceback: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let context = HandleContext::given_or_copied(py, context)?;
-        Py::new(py, Handle::new(slf.get().shared_with_handles(slf)?, Callback::new(callback, args), context, one_shot, traceback))
+        Py::new(
+            py,
+            Handle::new(
+                slf.get().shared_with_handles(slf)?,
+                Callback::new(callback, args),
+                context,
+                one_shot,
+                traceback,
+            ),
+        )
     }
 
     /// The shared part, for a new stream transport of the loop `slf`.
@@ -438,7 +501,9 @@ impl LoopCore {
 
     /// The shared part, for a new handle; records the loop object on first use.
     fn shared_with_handles(&self, slf: &Bound<'_, Self>) -> PyResult<LoopRef> {
-        self.shared.loop_object.get_or_try_init(slf.py(), || PyWeakrefReference::new(slf).map(Bound::unbind))?;
+        self.shared
+            .loop_object
+            .get_or_try_init(slf.py(), || PyWeakrefReference::new(slf).map(Bound::unbind))?;
         Ok(self.shared.clone_ref(slf.py()))
     }
 
@@ -458,7 +523,13 @@ impl LoopCore {
 
     /// `call_soon` (or, `threadsafe`, `call_soon_threadsafe`) after argument parsing: the
     /// entry points are hand-written vectorcall functions in `fast_methods`.
-    pub(crate) fn schedule_soon(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, threadsafe: bool) -> PyResult<Py<Handle>> {
+    pub(crate) fn schedule_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+        threadsafe: bool,
+    ) -> PyResult<Py<Handle>> {
         let this = slf.get();
         this.check_closed()?;
         let traceback = match (this.debug_enabled(), threadsafe) {
@@ -475,24 +546,51 @@ impl LoopCore {
     /// function in `fast_methods`): wraps the coroutine `coro` in an `asyncio.Task` (or what the
     /// task factory makes), which schedules its first step. Extra keywords go to the task class
     /// or factory.
-    pub(crate) fn spawn_task<'py>(slf: &Bound<'py, Self>, coro: &Bound<'py, PyAny>, name: Option<Bound<'py, PyAny>>, context: Option<Bound<'py, PyAny>>, extra: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyAny>> {
+    pub(crate) fn spawn_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<Bound<'py, PyAny>>,
+        context: Option<Bound<'py, PyAny>>,
+        extra: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         slf.get().check_closed()?;
         let factory = slf.get().task_factory.borrow_mut(py).as_ref().map(|f| f.bind(py).clone());
         let none = py.None().into_bound(py);
-        futures::create_task(slf.as_any(), factory, coro, name.as_ref().unwrap_or(&none), context.as_ref().unwrap_or(&none), extra)
+        futures::create_task(
+            slf.as_any(),
+            factory,
+            coro,
+            name.as_ref().unwrap_or(&none),
+            context.as_ref().unwrap_or(&none),
+            extra,
+        )
     }
 
     /// `call_at` after argument parsing (the entry points of `call_at` and `call_later` are
     /// hand-written vectorcall functions in `fast_methods`).
     /// `given_when` is `call_at`'s `when` when it is not a float, kept for `when()`.
-    pub(crate) fn schedule_timer(slf: &Bound<'_, Self>, when: f64, given_when: Option<Bound<'_, PyAny>>, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>, context: Option<Bound<'_, PyAny>>, method: &str) -> PyResult<Py<TimerHandle>> {
+    pub(crate) fn schedule_timer(
+        slf: &Bound<'_, Self>,
+        when: f64,
+        given_when: Option<Bound<'_, PyAny>>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+        method: &str,
+    ) -> PyResult<Py<TimerHandle>> {
         let py = slf.py();
         let this = slf.get();
         this.check_closed()?;
         let traceback = Self::debug_checks(slf, &callback, method, true)?;
         let context = HandleContext::given_or_copied(py, context)?;
-        let handle = Handle::new(this.shared_with_handles(slf)?, Callback::new(callback, args), context, true, traceback);
+        let handle = Handle::new(
+            this.shared_with_handles(slf)?,
+            Callback::new(callback, args),
+            context,
+            true,
+            traceback,
+        );
         if let Some(given) = given_when {
             handle.keep_given_when(py, given.unbind());
         }
@@ -526,7 +624,10 @@ impl LoopCore {
 
     /// Notes a `time` set on or deleted from the loop object.
     fn note_time_attribute(&self, py: Python<'_>, value: Option<&Bound<'_, PyAny>>) {
-        let old = std::mem::replace(&mut *self.patched_time.borrow_mut(py), value.map(|v| v.clone().unbind()));
+        let old = std::mem::replace(
+            &mut *self.patched_time.borrow_mut(py),
+            value.map(|v| v.clone().unbind()),
+        );
         self.time_patched.store(value.is_some(), Ordering::Relaxed);
         drop(old); // after the borrow ends: dropping may run a finalizer
     }
@@ -555,7 +656,11 @@ fn extract_stack(py: Python<'_>) -> PyResult<Py<PyAny>> {
 }
 
 /// `object.__setattr__(object, name, value)`, or `object.__delattr__` for None.
-fn generic_setattr(object: &Bound<'_, PyAny>, name: &Bound<'_, PyString>, value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+fn generic_setattr(
+    object: &Bound<'_, PyAny>,
+    name: &Bound<'_, PyString>,
+    value: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
     let value = value.map_or(std::ptr::null_mut(), Bound::as_ptr);
     // SAFETY: the GIL is held and both objects are alive; a NULL value deletes, as the C API
     // defines. On failure an exception is set, which `PyErr::fetch` takes.
