@@ -128,7 +128,10 @@ pub(crate) fn method_body<F: FnOnce(Python<'_>) -> PyResult<Py<PyAny>>>(body: F)
 /// one value per name in `$kwnames` (a tuple, or NULL), all borrowed for the call, and `$slf`
 /// is an instance of the type the method was installed on.
 macro_rules! fastcall_entry {
-    ($(#[$attr:meta])* $entry:ident($py:ident, $slf:ident, $args:ident, $nargs:ident, $kwnames:ident) $body:block) => {
+    (
+        $(#[$attr:meta])*
+        $entry:ident($py:ident, $slf:ident, $args:ident, $nargs:ident, $kwnames:ident) $body:block
+    ) => {
         $(#[$attr])*
         unsafe extern "C" fn $entry(
             $slf: *mut ::pyo3::ffi::PyObject,
@@ -151,11 +154,19 @@ pub(crate) use fastcall_entry;
 macro_rules! one_argument_entry {
     ($(#[$attr:meta])* $entry:ident($slf:ident, $arg:ident) $body:block) => {
         $(#[$attr])*
-        unsafe extern "C" fn $entry($slf: *mut ::pyo3::ffi::PyObject, $arg: *mut ::pyo3::ffi::PyObject) -> *mut ::pyo3::ffi::PyObject {
+        unsafe extern "C" fn $entry(
+            $slf: *mut ::pyo3::ffi::PyObject,
+            $arg: *mut ::pyo3::ffi::PyObject,
+        ) -> *mut ::pyo3::ffi::PyObject {
             let body = $crate::method_table::method_body(|py| {
                 // SAFETY: CPython passes `self` and the argument as live objects borrowed for
                 // the call, with the GIL held.
-                let ($slf, $arg) = unsafe { (::pyo3::Bound::from_borrowed_ptr(py, $slf), ::pyo3::Bound::from_borrowed_ptr(py, $arg)) };
+                let ($slf, $arg) = unsafe {
+                    (
+                        ::pyo3::Bound::from_borrowed_ptr(py, $slf),
+                        ::pyo3::Bound::from_borrowed_ptr(py, $arg),
+                    )
+                };
                 $body
             });
             // SAFETY: CPython calls a method's C function with the GIL held, as `run_entry`

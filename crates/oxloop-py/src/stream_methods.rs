@@ -82,8 +82,11 @@ fastcall_entry! {
     /// The C function of `write(data)`.
     write_entry(py, slf, args, nargs, kwnames) {
         // SAFETY: the vectorcall arguments of a forwarded method, as the function requires.
-        let (core, data) = unsafe { parse_forwarded(py, slf, args, nargs, kwnames, "write", Some("data")) }?;
-        StreamTransport::write(&core, &data.expect("parse_forwarded checked it")).map(|()| py.None())
+        let (core, data) = unsafe {
+            parse_forwarded(py, slf, args, nargs, kwnames, "write", Some("data"))
+        }?;
+        let data = data.expect("parse_forwarded checked it");
+        StreamTransport::write(&core, &data).map(|()| py.None())
     }
 }
 
@@ -91,8 +94,11 @@ fastcall_entry! {
     /// The C function of `writelines(list_of_data)`.
     writelines_entry(py, slf, args, nargs, kwnames) {
         // SAFETY: the vectorcall arguments of a forwarded method, as the function requires.
-        let (core, list_of_data) = unsafe { parse_forwarded(py, slf, args, nargs, kwnames, "writelines", Some("list_of_data")) }?;
-        StreamTransport::writelines(&core, &list_of_data.expect("parse_forwarded checked it")).map(|()| py.None())
+        let (core, list_of_data) = unsafe {
+            parse_forwarded(py, slf, args, nargs, kwnames, "writelines", Some("list_of_data"))
+        }?;
+        let list_of_data = list_of_data.expect("parse_forwarded checked it");
+        StreamTransport::writelines(&core, &list_of_data).map(|()| py.None())
     }
 }
 
@@ -100,7 +106,9 @@ fastcall_entry! {
     /// The C function of `is_closing()`.
     is_closing_entry(py, slf, args, nargs, kwnames) {
         // SAFETY: the vectorcall arguments of a forwarded method, as the function requires.
-        let (core, _) = unsafe { parse_forwarded(py, slf, args, nargs, kwnames, "is_closing", None) }?;
+        let (core, _) = unsafe {
+            parse_forwarded(py, slf, args, nargs, kwnames, "is_closing", None)
+        }?;
         Ok(core.get().is_closing(py).into_pyobject(py)?.to_owned().into_any().unbind())
     }
 }
@@ -109,7 +117,9 @@ fastcall_entry! {
     /// The C function of `get_write_buffer_size()`.
     get_write_buffer_size_entry(py, slf, args, nargs, kwnames) {
         // SAFETY: the vectorcall arguments of a forwarded method, as the function requires.
-        let (core, _) = unsafe { parse_forwarded(py, slf, args, nargs, kwnames, "get_write_buffer_size", None) }?;
+        let (core, _) = unsafe {
+            parse_forwarded(py, slf, args, nargs, kwnames, "get_write_buffer_size", None)
+        }?;
         Ok(core.get().get_write_buffer_size(py).into_pyobject(py)?.into_any().unbind())
     }
 }
@@ -118,7 +128,9 @@ fastcall_entry! {
     /// The C function of `is_reading()`.
     is_reading_entry(py, slf, args, nargs, kwnames) {
         // SAFETY: the vectorcall arguments of a forwarded method, as the function requires.
-        let (core, _) = unsafe { parse_forwarded(py, slf, args, nargs, kwnames, "is_reading", None) }?;
+        let (core, _) = unsafe {
+            parse_forwarded(py, slf, args, nargs, kwnames, "is_reading", None)
+        }?;
         Ok(core.get().is_reading(py).into_pyobject(py)?.to_owned().into_any().unbind())
     }
 }
@@ -127,7 +139,9 @@ fastcall_entry! {
     /// The C function of `pause_reading()`.
     pause_reading_entry(py, slf, args, nargs, kwnames) {
         // SAFETY: the vectorcall arguments of a forwarded method, as the function requires.
-        let (core, _) = unsafe { parse_forwarded(py, slf, args, nargs, kwnames, "pause_reading", None) }?;
+        let (core, _) = unsafe {
+            parse_forwarded(py, slf, args, nargs, kwnames, "pause_reading", None)
+        }?;
         StreamTransport::pause_reading(&core).map(|()| py.None())
     }
 }
@@ -136,7 +150,9 @@ fastcall_entry! {
     /// The C function of `resume_reading()`.
     resume_reading_entry(py, slf, args, nargs, kwnames) {
         // SAFETY: the vectorcall arguments of a forwarded method, as the function requires.
-        let (core, _) = unsafe { parse_forwarded(py, slf, args, nargs, kwnames, "resume_reading", None) }?;
+        let (core, _) = unsafe {
+            parse_forwarded(py, slf, args, nargs, kwnames, "resume_reading", None)
+        }?;
         StreamTransport::resume_reading(&core).map(|()| py.None())
     }
 }

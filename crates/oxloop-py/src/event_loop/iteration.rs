@@ -248,9 +248,10 @@ impl LoopCore {
                     state.take_batch(py, this.clock_resolution, patched_now, &mut buffers.batch);
                 }
             }
-            buffers.released_objects.clear(); // dropped after the borrow
-                                              // A patched `time` that raised: its exception leaves the loop, as in asyncio (the
-                                              // events are queued, nothing was taken out of the queue).
+            // Dropped after the borrow.
+            buffers.released_objects.clear();
+            // A patched `time` that raised: its exception leaves the loop, as in asyncio (the
+            // events are queued, nothing was taken out of the queue).
             patched_now?;
             if let Err(err) = outcome {
                 this.state(py).ready.requeue_front(&mut buffers.batch);
