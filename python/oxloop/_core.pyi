@@ -69,7 +69,7 @@ class LoopCore:
 
     # -- Scheduling ------------------------------------------------------------------------
     def time(self) -> float: ...
-    # callback is positional-only here (hand-written vectorcall entry points, fastcall.rs);
+    # callback is positional-only here (hand-written vectorcall entry points, event_loop/fast_methods.rs);
     # asyncio's own call_soon also accepts callback=... as a keyword.
     def call_soon(
         self,

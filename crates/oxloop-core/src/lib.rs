@@ -14,3 +14,4 @@ pub mod counters;
 pub mod reactor;
 pub mod ready;
 pub mod timers;
+pub mod write_buffer;

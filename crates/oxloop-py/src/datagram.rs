@@ -11,7 +11,7 @@
 //!
 //! Invariants:
 //! - Only the loop's thread touches a transport, with the GIL held. The state is in a
-//!   [`GilCell`], never borrowed across a call into Python or a drop of a Python object.
+//!   [`GilCell`], borrowed by the rule stated there.
 //! - The Python socket object owns the descriptor; this object borrows its number until
 //!   `detach`, which the Python half calls just before closing the socket.
 //! - The loop watches the descriptor as asyncio's datagram transport has it watched: a reader
@@ -30,11 +30,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::event_loop::{os_error, LoopCore, SharedRef};
+use crate::event_loop::{LoopCore, LoopRef, MAX_READ};
 use crate::gil_cell::{GilCell, GilRefMut};
-use crate::handles::is_fatal;
+use crate::glue::{debug_log, is_fatal, os_error, warn_log, with_buffer};
 use crate::sockaddr::RawAddress;
-use crate::transport::{debug_log, warn_log, with_buffer, MAX_READ};
 
 /// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
@@ -58,6 +57,9 @@ impl DatagramRules {
         DatagramRules { sends_empty: since_3_13, header_size: if since_3_13 { 8 } else { 0 } }
     }
 }
+
+/// A received datagram and its sender's address.
+type Datagram<'py> = (Bound<'py, PyBytes>, Bound<'py, PyAny>);
 
 /// A datagram waiting for the kernel.
 struct Queued {
@@ -104,7 +106,7 @@ pub struct DatagramTransport {
     connected: bool,
     /// The running Python's datagram rules.
     rules: DatagramRules,
-    shared: SharedRef,
+    shared: LoopRef,
     state: GilCell<DatagramState>,
 }
 
@@ -118,24 +120,29 @@ enum SendOutcome {
 }
 
 impl DatagramTransport {
-    /// Locks the state (see the module invariants).
+    /// Borrows the state (by the rule of [`GilCell`]).
     #[inline]
-    fn lock<'a>(&'a self, py: Python<'a>) -> GilRefMut<'a, DatagramState> {
+    fn state<'a>(&'a self, py: Python<'a>) -> GilRefMut<'a, DatagramState> {
         self.state.borrow_mut(py)
     }
 
     /// The protocol, unless the transport is detached.
     fn protocol<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        self.lock(py).protocol.as_ref().map(|p| p.bind(py).clone())
+        self.state(py).protocol.as_ref().map(|p| p.bind(py).clone())
     }
 
     /// The Python transport, unless detached.
     fn python_transport<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        self.lock(py).transport.as_ref().map(|t| t.bind(py).clone())
+        self.state(py).transport.as_ref().map(|t| t.bind(py).clone())
     }
 
     /// `loop.<method>(fd, *args)` (the loop's internal fd watches).
-    fn call_loop(&self, py: Python<'_>, method: &str, callback: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    fn call_loop(
+        &self,
+        py: Python<'_>,
+        method: &str,
+        callback: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let Some(event_loop) = self.shared.loop_object(py) else { return Ok(()) };
         match callback {
             Some(callback) => event_loop.call_method1(method, (self.fd, callback)).map(drop),
@@ -148,7 +155,7 @@ impl DatagramTransport {
         let py = slf.py();
         let this = slf.get();
         {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             if state.reader_watched || state.closing || state.reading_paused {
                 return Ok(());
             }
@@ -160,7 +167,7 @@ impl DatagramTransport {
 
     /// Stops watching for readability.
     fn unwatch_reading(&self, py: Python<'_>) -> PyResult<()> {
-        if !std::mem::replace(&mut self.lock(py).reader_watched, false) {
+        if !std::mem::replace(&mut self.state(py).reader_watched, false) {
             return Ok(());
         }
         self.call_loop(py, "_remove_reader", None)
@@ -170,7 +177,7 @@ impl DatagramTransport {
     fn watch_writing(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if std::mem::replace(&mut this.lock(py).writer_watched, true) {
+        if std::mem::replace(&mut this.state(py).writer_watched, true) {
             return Ok(());
         }
         let callback = slf.getattr(pyo3::intern!(slf.py(), "_sendto_ready"))?;
@@ -179,15 +186,21 @@ impl DatagramTransport {
 
     /// Stops watching for writability.
     fn unwatch_writing(&self, py: Python<'_>) -> PyResult<()> {
-        if !std::mem::replace(&mut self.lock(py).writer_watched, false) {
+        if !std::mem::replace(&mut self.state(py).writer_watched, false) {
             return Ok(());
         }
         self.call_loop(py, "_remove_writer", None)
     }
 
     /// Schedules `transport._call_connection_lost(exc)` with `call_soon`.
-    fn schedule_connection_lost(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
-        let (Some(transport), Some(event_loop)) = (self.python_transport(py), self.shared.loop_object(py)) else {
+    fn schedule_connection_lost(
+        &self,
+        py: Python<'_>,
+        exc: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let (Some(transport), Some(event_loop)) =
+            (self.python_transport(py), self.shared.loop_object(py))
+        else {
             return Ok(());
         };
         let callback = transport.getattr(pyo3::intern!(py, "_call_connection_lost"))?;
@@ -195,7 +208,12 @@ impl DatagramTransport {
     }
 
     /// Calls `transport.<method>(*args)` on the Python half (flow control, fatal errors).
-    fn upcall<'py>(&self, py: Python<'py>, method: &str, args: impl pyo3::call::PyCallArgs<'py>) -> PyResult<()> {
+    fn upcall<'py>(
+        &self,
+        py: Python<'py>,
+        method: &str,
+        args: impl pyo3::call::PyCallArgs<'py>,
+    ) -> PyResult<()> {
         match self.python_transport(py) {
             Some(transport) => transport.call_method1(method, args).map(drop),
             None => Ok(()),
@@ -203,14 +221,18 @@ impl DatagramTransport {
     }
 
     /// The Python address of a sender: the last one's tuple again if it is the same sender.
-    fn sender_address<'py>(&self, py: Python<'py>, raw: &RawAddress) -> PyResult<Option<Bound<'py, PyAny>>> {
-        if let Some((last, address)) = &self.lock(py).last_sender {
+    fn sender_address<'py>(
+        &self,
+        py: Python<'py>,
+        raw: &RawAddress,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        if let Some((last, address)) = &self.state(py).last_sender {
             if last.same_as(raw) {
                 return Ok(Some(address.bind(py).clone()));
             }
         }
-        let Some(address) = raw.to_python(py)? else { return Ok(None) };
-        let previous = self.lock(py).last_sender.replace((*raw, address.clone().unbind()));
+        let Some(address) = raw.python_address(py)? else { return Ok(None) };
+        let previous = self.state(py).last_sender.replace((*raw, address.clone().unbind()));
         drop(previous);
         Ok(Some(address))
     }
@@ -219,7 +241,7 @@ impl DatagramTransport {
     /// the last destination again, or a numeric address.
     fn destination(&self, py: Python<'_>, address: &Bound<'_, PyAny>) -> Option<RawAddress> {
         {
-            let state = self.lock(py);
+            let state = self.state(py);
             if let Some((raw, sender)) = &state.last_sender {
                 if sender.is(address) {
                     return Some(*raw);
@@ -232,14 +254,20 @@ impl DatagramTransport {
             }
         }
         let raw = RawAddress::from_python(self.family, address)?;
-        let previous = self.lock(py).last_destination.replace((address.clone().unbind(), raw));
+        let previous = self.state(py).last_destination.replace((address.clone().unbind(), raw));
         drop(previous);
         Some(raw)
     }
 
     /// Sends one datagram now: `send` on a connected socket, else `sendto` (natively, or by
     /// the Python socket for addresses only Python converts).
-    fn send_one(&self, py: Python<'_>, data: &[u8], address: Option<&Bound<'_, PyAny>>, data_object: &Bound<'_, PyAny>) -> PyResult<SendOutcome> {
+    fn send_one(
+        &self,
+        py: Python<'_>,
+        data: &[u8],
+        address: Option<&Bound<'_, PyAny>>,
+        data_object: &Bound<'_, PyAny>,
+    ) -> PyResult<SendOutcome> {
         let native = match (self.connected, address) {
             (true, _) => Some(None),
             (false, Some(address)) => self.destination(py, address).map(Some),
@@ -253,8 +281,17 @@ impl DatagramTransport {
             // address of its length; `fd` is open until the transport is detached.
             let sent = unsafe {
                 match &raw {
-                    None => libc::send(self.fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL),
-                    Some(raw) => libc::sendto(self.fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL, raw.as_ptr(), raw.len),
+                    None => {
+                        libc::send(self.fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL)
+                    }
+                    Some(raw) => libc::sendto(
+                        self.fd,
+                        data.as_ptr().cast(),
+                        data.len(),
+                        libc::MSG_NOSIGNAL,
+                        raw.as_ptr(),
+                        raw.len,
+                    ),
                 }
             };
             if sent >= 0 {
@@ -271,8 +308,13 @@ impl DatagramTransport {
 
     /// `sock.sendto(data, address)` by the Python socket (host names, unusual forms, and
     /// the errors Python gives for bad addresses).
-    fn send_by_python(&self, py: Python<'_>, data: &Bound<'_, PyAny>, address: Option<&Bound<'_, PyAny>>) -> PyResult<SendOutcome> {
-        let Some(sock) = self.lock(py).sock.as_ref().map(|s| s.bind(py).clone()) else {
+    fn send_by_python(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        address: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<SendOutcome> {
+        let Some(sock) = self.state(py).sock.as_ref().map(|s| s.bind(py).clone()) else {
             return Ok(SendOutcome::Sent);
         };
         let result = match address {
@@ -281,7 +323,12 @@ impl DatagramTransport {
         };
         match result {
             Ok(_) => Ok(SendOutcome::Sent),
-            Err(err) if err.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py) || err.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py) => Ok(SendOutcome::WouldBlock),
+            Err(err)
+                if err.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
+                    || err.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py) =>
+            {
+                Ok(SendOutcome::WouldBlock)
+            }
             // OSErrors go to error_received, anything else is fatal: `report` decides.
             Err(err) => Ok(SendOutcome::Failed(err)),
         }
@@ -304,13 +351,22 @@ impl DatagramTransport {
 
     /// Receives one datagram natively; None if the socket's family is converted only by
     /// Python.
-    fn receive<'py>(&self, py: Python<'py>) -> PyResult<Option<io::Result<(Bound<'py, PyBytes>, Bound<'py, PyAny>)>>> {
+    fn receive<'py>(&self, py: Python<'py>) -> PyResult<Option<io::Result<Datagram<'py>>>> {
         let mut raw = RawAddress::empty();
         let received = self.shared.with_read_buffer(py, |buffer| {
             let (address, length) = raw.as_mut_parts();
             // SAFETY: `buffer` is writable for its length; `address`/`length` describe `raw`'s
             // storage; `fd` is open until the transport is detached.
-            let n = unsafe { libc::recvfrom(self.fd, buffer.as_mut_ptr().cast(), buffer.len().min(MAX_READ), 0, address, length) };
+            let n = unsafe {
+                libc::recvfrom(
+                    self.fd,
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len().min(MAX_READ),
+                    0,
+                    address,
+                    length,
+                )
+            };
             if n < 0 {
                 Err(io::Error::last_os_error())
             } else {
@@ -328,9 +384,15 @@ impl DatagramTransport {
     }
 
     /// `sock.recvfrom(max_size)` by the Python socket (families converted only by Python).
-    fn receive_by_python<'py>(&self, py: Python<'py>) -> PyResult<Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
-        let Some(sock) = self.lock(py).sock.as_ref().map(|s| s.bind(py).clone()) else { return Ok(None) };
-        let (data, address): (Bound<'py, PyAny>, Bound<'py, PyAny>) = sock.call_method1(pyo3::intern!(py, "recvfrom"), (MAX_READ,))?.extract()?;
+    fn receive_by_python<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
+        let Some(sock) = self.state(py).sock.as_ref().map(|s| s.bind(py).clone()) else {
+            return Ok(None);
+        };
+        let (data, address): (Bound<'py, PyAny>, Bound<'py, PyAny>) =
+            sock.call_method1(pyo3::intern!(py, "recvfrom"), (MAX_READ,))?.extract()?;
         Ok(Some((data, address)))
     }
 
@@ -343,14 +405,25 @@ impl DatagramTransport {
             Some(Err(err)) => {
                 return match err.kind() {
                     io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(false),
-                    _ => self.report(py, os_error(err), "Fatal read error on datagram transport").map(|()| false),
+                    _ => self
+                        .report(py, os_error(err), "Fatal read error on datagram transport")
+                        .map(|()| false),
                 };
             }
             None => match self.receive_by_python(py) {
                 Ok(Some(received)) => received,
                 Ok(None) => return Ok(false),
-                Err(err) if err.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py) || err.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py) => return Ok(false),
-                Err(err) => return self.report(py, err, "Fatal read error on datagram transport").map(|()| false),
+                Err(err)
+                    if err.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
+                        || err.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py) =>
+                {
+                    return Ok(false)
+                }
+                Err(err) => {
+                    return self
+                        .report(py, err, "Fatal read error on datagram transport")
+                        .map(|()| false)
+                }
             },
         };
         protocol.call_method1(pyo3::intern!(py, "datagram_received"), received)?;
@@ -360,7 +433,7 @@ impl DatagramTransport {
     /// Forgets the protocol, the Python objects and the buffer (breaks reference cycles).
     fn abandon(&self, py: Python<'_>) {
         let dropped = {
-            let mut state = self.lock(py);
+            let mut state = self.state(py);
             state.buffer_size = 0;
             (
                 state.protocol.take(),
@@ -382,7 +455,14 @@ impl DatagramTransport {
     /// `transport` is the Python half; `remote` the endpoint's `remote_addr` (or None);
     /// `connected` whether the socket has a peer. Reading starts with `_start_reading()`.
     #[new]
-    fn py_new(event_loop: &Bound<'_, LoopCore>, sock: Bound<'_, PyAny>, protocol: Bound<'_, PyAny>, transport: Bound<'_, PyAny>, remote: Option<Bound<'_, PyAny>>, connected: bool) -> PyResult<Self> {
+    fn py_new(
+        event_loop: &Bound<'_, LoopCore>,
+        sock: Bound<'_, PyAny>,
+        protocol: Bound<'_, PyAny>,
+        transport: Bound<'_, PyAny>,
+        remote: Option<Bound<'_, PyAny>>,
+        connected: bool,
+    ) -> PyResult<Self> {
         let py = event_loop.py();
         let shared = LoopCore::shared_for_transport(event_loop)?;
         let fd: RawFd = sock.call_method0(pyo3::intern!(py, "fileno"))?.extract()?;
@@ -422,7 +502,7 @@ impl DatagramTransport {
     fn _read_ready(&self, py: Python<'_>) -> PyResult<()> {
         for _ in 0..DATAGRAMS_PER_EVENT {
             {
-                let state = self.lock(py);
+                let state = self.state(py);
                 // The protocol may have paused or closed the transport meanwhile.
                 if state.conn_lost > 0 || !state.reader_watched {
                     return Ok(());
@@ -438,11 +518,21 @@ impl DatagramTransport {
     /// `transport.sendto(data, addr=None)`: send now if nothing is buffered, else (or if the
     /// kernel is full) buffer a copy and send it when the socket is writable.
     #[pyo3(signature = (data, addr=None))]
-    fn sendto(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>, addr: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    fn sendto(
+        slf: &Bound<'_, Self>,
+        data: &Bound<'_, PyAny>,
+        addr: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if !(data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()) {
-            return Err(PyTypeError::new_err(format!("data argument must be a bytes-like object, not {}", data.get_type().name()?.repr()?)));
+        if !(data.is_instance_of::<PyBytes>()
+            || data.is_instance_of::<PyByteArray>()
+            || data.is_instance_of::<PyMemoryView>())
+        {
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not {}",
+                data.get_type().name()?.repr()?
+            )));
         }
         let length = data.len()?;
         if length == 0 && !this.rules.sends_empty {
@@ -450,13 +540,20 @@ impl DatagramTransport {
         }
         let mut address = addr.filter(|a| !a.is_none());
         let (remote, conn_lost, buffered) = {
-            let state = this.lock(py);
-            (state.remote.as_ref().map(|r| r.bind(py).clone()), state.conn_lost, !state.buffer.is_empty())
+            let state = this.state(py);
+            (
+                state.remote.as_ref().map(|r| r.bind(py).clone()),
+                state.conn_lost,
+                !state.buffer.is_empty(),
+            )
         };
         if let Some(remote) = remote.filter(|r| r.is_truthy().unwrap_or(true)) {
             if let Some(given) = &address {
                 if !given.is(&remote) && !given.eq(&remote)? {
-                    return Err(PyValueError::new_err(format!("Invalid address: must be None or {}", remote.str()?)));
+                    return Err(PyValueError::new_err(format!(
+                        "Invalid address: must be None or {}",
+                        remote.str()?
+                    )));
                 }
             }
             address = Some(remote);
@@ -464,7 +561,7 @@ impl DatagramTransport {
                 if conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
                     warn_log(py, "socket.send() raised exception.")?;
                 }
-                this.lock(py).conn_lost += 1;
+                this.state(py).conn_lost += 1;
                 return Ok(());
             }
         }
@@ -474,11 +571,15 @@ impl DatagramTransport {
         if !buffered {
             let outcome = match data.cast::<PyBytes>() {
                 Ok(bytes) => this.send_one(py, bytes.as_bytes(), address.as_ref(), data)?,
-                Err(_) => with_buffer(data, |view| this.send_one(py, view, address.as_ref(), data))??,
+                Err(_) => {
+                    with_buffer(data, |view| this.send_one(py, view, address.as_ref(), data))??
+                }
             };
             match outcome {
                 SendOutcome::Sent => return Ok(()),
-                SendOutcome::Failed(error) => return this.report(py, error, "Fatal write error on datagram transport"),
+                SendOutcome::Failed(error) => {
+                    return this.report(py, error, "Fatal write error on datagram transport")
+                }
                 SendOutcome::WouldBlock => Self::watch_writing(slf)?,
             }
         }
@@ -488,7 +589,7 @@ impl DatagramTransport {
             Err(_) => with_buffer(data, |view| PyBytes::new(py, view).unbind())?,
         };
         {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             state.buffer.push_back(Queued { data: copy, address: address.map(Bound::unbind) });
             state.buffer_size += length + this.rules.header_size;
         }
@@ -500,25 +601,27 @@ impl DatagramTransport {
         let py = slf.py();
         let this = slf.get();
         loop {
-            let Some(queued) = this.lock(py).buffer.pop_front() else { break };
+            let Some(queued) = this.state(py).buffer.pop_front() else { break };
             let data = queued.data.bind(py);
             let address = queued.address.as_ref().map(|a| a.bind(py).clone());
             let outcome = this.send_one(py, data.as_bytes(), address.as_ref(), data.as_any())?;
             match outcome {
-                SendOutcome::Sent => this.lock(py).buffer_size -= data.as_bytes().len() + this.rules.header_size,
+                SendOutcome::Sent => {
+                    this.state(py).buffer_size -= data.as_bytes().len() + this.rules.header_size
+                }
                 SendOutcome::WouldBlock => {
-                    this.lock(py).buffer.push_front(queued);
+                    this.state(py).buffer.push_front(queued);
                     break;
                 }
                 SendOutcome::Failed(error) => {
-                    this.lock(py).buffer_size -= data.as_bytes().len() + this.rules.header_size;
+                    this.state(py).buffer_size -= data.as_bytes().len() + this.rules.header_size;
                     return this.report(py, error, "Fatal write error on datagram transport");
                 }
             }
         }
         this.upcall(py, "_maybe_resume_protocol", ())?;
         let (empty, closing) = {
-            let state = this.lock(py);
+            let state = this.state(py);
             (state.buffer.is_empty(), state.closing)
         };
         if empty {
@@ -532,24 +635,24 @@ impl DatagramTransport {
 
     /// Bytes buffered, waiting for the kernel.
     fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
-        self.lock(py).buffer_size
+        self.state(py).buffer_size
     }
 
     /// Whether the transport is closing or closed.
     fn is_closing(&self, py: Python<'_>) -> bool {
-        self.lock(py).closing
+        self.state(py).closing
     }
 
     /// Whether datagrams are delivered (not paused, not closing).
     fn is_reading(&self, py: Python<'_>) -> bool {
-        let state = self.lock(py);
+        let state = self.state(py);
         !state.reading_paused && !state.closing
     }
 
     /// Stops delivering datagrams until `resume_reading()`.
     fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
         {
-            let mut state = self.lock(py);
+            let mut state = self.state(py);
             if state.closing || state.reading_paused {
                 return Ok(());
             }
@@ -569,7 +672,7 @@ impl DatagramTransport {
         let py = slf.py();
         let this = slf.get();
         {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             if state.closing || !state.reading_paused {
                 return Ok(());
             }
@@ -587,7 +690,7 @@ impl DatagramTransport {
     /// `close()`: stop reading; lose the connection once the buffer is sent.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let lose_now = {
-            let mut state = self.lock(py);
+            let mut state = self.state(py);
             if state.closing {
                 return Ok(());
             }
@@ -610,7 +713,7 @@ impl DatagramTransport {
     #[pyo3(signature = (exc=None))]
     fn force_close(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let dropped = {
-            let mut state = self.lock(py);
+            let mut state = self.state(py);
             if state.conn_lost > 0 {
                 return Ok(());
             }
@@ -627,30 +730,30 @@ impl DatagramTransport {
 
     /// Sets the protocol that receives the following events.
     fn set_protocol(&self, py: Python<'_>, protocol: Bound<'_, PyAny>) {
-        let old = self.lock(py).protocol.replace(protocol.unbind());
+        let old = self.state(py).protocol.replace(protocol.unbind());
         drop(old);
     }
 
     /// The current protocol (None once the transport is done).
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.lock(py).protocol.as_ref().map(|p| p.clone_ref(py))
+        self.state(py).protocol.as_ref().map(|p| p.clone_ref(py))
     }
 
     /// asyncio's `_conn_lost`.
     #[getter]
     fn conn_lost(&self, py: Python<'_>) -> u32 {
-        self.lock(py).conn_lost
+        self.state(py).conn_lost
     }
 
     /// Whether the loop watches the socket for reading / writing now.
     #[getter]
     fn reading_watched(&self, py: Python<'_>) -> bool {
-        self.lock(py).reader_watched
+        self.state(py).reader_watched
     }
 
     #[getter]
     fn writing_watched(&self, py: Python<'_>) -> bool {
-        self.lock(py).writer_watched
+        self.state(py).writer_watched
     }
 
     /// Stops watching and forgets the Python objects: called by the Python half right
@@ -666,7 +769,10 @@ impl DatagramTransport {
         // borrows the state.
         let py = unsafe { Python::assume_attached() };
         if let Some(state) = self.state.try_borrow_mut(py) {
-            for object in [&state.protocol, &state.transport, &state.sock, &state.remote].into_iter().flatten() {
+            for object in [&state.protocol, &state.transport, &state.sock, &state.remote]
+                .into_iter()
+                .flatten()
+            {
                 visit.call(object)?;
             }
             for queued in &state.buffer {

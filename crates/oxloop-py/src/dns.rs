@@ -9,7 +9,8 @@
 //! `socket.AddressFamily` / `socket.SocketKind` members wherever `socket.getaddrinfo` gives
 //! members, looked up once per value and cached. An answered query raises the same
 //! `socket.getaddrinfo` audit event as `socket.getaddrinfo` does (and propagates what an audit
-//! hook raises).
+//! hook raises). Called from Python, with the GIL held, on any thread; it opens no socket and
+//! owns no descriptor.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -68,7 +69,8 @@ fn getaddrinfo_literal<'py>(
     let (Some(host_text), Some(port_text)) = (host_argument(host), port_argument(port)) else {
         return Ok(None);
     };
-    let (Some(family), Some(socktype), Some(protocol), Some(flags)) = (family.0, r#type.0, proto.0, flags.0)
+    let (Some(family), Some(socktype), Some(protocol), Some(flags)) =
+        (family.0, r#type.0, proto.0, flags.0)
     else {
         return Ok(None);
     };
@@ -78,8 +80,8 @@ fn getaddrinfo_literal<'py>(
     };
     // socket.getaddrinfo raises this audit event before resolving; a declined query gets it
     // from socket.getaddrinfo itself.
-    let audit =
-        SYS_AUDIT.get_or_try_init(py, || PyResult::Ok(py.import("sys")?.getattr("audit")?.unbind()))?;
+    let audit = SYS_AUDIT
+        .get_or_try_init(py, || PyResult::Ok(py.import("sys")?.getattr("audit")?.unbind()))?;
     audit.bind(py).call1(("socket.getaddrinfo", host, port, family, socktype, protocol))?;
     let families = ADDRESS_FAMILIES.get_or_try_init(py, || {
         IntEnumMembers::load(py, "AddressFamily", &[libc::AF_INET, libc::AF_INET6])
@@ -205,7 +207,9 @@ fn int_enum_value<'py>(enum_class: &Bound<'py, PyAny>, value: i32) -> PyResult<B
     let py = enum_class.py();
     match enum_class.call1((value,)) {
         Ok(member) => Ok(member),
-        Err(error) if error.is_instance_of::<PyValueError>(py) => Ok(value.into_pyobject(py)?.into_any()),
+        Err(error) if error.is_instance_of::<PyValueError>(py) => {
+            Ok(value.into_pyobject(py)?.into_any())
+        }
         Err(error) => Err(error),
     }
 }

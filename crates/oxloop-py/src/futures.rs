@@ -14,18 +14,31 @@ use pyo3::types::{PyDict, PyString, PyTuple};
 /// `module.attribute`, read from the module's namespace each time (so that a patched
 /// `asyncio.tasks.Task` is honoured, as asyncio's own `tasks.Task(...)` honours it), without
 /// the generic attribute lookup. The namespace is looked up once.
-fn module_attribute<'py>(py: Python<'py>, namespace: &'static PyOnceLock<Py<PyDict>>, module: &str, attribute: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
-    let namespace = namespace.get_or_try_init(py, || py.import(module).map(|m| m.dict().unbind()))?.bind(py);
+fn module_attribute<'py>(
+    py: Python<'py>,
+    namespace: &'static PyOnceLock<Py<PyDict>>,
+    module: &str,
+    attribute: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let namespace =
+        namespace.get_or_try_init(py, || py.import(module).map(|m| m.dict().unbind()))?.bind(py);
     match namespace.get_item(attribute)? {
         Some(value) => Ok(value),
-        None => Err(pyo3::exceptions::PyAttributeError::new_err(format!("module '{module}' has no attribute '{attribute}'"))),
+        None => Err(pyo3::exceptions::PyAttributeError::new_err(format!(
+            "module '{module}' has no attribute '{attribute}'"
+        ))),
     }
 }
 
 /// An interned tuple of keyword names.
-fn kwnames<'py>(py: Python<'py>, cell: &'static PyOnceLock<Py<PyTuple>>, names: &[&str]) -> PyResult<&'py Bound<'py, PyTuple>> {
+fn kwnames<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyTuple>>,
+    names: &[&str],
+) -> PyResult<&'py Bound<'py, PyTuple>> {
     cell.get_or_try_init(py, || {
-        let names: Vec<Bound<'_, PyString>> = names.iter().map(|n| PyString::intern(py, n)).collect();
+        let names: Vec<Bound<'_, PyString>> =
+            names.iter().map(|n| PyString::intern(py, n)).collect();
         PyTuple::new(py, names).map(Bound::unbind)
     })
     .map(|t| t.bind(py))
@@ -35,19 +48,32 @@ fn kwnames<'py>(py: Python<'py>, cell: &'static PyOnceLock<Py<PyTuple>>, names: 
 const MAX_ARGUMENTS: usize = 4;
 
 /// `callable(*positional, **dict(zip(names, keywords)))` by vectorcall.
-fn call_with_keywords<'py>(callable: &Bound<'py, PyAny>, positional: &[&Bound<'py, PyAny>], keywords: &[&Bound<'py, PyAny>], names: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyAny>> {
+fn call_with_keywords<'py>(
+    callable: &Bound<'py, PyAny>,
+    positional: &[&Bound<'py, PyAny>],
+    keywords: &[&Bound<'py, PyAny>],
+    names: &Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
     let py = callable.py();
     debug_assert_eq!(keywords.len(), names.len());
     let mut args = [std::ptr::null_mut::<ffi::PyObject>(); MAX_ARGUMENTS];
     for (slot, arg) in args.iter_mut().zip(positional.iter().chain(keywords.iter())) {
         *slot = arg.as_ptr();
     }
-    assert!(positional.len() + keywords.len() <= MAX_ARGUMENTS, "too many arguments for call_with_keywords");
+    assert!(
+        positional.len() + keywords.len() <= MAX_ARGUMENTS,
+        "too many arguments for call_with_keywords"
+    );
     // SAFETY: every pointer in `args` is borrowed from a live Bound for the whole call; the
     // last `names.len()` entries are the keyword values, as vectorcall's protocol requires;
     // the result is a new reference or NULL with an exception set.
     unsafe {
-        let result = ffi::PyObject_Vectorcall(callable.as_ptr(), args.as_ptr(), positional.len(), names.as_ptr());
+        let result = ffi::PyObject_Vectorcall(
+            callable.as_ptr(),
+            args.as_ptr(),
+            positional.len(),
+            names.as_ptr(),
+        );
         Bound::from_owned_ptr_or_err(py, result)
     }
 }
@@ -57,7 +83,8 @@ pub(crate) fn create_future<'py>(event_loop: &Bound<'py, PyAny>) -> PyResult<Bou
     static FUTURES: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
     static NAMES: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
     let py = event_loop.py();
-    let future_class = module_attribute(py, &FUTURES, "asyncio.futures", pyo3::intern!(py, "Future"))?;
+    let future_class =
+        module_attribute(py, &FUTURES, "asyncio.futures", pyo3::intern!(py, "Future"))?;
     call_with_keywords(&future_class, &[], &[event_loop], kwnames(py, &NAMES, &["loop"])?)
 }
 
@@ -89,10 +116,30 @@ pub(crate) fn create_task<'py>(
         // Keywords that are None are left out: they are the Task's defaults, and each keyword
         // is a dictionary entry (Task has no vectorcall).
         return match (name.is_none(), context.is_none()) {
-            (true, true) => call_with_keywords(&task_class, &[coro], &[event_loop], kwnames(py, &LOOP, &["loop"])?),
-            (false, true) => call_with_keywords(&task_class, &[coro], &[event_loop, name], kwnames(py, &LOOP_NAME, &["loop", "name"])?),
-            (true, false) => call_with_keywords(&task_class, &[coro], &[event_loop, context], kwnames(py, &LOOP_CONTEXT, &["loop", "context"])?),
-            (false, false) => call_with_keywords(&task_class, &[coro], &[event_loop, name, context], kwnames(py, &LOOP_NAME_CONTEXT, &["loop", "name", "context"])?),
+            (true, true) => call_with_keywords(
+                &task_class,
+                &[coro],
+                &[event_loop],
+                kwnames(py, &LOOP, &["loop"])?,
+            ),
+            (false, true) => call_with_keywords(
+                &task_class,
+                &[coro],
+                &[event_loop, name],
+                kwnames(py, &LOOP_NAME, &["loop", "name"])?,
+            ),
+            (true, false) => call_with_keywords(
+                &task_class,
+                &[coro],
+                &[event_loop, context],
+                kwnames(py, &LOOP_CONTEXT, &["loop", "context"])?,
+            ),
+            (false, false) => call_with_keywords(
+                &task_class,
+                &[coro],
+                &[event_loop, name, context],
+                kwnames(py, &LOOP_NAME_CONTEXT, &["loop", "name", "context"])?,
+            ),
         };
     };
     let kwargs = match extra {

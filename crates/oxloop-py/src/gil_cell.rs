@@ -12,11 +12,14 @@
 //!   holds the GIL, and no other thread runs Python or touches a `GilCell` until it lets go.
 //!   The GIL's release and acquisition order every access of one thread before the next
 //!   thread's.
-//! - The GIL can change hands while a guard is alive only if the holder runs Python code (or
-//!   calls `Python::detach`) meanwhile. Code never does that with a guard alive (the rule the
-//!   loop's mutexes had: no call into Python and no drop of a Python object under the lock).
-//!   Breaking the rule is caught rather than undefined: the borrow flag makes a second borrow
-//!   panic, where a mutex would have deadlocked.
+//! - **The rule of a borrow** (every owner of a `GilCell` follows it; elsewhere it is called
+//!   "the state borrow" or "a borrow"): a guard is taken with the GIL held and is never alive
+//!   across a call into Python, nor across the drop of a Python object (a deallocation can run
+//!   Python code: a finalizer, a weakref callback). Code copies what it needs out of the
+//!   borrow, ends it, then calls or drops. The GIL can change hands while a guard is alive only
+//!   if the holder runs Python code (or calls `Python::detach`) meanwhile, so under this rule
+//!   no other thread ever sees the value mid-change, and nothing re-enters it. Breaking the
+//!   rule is caught rather than undefined: the borrow flag makes a second borrow panic.
 //! - A guard is neither `Send` nor `Sync` (it holds the `Python` marker), so it cannot be
 //!   moved into `Python::detach`.
 
@@ -51,7 +54,10 @@ impl<T> GilCell<T> {
     /// here (see the module invariants).
     #[inline]
     pub(crate) fn borrow_mut<'a>(&'a self, _py: Python<'a>) -> GilRefMut<'a, T> {
-        assert!(!self.borrowed.replace(true), "GilCell borrowed twice: Python code ran under a borrow");
+        assert!(
+            !self.borrowed.replace(true),
+            "GilCell borrowed twice: Python code ran under a borrow"
+        );
         GilRefMut { cell: self, _gil: PhantomData }
     }
 
@@ -97,4 +103,3 @@ impl<T> Drop for GilRefMut<'_, T> {
         self.cell.borrowed.set(false);
     }
 }
-

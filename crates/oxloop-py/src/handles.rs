@@ -3,7 +3,7 @@
 //! Invariants:
 //! - Handles are only touched with the GIL held (every method is called from Python, and the
 //!   loop runs them holding the GIL). The callback lives in a [`GilCell`], borrowed for a few
-//!   loads and never across a call into Python.
+//!   loads by the rule stated there.
 //! - `cancel()` drops the callback and its arguments at once (a cancelled
 //!   `wait_for(..., 3600)` holds no memory for an hour); the entry left in the timer heap is an
 //!   empty shell purged lazily.
@@ -15,7 +15,7 @@
 //!   stays in a reference cycle once it is done: a one-shot handle drops its callback when it
 //!   has run (after the exception handler has seen it, if it raised), every handle drops it
 //!   when cancelled, and the loop drops the callbacks of everything still pending when it
-//!   closes or is freed. A handle refers to its loop through [`SharedRef`], never to the Python loop
+//!   closes or is freed. A handle refers to its loop through [`LoopRef`], never to the Python loop
 //!   object, so an unclosed loop is still collected (and warns, as asyncio's does).
 //! - The context copy a handle makes for itself is untracked by the collector while the
 //!   handle holds it (see [`HandleContext`]).
@@ -23,7 +23,6 @@
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
@@ -33,8 +32,9 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use oxloop_core::timers::TimerItem;
 
-use crate::event_loop::SharedRef;
+use crate::event_loop::LoopRef;
 use crate::gil_cell::GilCell;
+use crate::glue::{copy_current_context, is_fatal};
 
 /// What a handle calls: the callback and its positional arguments.
 pub(crate) struct Callback {
@@ -65,7 +65,10 @@ pub(crate) struct HandleContext(Py<PyAny>);
 
 impl HandleContext {
     /// `context`, or (None) an untracked copy of the current context.
-    pub(crate) fn given_or_copied(py: Python<'_>, context: Option<Bound<'_, PyAny>>) -> PyResult<Self> {
+    pub(crate) fn given_or_copied(
+        py: Python<'_>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
         match context {
             Some(context) if !context.is_none() => Ok(HandleContext(context.unbind())),
             _ => {
@@ -109,23 +112,31 @@ fn track(context: &Py<PyAny>) {
     }
 }
 
-/// `contextvars.copy_context()`.
-pub(crate) fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
-    // SAFETY: called with the GIL held; PyContext_CopyCurrent returns a new reference or NULL
-    // with an exception set, which `from_owned_ptr_or_err` turns into a PyErr.
-    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()).map(Bound::unbind) }
-}
-
 /// `PyObject_Vectorcall` as a function that may unwind. On CPython before 3.14 a daemon
 /// thread that takes the GIL back once interpreter shutdown has begun (a callback returning
 /// from `time.sleep`, say) is ended with `pthread_exit`, whose forced unwinding aborts the
 /// process at a call of a function declared "C".
-type VectorcallMayUnwind = unsafe extern "C-unwind" fn(*mut ffi::PyObject, *const *mut ffi::PyObject, usize, *mut ffi::PyObject) -> *mut ffi::PyObject;
+type VectorcallMayUnwind = unsafe extern "C-unwind" fn(
+    *mut ffi::PyObject,
+    *const *mut ffi::PyObject,
+    usize,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
 
 /// The function, read with a volatile load (see [`vectorcall_may_unwind`]).
 // SAFETY: "C" and "C-unwind" functions have the same calling convention; the second only
 // allows unwinding out of the call, which is what CPython's `pthread_exit` does.
-static VECTORCALL_MAY_UNWIND: VectorcallMayUnwind = unsafe { std::mem::transmute::<unsafe extern "C" fn(*mut ffi::PyObject, *const *mut ffi::PyObject, usize, *mut ffi::PyObject) -> *mut ffi::PyObject, VectorcallMayUnwind>(ffi::PyObject_Vectorcall) };
+static VECTORCALL_MAY_UNWIND: VectorcallMayUnwind = unsafe {
+    std::mem::transmute::<
+        unsafe extern "C" fn(
+            *mut ffi::PyObject,
+            *const *mut ffi::PyObject,
+            usize,
+            *mut ffi::PyObject,
+        ) -> *mut ffi::PyObject,
+        VectorcallMayUnwind,
+    >(ffi::PyObject_Vectorcall)
+};
 
 /// [`VECTORCALL_MAY_UNWIND`], read so that the optimizer cannot see which function it is: PyO3
 /// declares the same symbol "C", and a call the optimizer sees going to it loses its landing
@@ -168,7 +179,8 @@ fn call_in_context(
         let nargs = ffi::PyTuple_GET_SIZE(args.as_ptr());
         let items = (*args.as_ptr().cast::<ffi::PyTupleObject>()).ob_item.as_mut_ptr();
         let ended = ParkIfEnded;
-        let result = vectorcall_may_unwind()(func.as_ptr(), items, nargs as usize, std::ptr::null_mut());
+        let result =
+            vectorcall_may_unwind()(func.as_ptr(), items, nargs as usize, std::ptr::null_mut());
         std::mem::forget(ended);
         let call_result = if result.is_null() {
             Err(PyErr::fetch(py))
@@ -187,7 +199,12 @@ fn call_in_context(
 /// `asyncio.format_helpers._format_callback_source(func, args)`, looked up once. From Python
 /// 3.13 it shows the arguments only in debug mode (they may hold secrets), and asyncio's
 /// handles pass it their loop's `debug` flag; before 3.13 it always shows them.
-fn format_callback_source(py: Python<'_>, func: &Py<PyAny>, args: &Py<PyTuple>, debug: bool) -> PyResult<String> {
+fn format_callback_source(
+    py: Python<'_>,
+    func: &Py<PyAny>,
+    args: &Py<PyTuple>,
+    debug: bool,
+) -> PyResult<String> {
     static FORMAT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let format = FORMAT.import(py, "asyncio.format_helpers", "_format_callback_source")?;
     if py.version_info() >= (3, 13) {
@@ -226,7 +243,7 @@ pub struct Handle {
     state: GilCell<HandleState>,
     /// The `contextvars.Context` the callback runs in; kept after cancellation, as asyncio does.
     context: HandleContext,
-    shared: SharedRef,
+    shared: LoopRef,
     cancelled: AtomicBool,
     /// Dropped after the first run (`call_soon`, timers) rather than kept (fd watchers).
     one_shot: bool,
@@ -234,8 +251,15 @@ pub struct Handle {
 
 impl Handle {
     /// A new, not yet scheduled handle.
-    pub(crate) fn new(shared: SharedRef, callback: Callback, context: HandleContext, one_shot: bool, source_traceback: Option<Py<PyAny>>) -> Self {
-        let rare = source_traceback.map(|tb| Box::new(RareFields { source_traceback: Some(tb), ..RareFields::default() }));
+    pub(crate) fn new(
+        shared: LoopRef,
+        callback: Callback,
+        context: HandleContext,
+        one_shot: bool,
+        source_traceback: Option<Py<PyAny>>,
+    ) -> Self {
+        let rare = source_traceback
+            .map(|tb| Box::new(RareFields { source_traceback: Some(tb), ..RareFields::default() }));
         Handle {
             state: GilCell::new(HandleState { callback: Some(callback), rare }),
             context,
@@ -268,8 +292,11 @@ impl Handle {
         self.cancelled.load(Ordering::Relaxed)
     }
 
-    /// The callback's parts, as new references (so that no lock is held during the call).
-    fn callback_parts<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+    /// The callback's parts, as new references (so that no borrow is alive during the call).
+    fn callback_parts<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> Option<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
         let state = self.state.borrow_mut(py);
         state.callback.as_ref().map(|cb| (cb.func.bind(py).clone(), cb.args.bind(py).clone()))
     }
@@ -283,7 +310,8 @@ impl Handle {
         this.cancelled.store(true, Ordering::Relaxed);
         if this.shared.debug_enabled() {
             let text = Self::render_repr(slf)?;
-            this.state.borrow_mut(slf.py()).rare.get_or_insert_default().cancelled_repr = Some(text);
+            this.state.borrow_mut(slf.py()).rare.get_or_insert_default().cancelled_repr =
+                Some(text);
         }
         this.release_callback(slf.py());
         Ok(true)
@@ -298,7 +326,11 @@ impl Handle {
 
     /// Visits what the handle refers to (callback, arguments, context), for the traversal of
     /// a loop that holds the handle's only reference (see `LoopCore::__traverse__`).
-    pub(crate) fn traverse_contents(&self, py: Python<'_>, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+    pub(crate) fn traverse_contents(
+        &self,
+        py: Python<'_>,
+        visit: &PyVisit<'_>,
+    ) -> Result<(), PyTraverseError> {
         if let Some(state) = self.state.try_borrow_mut(py) {
             if let Some(callback) = state.callback.as_ref() {
                 visit.call(&callback.func)?;
@@ -325,7 +357,11 @@ impl Handle {
         let this = slf.get();
         let consumed = consume && this.one_shot;
         let parts = if consumed {
-            this.state.borrow_mut(py).callback.take().map(|cb| (cb.func.into_bound(py), cb.args.into_bound(py)))
+            this.state
+                .borrow_mut(py)
+                .callback
+                .take()
+                .map(|cb| (cb.func.into_bound(py), cb.args.into_bound(py)))
         } else {
             this.callback_parts(py)
         };
@@ -355,7 +391,9 @@ impl Handle {
                     }
                 }
                 let reported = match this.shared.loop_object(py) {
-                    Some(event_loop) => event_loop.call_method1("call_exception_handler", (context,)).map(drop),
+                    Some(event_loop) => {
+                        event_loop.call_method1("call_exception_handler", (context,)).map(drop)
+                    }
                     None => {
                         err.write_unraisable(py, Some(slf.as_any()));
                         Ok(())
@@ -379,7 +417,12 @@ impl Handle {
         }
         let parts = this.callback_parts(py);
         if let Some((func, args)) = parts {
-            info.push(format_callback_source(py, &func.unbind(), &args.unbind(), this.shared.debug_enabled())?);
+            info.push(format_callback_source(
+                py,
+                &func.unbind(),
+                &args.unbind(),
+                this.shared.debug_enabled(),
+            )?);
         }
         if let Some(tb) = this.source_traceback(py) {
             if tb.is_truthy()? {
@@ -392,7 +435,13 @@ impl Handle {
 
     /// `<Handle callback(args) at file:line>`, or the repr captured at cancellation.
     fn render_repr(slf: &Bound<'_, Self>) -> PyResult<String> {
-        let cancelled_repr = slf.get().state.borrow_mut(slf.py()).rare.as_ref().and_then(|r| r.cancelled_repr.clone());
+        let cancelled_repr = slf
+            .get()
+            .state
+            .borrow_mut(slf.py())
+            .rare
+            .as_ref()
+            .and_then(|r| r.cancelled_repr.clone());
         if let Some(text) = cancelled_repr {
             return Ok(text);
         }
@@ -563,7 +612,11 @@ impl TimerHandle {
 
     /// Timers order by deadline; equal timers have the same deadline, callback, arguments and
     /// cancellation state (asyncio's `TimerHandle` comparisons).
-    fn __richcmp__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
+    fn __richcmp__(
+        slf: &Bound<'_, Self>,
+        other: &Bound<'_, PyAny>,
+        op: CompareOp,
+    ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let Ok(other) = other.cast::<TimerHandle>() else {
             return Ok(py.NotImplemented());
@@ -593,9 +646,4 @@ impl TimerHandle {
         };
         Ok(result.into_pyobject(py)?.to_owned().into_any().unbind())
     }
-}
-
-/// Whether `err` must leave the loop rather than reach the exception handler.
-pub(crate) fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
 }

@@ -34,7 +34,12 @@ impl RawAddress {
     /// The address's bytes (as long as the kernel said).
     fn bytes(&self) -> &[u8] {
         // SAFETY: `storage` is plain data of at least `len` bytes (`len` never exceeds it).
-        unsafe { std::slice::from_raw_parts((&self.storage as *const libc::sockaddr_storage).cast::<u8>(), self.len as usize) }
+        unsafe {
+            std::slice::from_raw_parts(
+                (&self.storage as *const libc::sockaddr_storage).cast::<u8>(),
+                self.len as usize,
+            )
+        }
     }
 
     /// Whether two addresses are the same bytes.
@@ -57,7 +62,12 @@ impl RawAddress {
     fn from_struct<T: Copy>(value: T) -> Self {
         let mut address = RawAddress::empty();
         // SAFETY: every sockaddr_* type fits in sockaddr_storage and is plain data.
-        unsafe { std::ptr::write((&mut address.storage as *mut libc::sockaddr_storage).cast::<T>(), value) };
+        unsafe {
+            std::ptr::write(
+                (&mut address.storage as *mut libc::sockaddr_storage).cast::<T>(),
+                value,
+            )
+        };
         address.len = size_of::<T>() as libc::socklen_t;
         address
     }
@@ -99,7 +109,10 @@ impl RawAddress {
 
     /// The address as Python's `socket` module returns it from `recvfrom`, or None for a
     /// family converted only by Python (the caller then asks the socket itself).
-    pub(crate) fn to_python<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    pub(crate) fn python_address<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
         if self.len == 0 {
             // An unnamed sender (an unbound Unix datagram socket): Python says None.
             return Ok(Some(py.None().into_bound(py)));
@@ -113,7 +126,12 @@ impl RawAddress {
             libc::AF_INET6 => {
                 let sin6: libc::sockaddr_in6 = self.view();
                 let host = ipv6_host(self, &sin6)?;
-                let address = (host, u16::from_be(sin6.sin6_port), u32::from_be(sin6.sin6_flowinfo), sin6.sin6_scope_id);
+                let address = (
+                    host,
+                    u16::from_be(sin6.sin6_port),
+                    u32::from_be(sin6.sin6_flowinfo),
+                    sin6.sin6_scope_id,
+                );
                 Ok(Some(address.into_pyobject(py)?.into_any()))
             }
             libc::AF_UNIX => Ok(Some(unix_path(py, self)?)),
@@ -152,7 +170,17 @@ fn ipv6_host(address: &RawAddress, sin6: &libc::sockaddr_in6) -> PyResult<String
     let mut text = [0 as c_char; libc::NI_MAXHOST as usize];
     // SAFETY: `text` is writable for its length; the address is valid for its length;
     // getnameinfo NUL-terminates what it writes on success.
-    let status = unsafe { libc::getnameinfo(address.as_ptr(), address.len, text.as_mut_ptr(), text.len() as libc::socklen_t, std::ptr::null_mut(), 0, libc::NI_NUMERICHOST) };
+    let status = unsafe {
+        libc::getnameinfo(
+            address.as_ptr(),
+            address.len,
+            text.as_mut_ptr(),
+            text.len() as libc::socklen_t,
+            std::ptr::null_mut(),
+            0,
+            libc::NI_NUMERICHOST,
+        )
+    };
     if status != 0 {
         return Ok(Ipv6Addr::from(sin6.sin6_addr.s6_addr).to_string());
     }
@@ -176,5 +204,13 @@ fn unix_path<'py>(py: Python<'py>, address: &RawAddress) -> PyResult<Bound<'py, 
 fn decode_file_name<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyAny>> {
     // SAFETY: the GIL is held; the pointer and length describe `bytes`; the call returns a new
     // reference or NULL with an exception set.
-    unsafe { Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyUnicode_DecodeFSDefaultAndSize(bytes.as_ptr().cast(), bytes.len() as pyo3::ffi::Py_ssize_t)) }
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyUnicode_DecodeFSDefaultAndSize(
+                bytes.as_ptr().cast(),
+                bytes.len() as pyo3::ffi::Py_ssize_t,
+            ),
+        )
+    }
 }

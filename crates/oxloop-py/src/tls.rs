@@ -16,11 +16,12 @@
 //! `_state`...); `oxloop._tls` checks at import that asyncio's `SSLProtocol` has them and
 //! falls back to the stock class otherwise.
 //!
-//! Invariants: CPython calls these functions with the GIL held; the method definitions are
+//! Invariants: CPython calls these functions with the GIL held (they are installed from the
+//! tables [`PROTOCOL_METHODS`] and [`APP_TRANSPORT_METHODS`]); the method definitions are
 //! leaked so they live as long as the classes; a Rust panic becomes a `PanicException`,
 //! never an unwind into C. Nothing here owns a file descriptor.
 
-use std::ffi::{c_char, c_int, CStr};
+use std::ffi::{c_char, c_int};
 
 use pyo3::exceptions::{PyAttributeError, PyException, PyOverflowError, PyTypeError};
 use pyo3::ffi;
@@ -30,8 +31,9 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::fastcall::run_entry;
-use crate::transport::StreamTransport;
+use crate::glue::_PyBytes_Resize;
+use crate::method_table::{install_methods, one_argument_entry, MethodEntry, NativeMethod};
+use crate::stream::StreamTransport;
 
 /// asyncio's `SSLProtocolState.WRAPPED` and `SSLAgainErrors`, given at installation.
 struct TlsConstants {
@@ -47,11 +49,6 @@ fn constants(py: Python<'_>) -> PyResult<&TlsConstants> {
     CONSTANTS.get(py).ok_or_else(|| PyTypeError::new_err("oxloop TLS methods are not installed"))
 }
 
-extern "C" {
-    /// CPython's `_PyBytes_Resize` (see `transport.rs`).
-    fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, new_size: ffi::Py_ssize_t) -> c_int;
-}
-
 /// An object's instance attributes, read straight from its `__dict__`. asyncio's
 /// application transport keeps its state there and defines no descriptors of those names, so
 /// this reads the same values as `getattr` while skipping the lookup in the type, which is
@@ -64,7 +61,12 @@ impl<'py> InstanceDict<'py> {
         let py = object.py();
         // SAFETY: the GIL is held; `object` is alive; the call returns a new reference or
         // NULL with an exception set.
-        let dict = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyObject_GenericGetDict(object.as_ptr(), std::ptr::null_mut()))? };
+        let dict = unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                ffi::PyObject_GenericGetDict(object.as_ptr(), std::ptr::null_mut()),
+            )?
+        };
         Ok(InstanceDict(dict.cast_into::<PyDict>()?))
     }
 
@@ -164,7 +166,11 @@ impl TlsProtocolState {
     /// arguments are that `__init__`'s).
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
-    fn new(py: Python<'_>, _args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+    fn new(
+        py: Python<'_>,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> Self {
         Self::empty(py)
     }
 
@@ -172,7 +178,11 @@ impl TlsProtocolState {
     #[setter(_sslobj)]
     fn set_ssl_object(&mut self, value: Bound<'_, PyAny>) {
         let py = value.py();
-        self.ssl_socket = if value.is_none() { None } else { value.getattr(intern!(py, "_sslobj")).ok().map(Bound::unbind) };
+        self.ssl_socket = if value.is_none() {
+            None
+        } else {
+            value.getattr(intern!(py, "_sslobj")).ok().map(Bound::unbind)
+        };
         self.ssl_object = value.unbind();
     }
 
@@ -180,7 +190,11 @@ impl TlsProtocolState {
     #[setter(_transport)]
     fn set_transport(&mut self, value: Bound<'_, PyAny>) {
         let py = value.py();
-        self.transport_core = value.getattr(intern!(py, "_core")).ok().and_then(|core| core.cast_into::<StreamTransport>().ok()).map(Bound::unbind);
+        self.transport_core = value
+            .getattr(intern!(py, "_core"))
+            .ok()
+            .and_then(|core| core.cast_into::<StreamTransport>().ok())
+            .map(Bound::unbind);
         self.transport = value.unbind();
     }
 
@@ -224,7 +238,8 @@ fn as_size(value: &Bound<'_, PyAny>) -> PyResult<usize> {
     // SAFETY: the GIL is held and `value` is alive.
     let size = unsafe { ffi::PyLong_AsSsize_t(value.as_ptr()) };
     if size < 0 {
-        return Err(PyErr::take(value.py()).unwrap_or_else(|| PyOverflowError::new_err("size must not be negative")));
+        return Err(PyErr::take(value.py())
+            .unwrap_or_else(|| PyOverflowError::new_err("size must not be negative")));
     }
     Ok(size as usize)
 }
@@ -238,13 +253,26 @@ fn pending(bio: &Bound<'_, PyAny>) -> PyResult<usize> {
 ///
 /// # Safety
 /// `ptr` must stay valid for `len` bytes while the view is used.
-unsafe fn view_of(py: Python<'_>, ptr: *mut c_char, len: usize, flags: c_int) -> PyResult<Bound<'_, PyAny>> {
+unsafe fn view_of(
+    py: Python<'_>,
+    ptr: *mut c_char,
+    len: usize,
+    flags: c_int,
+) -> PyResult<Bound<'_, PyAny>> {
     // SAFETY: as the caller guarantees; returns a new reference or NULL with an exception.
-    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyMemoryView_FromMemory(ptr, len as ffi::Py_ssize_t, flags)) }
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyMemoryView_FromMemory(ptr, len as ffi::Py_ssize_t, flags),
+        )
+    }
 }
 
 /// `protocol.get_buffer(n)`: the protocol's receive buffer (asyncio's rules for `n > 0`).
-fn get_buffer<'py>(protocol: &Bound<'py, PyAny>, n: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+fn get_buffer<'py>(
+    protocol: &Bound<'py, PyAny>,
+    n: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
     let py = protocol.py();
     let wanted: isize = n.extract()?;
     if wanted <= 0 {
@@ -266,8 +294,17 @@ fn buffer_updated(protocol: &Bound<'_, PyAny>, nbytes: &Bound<'_, PyAny>) -> PyR
         // The TLS object to read records from, when the application protocol takes them as
         // they come (not paused, not a buffered protocol).
         let plain = !fields.app_reading_paused && !fields.app_protocol_is_buffer;
-        let ssl_socket = fields.ssl_socket.as_ref().filter(|_| plain).map(|socket| socket.clone_ref(py).into_bound(py));
-        (fields.ssl_buffer.clone_ref(py).into_bound(py), fields.incoming.clone_ref(py).into_bound(py), wrapped, ssl_socket)
+        let ssl_socket = fields
+            .ssl_socket
+            .as_ref()
+            .filter(|_| plain)
+            .map(|socket| socket.clone_ref(py).into_bound(py));
+        (
+            fields.ssl_buffer.clone_ref(py).into_bound(py),
+            fields.incoming.clone_ref(py).into_bound(py),
+            wrapped,
+            ssl_socket,
+        )
     };
     let buffer = buffer.cast_into::<PyByteArray>()?;
     if count > buffer.len() {
@@ -304,7 +341,13 @@ fn report(protocol: &Bound<'_, PyAny>, err: PyErr, message: &str) -> PyResult<()
 /// asyncio's `_do_read` + `_do_read__copied` for a plain application protocol: every
 /// complete record is decrypted straight into one `bytes`, delivered with one
 /// `data_received`; then the outgoing records are sent and reading flow control checked.
-fn read_records<'py>(protocol: &Bound<'py, PyAny>, this: &Bound<'py, TlsProtocolState>, ssl_socket: &Bound<'py, PyAny>, incoming: &Bound<'py, PyAny>, scratch: &Bound<'py, PyByteArray>) -> PyResult<()> {
+fn read_records<'py>(
+    protocol: &Bound<'py, PyAny>,
+    this: &Bound<'py, TlsProtocolState>,
+    ssl_socket: &Bound<'py, PyAny>,
+    incoming: &Bound<'py, PyAny>,
+    scratch: &Bound<'py, PyByteArray>,
+) -> PyResult<()> {
     let py = protocol.py();
     let (data, end_of_stream) = decrypt_available(ssl_socket, incoming, scratch)?;
     if let Some(data) = data {
@@ -350,7 +393,13 @@ enum Stop {
 ///
 /// # Safety
 /// `start` must be writable for `capacity` bytes during the call.
-unsafe fn read_loop(ssl_socket: &Bound<'_, PyAny>, incoming: &Bound<'_, PyAny>, start: *mut c_char, capacity: usize, mut filled: usize) -> (usize, Stop) {
+unsafe fn read_loop(
+    ssl_socket: &Bound<'_, PyAny>,
+    incoming: &Bound<'_, PyAny>,
+    start: *mut c_char,
+    capacity: usize,
+    mut filled: usize,
+) -> (usize, Stop) {
     let py = ssl_socket.py();
     let again = match constants(py) {
         Ok(constants) => constants.again_errors.bind(py),
@@ -388,7 +437,11 @@ unsafe fn read_loop(ssl_socket: &Bound<'_, PyAny>, incoming: &Bound<'_, PyAny>, 
 
 /// Decrypts every complete record available: the plaintext (None if there was none) and
 /// whether the peer's close_notify was read. `scratch` is the protocol's receive buffer.
-fn decrypt_available<'py>(ssl_socket: &Bound<'py, PyAny>, incoming: &Bound<'py, PyAny>, scratch: &Bound<'py, PyByteArray>) -> PyResult<(Option<Bound<'py, PyBytes>>, bool)> {
+fn decrypt_available<'py>(
+    ssl_socket: &Bound<'py, PyAny>,
+    incoming: &Bound<'py, PyAny>,
+    scratch: &Bound<'py, PyByteArray>,
+) -> PyResult<(Option<Bound<'py, PyBytes>>, bool)> {
     let py = ssl_socket.py();
     // The plaintext is no longer than the ciphertext it comes from, plus what TLS already
     // holds: decrypted bytes, and the start of a record it took from the BIO earlier (at
@@ -397,12 +450,15 @@ fn decrypt_available<'py>(ssl_socket: &Bound<'py, PyAny>, incoming: &Bound<'py, 
     let expected = ciphertext + MAX_RECORD_PLAINTEXT;
     let (start_data, mut filled, mut stop) = if expected <= SCRATCH_LIMIT.min(scratch.len()) {
         // SAFETY: the bytearray is held by the protocol and not resized during the loop.
-        let (filled, stop) = unsafe { read_loop(ssl_socket, incoming, scratch.data().cast(), scratch.len(), 0) };
+        let (filled, stop) =
+            unsafe { read_loop(ssl_socket, incoming, scratch.data().cast(), scratch.len(), 0) };
         if !matches!(stop, Stop::Full) {
             let data = match stop {
                 Stop::Failed(err) => return Err(err),
-                // SAFETY: the first `filled` bytes of the bytearray were just written.
-                _ => (filled > 0).then(|| PyBytes::new(py, unsafe { &scratch.as_bytes()[..filled] })),
+                _ => (filled > 0).then(|| {
+                    // SAFETY: the first `filled` bytes of the bytearray were just written.
+                    PyBytes::new(py, unsafe { &scratch.as_bytes()[..filled] })
+                }),
             };
             return Ok((data, matches!(stop, Stop::EndOfStream)));
         }
@@ -417,12 +473,17 @@ fn decrypt_available<'py>(ssl_socket: &Bound<'py, PyAny>, incoming: &Bound<'py, 
     // resized) and resized, which may move it, only between reads; it is shrunk to what
     // was written before anyone else sees it.
     unsafe {
-        let mut object = ffi::PyBytes_FromStringAndSize(std::ptr::null(), capacity as ffi::Py_ssize_t);
+        let mut object =
+            ffi::PyBytes_FromStringAndSize(std::ptr::null(), capacity as ffi::Py_ssize_t);
         if object.is_null() {
             return Err(PyErr::fetch(py));
         }
         if let Some(start_data) = start_data {
-            std::ptr::copy_nonoverlapping(start_data.as_ptr(), ffi::PyBytes_AsString(object).cast::<u8>(), filled);
+            std::ptr::copy_nonoverlapping(
+                start_data.as_ptr(),
+                ffi::PyBytes_AsString(object).cast::<u8>(),
+                filled,
+            );
         }
         loop {
             if matches!(stop, Stop::Full) && filled == capacity {
@@ -431,7 +492,8 @@ fn decrypt_available<'py>(ssl_socket: &Bound<'py, PyAny>, incoming: &Bound<'py, 
                     return Err(PyErr::fetch(py));
                 }
             }
-            let (now_filled, now_stop) = read_loop(ssl_socket, incoming, ffi::PyBytes_AsString(object), capacity, filled);
+            let (now_filled, now_stop) =
+                read_loop(ssl_socket, incoming, ffi::PyBytes_AsString(object), capacity, filled);
             filled = now_filled;
             stop = now_stop;
             if !matches!(stop, Stop::Full) {
@@ -455,7 +517,12 @@ fn process_outgoing(this: &Bound<'_, TlsProtocolState>) -> PyResult<()> {
     let py = this.py();
     let (outgoing, writing_paused, transport, core) = {
         let fields = this.borrow();
-        (fields.outgoing.clone_ref(py).into_bound(py), fields.ssl_writing_paused, fields.transport.clone_ref(py).into_bound(py), fields.transport_core.as_ref().map(|core| core.clone_ref(py).into_bound(py)))
+        (
+            fields.outgoing.clone_ref(py).into_bound(py),
+            fields.ssl_writing_paused,
+            fields.transport.clone_ref(py).into_bound(py),
+            fields.transport_core.as_ref().map(|core| core.clone_ref(py).into_bound(py)),
+        )
     };
     let mut still_pending = pending(&outgoing)?;
     if !writing_paused && still_pending > 0 {
@@ -474,7 +541,10 @@ fn process_outgoing(this: &Bound<'_, TlsProtocolState>) -> PyResult<()> {
 
 /// asyncio's `_control_app_writing`, entered only when a threshold is crossed;
 /// `outgoing_pending` is what the outgoing BIO holds.
-fn control_app_writing(this: &Bound<'_, TlsProtocolState>, outgoing_pending: usize) -> PyResult<()> {
+fn control_app_writing(
+    this: &Bound<'_, TlsProtocolState>,
+    outgoing_pending: usize,
+) -> PyResult<()> {
     let py = this.py();
     let crossing = {
         let fields = this.borrow();
@@ -492,7 +562,10 @@ fn control_app_writing(this: &Bound<'_, TlsProtocolState>, outgoing_pending: usi
 }
 
 /// asyncio's `_control_ssl_reading`, entered only when a threshold is crossed.
-fn control_ssl_reading(this: &Bound<'_, TlsProtocolState>, incoming: &Bound<'_, PyAny>) -> PyResult<()> {
+fn control_ssl_reading(
+    this: &Bound<'_, TlsProtocolState>,
+    incoming: &Bound<'_, PyAny>,
+) -> PyResult<()> {
     let py = this.py();
     let size = pending(incoming)?;
     let crossing = {
@@ -513,8 +586,14 @@ fn control_ssl_reading(this: &Bound<'_, TlsProtocolState>, incoming: &Bound<'_, 
 /// with nothing backlogged, else asyncio's `_write_appdata`.
 fn app_write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = transport.py();
-    if !(data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()) {
-        return Err(PyTypeError::new_err(format!("data: expecting a bytes-like instance, got {}", data.get_type().name()?)));
+    if !(data.is_instance_of::<PyBytes>()
+        || data.is_instance_of::<PyByteArray>()
+        || data.is_instance_of::<PyMemoryView>())
+    {
+        return Err(PyTypeError::new_err(format!(
+            "data: expecting a bytes-like instance, got {}",
+            data.get_type().name()?
+        )));
     }
     let length = data.len()?;
     if length == 0 {
@@ -526,8 +605,11 @@ fn app_write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<
     };
     let ssl_socket = {
         let fields = this.borrow();
-        let plain = fields.state.bind(py).is(constants(py)?.wrapped.bind(py)) && !fields.write_backlog.bind(py).is_truthy()?;
-        plain.then(|| fields.ssl_socket.as_ref().map(|socket| socket.clone_ref(py).into_bound(py))).flatten()
+        let plain = fields.state.bind(py).is(constants(py)?.wrapped.bind(py))
+            && !fields.write_backlog.bind(py).is_truthy()?;
+        plain
+            .then(|| fields.ssl_socket.as_ref().map(|socket| socket.clone_ref(py).into_bound(py)))
+            .flatten()
     };
     let Some(ssl_socket) = ssl_socket else {
         return protocol.call_method1(intern!(py, "_write_appdata"), ((data,),)).map(drop);
@@ -540,68 +622,72 @@ fn app_write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<
 
 /// Encrypts `data` (`length` bytes) and sends the records; what TLS cannot take now goes to
 /// asyncio's backlog.
-fn encrypt<'py>(this: &Bound<'py, TlsProtocolState>, ssl_socket: &Bound<'py, PyAny>, data: &Bound<'py, PyAny>, length: usize) -> PyResult<()> {
+fn encrypt<'py>(
+    this: &Bound<'py, TlsProtocolState>,
+    ssl_socket: &Bound<'py, PyAny>,
+    data: &Bound<'py, PyAny>,
+    length: usize,
+) -> PyResult<()> {
     let py = this.py();
     match ssl_socket.call_method1(intern!(py, "write"), (data,)).and_then(|n| as_size(&n)) {
         Ok(written) if written >= length => process_outgoing(this),
         Ok(written) => {
-            let rest = PyMemoryView::from(data)?.get_item(pyo3::types::PySlice::new(py, written as isize, length as isize, 1))?;
+            let rest = PyMemoryView::from(data)?.get_item(pyo3::types::PySlice::new(
+                py,
+                written as isize,
+                length as isize,
+                1,
+            ))?;
             this.call_method1(intern!(py, "_write_appdata"), ((rest,),)).map(drop)
         }
-        Err(err) if err.is_instance(py, constants(py)?.again_errors.bind(py)) => this.call_method1(intern!(py, "_write_appdata"), ((data,),)).map(drop),
+        Err(err) if err.is_instance(py, constants(py)?.again_errors.bind(py)) => {
+            this.call_method1(intern!(py, "_write_appdata"), ((data,),)).map(drop)
+        }
         Err(err) => Err(err),
     }
 }
 
-/// One native method: its name, docstring and implementation.
-struct NativeMethod {
-    name: &'static CStr,
-    doc: &'static CStr,
-    entry: ffi::PyCFunction,
-}
-
-/// Runs `f(slf, arg)` as a `METH_O` method body.
-fn method_o(slf: *mut ffi::PyObject, arg: *mut ffi::PyObject, f: fn(&Bound<'_, PyAny>, &Bound<'_, PyAny>) -> PyResult<Py<PyAny>>) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls methods with the GIL held, with `slf` and `arg` borrowed live
-    // objects.
-    unsafe {
-        run_entry(|py| {
-            let (slf, arg) = (Bound::from_borrowed_ptr(py, slf), Bound::from_borrowed_ptr(py, arg));
-            f(&slf, &arg)
-        })
+one_argument_entry! {
+    /// The C function of the protocol's `get_buffer(n)`.
+    get_buffer_entry(protocol, n) {
+        get_buffer(&protocol, &n).map(Bound::unbind)
     }
 }
 
-unsafe extern "C" fn get_buffer_entry(slf: *mut ffi::PyObject, arg: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    method_o(slf, arg, |p, n| get_buffer(p, n).map(Bound::unbind))
-}
-
-unsafe extern "C" fn buffer_updated_entry(slf: *mut ffi::PyObject, arg: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    method_o(slf, arg, |p, n| buffer_updated(p, n).map(|()| p.py().None()))
-}
-
-unsafe extern "C" fn app_write_entry(slf: *mut ffi::PyObject, arg: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    method_o(slf, arg, |t, d| app_write(t, d).map(|()| t.py().None()))
-}
-
-/// Installs `methods` on `cls` as method descriptors.
-fn install(cls: &Bound<'_, PyType>, methods: &[NativeMethod]) -> PyResult<()> {
-    let py = cls.py();
-    for method in methods {
-        // The definition must outlive the class: leak it (a few small structs per class).
-        let definition: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
-            ml_name: method.name.as_ptr(),
-            ml_meth: ffi::PyMethodDefPointer { PyCFunction: method.entry },
-            ml_flags: ffi::METH_O,
-            ml_doc: method.doc.as_ptr(),
-        }));
-        // SAFETY: the class object and the leaked definition are valid; PyDescr_NewMethod
-        // returns a new reference or NULL with an exception set.
-        let descriptor = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(cls.as_type_ptr(), definition))? };
-        cls.setattr(method.name.to_str().expect("method names are ASCII"), descriptor)?;
+one_argument_entry! {
+    /// The C function of the protocol's `buffer_updated(nbytes)`.
+    buffer_updated_entry(protocol, nbytes) {
+        buffer_updated(&protocol, &nbytes).map(|()| protocol.py().None())
     }
-    Ok(())
 }
+
+one_argument_entry! {
+    /// The C function of the application transport's `write(data)`.
+    app_write_entry(transport, data) {
+        app_write(&transport, &data).map(|()| transport.py().None())
+    }
+}
+
+/// The native methods of `TLSProtocol`.
+static PROTOCOL_METHODS: [NativeMethod; 2] = [
+    NativeMethod {
+        name: c"get_buffer",
+        doc: c"get_buffer($self, n, /)\n--\n\nThe buffer incoming TLS bytes are received into.",
+        entry: MethodEntry::OneArgument(get_buffer_entry),
+    },
+    NativeMethod {
+        name: c"buffer_updated",
+        doc: c"buffer_updated($self, nbytes, /)\n--\n\nFeed nbytes received to TLS and deliver the decrypted records.",
+        entry: MethodEntry::OneArgument(buffer_updated_entry),
+    },
+];
+
+/// The native methods of the TLS application transport.
+static APP_TRANSPORT_METHODS: [NativeMethod; 1] = [NativeMethod {
+    name: c"write",
+    doc: c"write($self, data, /)\n--\n\nEncrypt and send a bytes-like object.",
+    entry: MethodEntry::OneArgument(app_write_entry),
+}];
 
 /// Installs the native per-record methods: `get_buffer` and `buffer_updated` on
 /// `protocol_class` (a subclass of asyncio's `SSLProtocol`, `base`), `write` on
@@ -609,22 +695,29 @@ fn install(cls: &Bound<'_, PyType>, methods: &[NativeMethod]) -> PyResult<()> {
 /// `SSLProtocolState.WRAPPED`, `again_errors` asyncio's `SSLAgainErrors`. A protocol class
 /// that is not a subclass of `TlsProtocolState` is refused with TypeError.
 #[pyfunction]
-fn install_tls_methods(protocol_class: &Bound<'_, PyType>, transport_class: &Bound<'_, PyType>, base: &Bound<'_, PyType>, wrapped: &Bound<'_, PyAny>, again_errors: &Bound<'_, PyAny>) -> PyResult<()> {
+fn install_tls_methods(
+    protocol_class: &Bound<'_, PyType>,
+    transport_class: &Bound<'_, PyType>,
+    base: &Bound<'_, PyType>,
+    wrapped: &Bound<'_, PyAny>,
+    again_errors: &Bound<'_, PyAny>,
+) -> PyResult<()> {
     let py = protocol_class.py();
     // The protocol methods view `self` as a `TlsProtocolState` without checking each call
     // (`state_of`): that holds only for subclasses of it, so nothing else gets them.
     if !protocol_class.is_subclass_of::<TlsProtocolState>()? {
-        return Err(PyTypeError::new_err(format!("install_tls_methods: {} is not a subclass of TlsProtocolState", protocol_class.name()?)));
+        return Err(PyTypeError::new_err(format!(
+            "install_tls_methods: {} is not a subclass of TlsProtocolState",
+            protocol_class.name()?
+        )));
     }
-    CONSTANTS.get_or_init(py, || TlsConstants { wrapped: wrapped.clone().unbind(), again_errors: again_errors.clone().unbind(), base: base.clone().unbind() });
-    install(
-        protocol_class,
-        &[
-            NativeMethod { name: c"get_buffer", doc: c"get_buffer($self, n, /)\n--\n\nThe buffer incoming TLS bytes are received into.", entry: get_buffer_entry },
-            NativeMethod { name: c"buffer_updated", doc: c"buffer_updated($self, nbytes, /)\n--\n\nFeed nbytes received to TLS and deliver the decrypted records.", entry: buffer_updated_entry },
-        ],
-    )?;
-    install(transport_class, &[NativeMethod { name: c"write", doc: c"write($self, data, /)\n--\n\nEncrypt and send a bytes-like object.", entry: app_write_entry }])
+    CONSTANTS.get_or_init(py, || TlsConstants {
+        wrapped: wrapped.clone().unbind(),
+        again_errors: again_errors.clone().unbind(),
+        base: base.clone().unbind(),
+    });
+    install_methods(protocol_class, &PROTOCOL_METHODS)?;
+    install_methods(transport_class, &APP_TRANSPORT_METHODS)
 }
 
 /// Adds `install_tls_methods` to the module.

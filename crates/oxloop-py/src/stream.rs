@@ -9,8 +9,8 @@
 //!
 //! Invariants:
 //! - Only the loop's thread touches a transport, with the GIL held. The state lives in a
-//!   [`GilCell`], never borrowed across a call into Python or the drop of an object whose
-//!   deallocation could run Python code (the buffered chunks it drops are exact `bytes`).
+//!   [`GilCell`], borrowed by the rule stated there (the buffered chunks a borrow may drop are
+//!   exact `bytes` or vectors, whose deallocation runs no Python code).
 //! - The Python socket (or pipe) object owns the descriptor; this object only borrows its
 //!   number, from registration until [`StreamTransport::detach`], which the Python half calls
 //!   just before closing it. From registration to detach the loop watches the descriptor
@@ -23,40 +23,34 @@
 //! - A non-empty write buffer is always either queued for the end-of-iteration flush
 //!   (`flush_queued`) or waiting for writability (`write_pending`): data is never stranded.
 //! - `connection_lost` is scheduled exactly once: every path that schedules it first checks
-//!   and increments `conn_lost` under the lock.
+//!   and increments `conn_lost` in the same state borrow.
 //! - A pipe transport does one direction only ([`Role`]): a read pipe never has buffered
 //!   data; a write pipe never reads, and its readable state means "the reader went away".
 
-use std::collections::VecDeque;
 use std::ffi::c_int;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use oxloop_core::write_buffer::MAX_IOVECS;
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
+use pyo3::types::{PyBytes, PyDict};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::event_loop::{os_error, LoopCore, SharedRef};
+use crate::event_loop::{LoopCore, LoopRef, MAX_READ};
 use crate::gil_cell::{GilCell, GilRefMut};
-use crate::handles::{copy_current_context, is_fatal};
+use crate::glue::{
+    _PyBytes_Resize, check_bytes_like, copy_current_context, debug_log, is_fatal, os_error,
+    warn_log, with_buffer,
+};
 
-/// The most one read asks for (asyncio's `max_size`).
-pub(crate) const MAX_READ: usize = 256 * 1024;
 /// A read of at least this many bytes makes the next reads go straight into a `bytes` of this
 /// size (see `StreamTransport::read_bytes`).
 const LARGE_READ: usize = 64 * 1024;
-/// Writes up to this size that follow other buffered data are copied into a shared chunk, so
-/// that many small writes make few `iovec`s; larger `bytes` are kept by reference.
-const COALESCE_LIMIT: usize = 4 * 1024;
-/// The largest shared chunk small writes are copied into.
-const CHUNK_CAPACITY: usize = 64 * 1024;
-/// `iovec`s per `sendmsg`.
-const MAX_IOVECS: usize = 64;
 /// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 /// asyncio's default high-water mark; the low-water mark is a quarter of it.
@@ -81,7 +75,9 @@ impl Role {
             "socket" => Ok(Role::Socket),
             "read_pipe" => Ok(Role::ReadPipe),
             "write_pipe" => Ok(Role::WritePipe),
-            _ => Err(pyo3::exceptions::PyValueError::new_err(format!("unknown transport kind {kind:?}"))),
+            _ => Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "unknown transport kind {kind:?}"
+            ))),
         }
     }
 
@@ -109,113 +105,28 @@ impl Role {
     }
 }
 
-/// One piece of buffered outgoing data.
-enum Chunk {
-    /// A `bytes` object, kept by reference (it is immutable).
-    Shared(Py<PyBytes>),
-    /// A copy (of a mutable buffer, or of small writes coalesced together).
-    Owned(Vec<u8>),
-}
+/// A `bytes` object the write buffer keeps by reference (only an exact `bytes`: its
+/// deallocation runs no Python code, so the buffer may drop it during a state borrow).
+struct SharedBytes(Py<PyBytes>);
 
-impl Chunk {
-    fn as_slice<'a>(&'a self, py: Python<'a>) -> &'a [u8] {
-        match self {
-            Chunk::Shared(bytes) => bytes.as_bytes(py),
-            Chunk::Owned(data) => data,
+impl AsRef<[u8]> for SharedBytes {
+    #[inline]
+    fn as_ref(&self) -> &[u8] {
+        let object = self.0.as_ptr();
+        // SAFETY: `self.0` is a strong reference, so the object lives at least as long as the
+        // returned slice's borrow of `self`; a shared `bytes` object's size and contents never
+        // change, so reading them races with nothing (and every caller holds the GIL anyway).
+        unsafe {
+            std::slice::from_raw_parts(
+                ffi::PyBytes_AS_STRING(object).cast::<u8>(),
+                ffi::Py_SIZE(object) as usize,
+            )
         }
     }
 }
 
-/// Outgoing data not yet accepted by the kernel, in order.
-#[derive(Default)]
-struct WriteBuffer {
-    chunks: VecDeque<Chunk>,
-    /// Bytes of the first chunk already sent.
-    sent_of_first: usize,
-    /// Bytes not yet sent, over all chunks.
-    len: usize,
-}
-
-impl WriteBuffer {
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Appends a copy of `data`, into the last chunk when it is a small copy with room left.
-    fn push_copy(&mut self, data: &[u8]) {
-        self.len += data.len();
-        if data.len() <= COALESCE_LIMIT {
-            if let Some(Chunk::Owned(last)) = self.chunks.back_mut() {
-                if last.len() + data.len() <= CHUNK_CAPACITY {
-                    last.extend_from_slice(data);
-                    return;
-                }
-            }
-        }
-        self.chunks.push_back(Chunk::Owned(data.to_vec()));
-    }
-
-    /// Appends a copy made by the caller: small ones are coalesced, large ones kept.
-    fn push_owned(&mut self, data: Vec<u8>) {
-        if data.len() <= COALESCE_LIMIT {
-            self.push_copy(&data);
-        } else {
-            self.len += data.len();
-            self.chunks.push_back(Chunk::Owned(data));
-        }
-    }
-
-    /// Appends a `bytes` object: kept by reference when it is large or the buffer is empty
-    /// (the common case of one write per iteration: no copy), else copied (coalesced).
-    fn push_bytes(&mut self, bytes: &Bound<'_, PyBytes>) {
-        let data = bytes.as_bytes();
-        if data.len() <= COALESCE_LIMIT && !self.chunks.is_empty() {
-            self.push_copy(data);
-        } else {
-            self.len += data.len();
-            self.chunks.push_back(Chunk::Shared(bytes.clone().unbind()));
-        }
-    }
-
-    /// Fills the start of `iov` with the unsent data, in order; returns those entries.
-    fn fill_iovecs<'a>(&self, py: Python<'_>, iov: &'a mut [MaybeUninit<libc::iovec>; MAX_IOVECS]) -> &'a [libc::iovec] {
-        let mut used = 0;
-        for (index, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
-            let mut data = chunk.as_slice(py);
-            if index == 0 {
-                data = &data[self.sent_of_first..];
-            }
-            iov[used].write(libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() });
-            used += 1;
-        }
-        // SAFETY: the first `used` entries were initialised just above.
-        unsafe { std::slice::from_raw_parts(iov.as_ptr().cast::<libc::iovec>(), used) }
-    }
-
-    /// Forgets the first `sent` bytes, dropping the chunks fully sent (exact `bytes` or
-    /// vectors, whose deallocation runs no Python code, so this may happen under the lock).
-    fn consume(&mut self, py: Python<'_>, mut sent: usize) {
-        self.len -= sent;
-        while sent > 0 {
-            let first_len = self.chunks.front().expect("sent bytes were buffered").as_slice(py).len();
-            let left_in_first = first_len - self.sent_of_first;
-            if sent < left_in_first {
-                self.sent_of_first += sent;
-                return;
-            }
-            sent -= left_in_first;
-            self.sent_of_first = 0;
-            self.chunks.pop_front();
-        }
-    }
-
-    /// Empties the buffer, returning the chunks (to be dropped outside the lock).
-    fn clear(&mut self) -> VecDeque<Chunk> {
-        self.len = 0;
-        self.sent_of_first = 0;
-        std::mem::take(&mut self.chunks)
-    }
-}
+/// A transport's outgoing data (see [`oxloop_core::write_buffer`]).
+type WriteBuffer = oxloop_core::write_buffer::WriteBuffer<SharedBytes>;
 
 /// The mutable state of a transport (see the module invariants).
 struct StreamState {
@@ -258,7 +169,11 @@ struct StreamState {
 impl StreamState {
     /// Whether the transport should read (on events, or, unwatched, when scheduled).
     fn wants_read(&self, pollable: bool) -> bool {
-        self.started && !self.reading_paused && !self.closing && !self.eof_received && (self.watched || !pollable)
+        self.started
+            && !self.reading_paused
+            && !self.closing
+            && !self.eof_received
+            && (self.watched || !pollable)
     }
 
     /// Whether a write pipe should hear of its reader going away.
@@ -282,7 +197,7 @@ enum FlushOutcome {
 pub struct StreamTransport {
     fd: RawFd,
     role: Role,
-    shared: SharedRef,
+    shared: LoopRef,
     /// The `contextvars.Context` protocol callbacks run in (a copy of the one current when
     /// the transport was made, as asyncio's reader handle has).
     context: Py<PyAny>,
@@ -303,9 +218,9 @@ pub struct StreamTransport {
 }
 
 impl StreamTransport {
-    /// Locks the state (see the module invariants).
+    /// Borrows the state (by the rule of [`GilCell`]).
     #[inline]
-    fn lock<'a>(&'a self, py: Python<'a>) -> GilRefMut<'a, StreamState> {
+    fn state<'a>(&'a self, py: Python<'a>) -> GilRefMut<'a, StreamState> {
         self.state.borrow_mut(py)
     }
 
@@ -338,7 +253,9 @@ impl StreamTransport {
     /// Whether a read that got `received` of `capacity` bytes may have left something to
     /// read (more data, or an end of file or error with no event to announce it).
     fn may_have_more(&self, received: usize, capacity: usize) -> bool {
-        received == capacity || !self.pollable.load(Ordering::Relaxed) || self.peer_closed.load(Ordering::Relaxed)
+        received == capacity
+            || !self.pollable.load(Ordering::Relaxed)
+            || self.peer_closed.load(Ordering::Relaxed)
     }
 
     /// Recomputes `reading` from the state.
@@ -352,8 +269,11 @@ impl StreamTransport {
 
     /// The Python transport and protocol, for error reports.
     fn transport_and_protocol(&self, py: Python<'_>) -> (Option<Py<PyAny>>, Option<Py<PyAny>>) {
-        let state = self.lock(py);
-        (state.transport.as_ref().map(|t| t.clone_ref(py)), state.protocol.as_ref().map(|p| p.clone_ref(py)))
+        let state = self.state(py);
+        (
+            state.transport.as_ref().map(|t| t.clone_ref(py)),
+            state.protocol.as_ref().map(|p| p.clone_ref(py)),
+        )
     }
 
     /// Hands a failure to the Python half (`SocketTransport._fatal_error`), which reports it
@@ -362,13 +282,21 @@ impl StreamTransport {
         let py = slf.py();
         let (transport, _) = slf.get().transport_and_protocol(py);
         match transport {
-            Some(transport) => transport.bind(py).call_method1(pyo3::intern!(py, "_fatal_error"), (error.value(py), message)).map(drop),
+            Some(transport) => transport
+                .bind(py)
+                .call_method1(pyo3::intern!(py, "_fatal_error"), (error.value(py), message))
+                .map(drop),
             None => Ok(()),
         }
     }
 
     /// Calls `protocol.<method>(*args)` inside the transport's context.
-    fn call_protocol<'py>(&self, protocol: &Bound<'py, PyAny>, method: &Bound<'py, pyo3::types::PyString>, arg: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+    fn call_protocol<'py>(
+        &self,
+        protocol: &Bound<'py, PyAny>,
+        method: &Bound<'py, pyo3::types::PyString>,
+        arg: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let py = protocol.py();
         // SAFETY: the GIL is held; every pointer is a live object borrowed for the call; the
         // context is entered and exited in pairs whatever the call returns.
@@ -376,9 +304,15 @@ impl StreamTransport {
             if ffi::PyContext_Enter(self.context.as_ptr()) < 0 {
                 return Err(PyErr::fetch(py));
             }
-            let args: [*mut ffi::PyObject; 2] = [protocol.as_ptr(), arg.map_or(std::ptr::null_mut(), |a| a.as_ptr())];
+            let args: [*mut ffi::PyObject; 2] =
+                [protocol.as_ptr(), arg.map_or(std::ptr::null_mut(), |a| a.as_ptr())];
             let nargs = if arg.is_some() { 2 } else { 1 };
-            let result = ffi::PyObject_VectorcallMethod(method.as_ptr(), args.as_ptr(), nargs | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET, std::ptr::null_mut());
+            let result = ffi::PyObject_VectorcallMethod(
+                method.as_ptr(),
+                args.as_ptr(),
+                nargs | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
+                std::ptr::null_mut(),
+            );
             let result = Bound::from_owned_ptr_or_err(py, result);
             let exit_status: c_int = ffi::PyContext_Exit(self.context.as_ptr());
             if exit_status < 0 && result.is_ok() {
@@ -414,7 +348,7 @@ impl StreamTransport {
         }
         let py = slf.py();
         let (protocol, buffered) = {
-            let state = this.lock(py);
+            let state = this.state(py);
             match &state.protocol {
                 Some(protocol) => (protocol.clone_ref(py).into_bound(py), state.buffered),
                 None => return Ok(()),
@@ -451,7 +385,8 @@ impl StreamTransport {
                     // SAFETY: `buffer` is a valid writable region of its length; `fd` is
                     // registered (open) while this transport reads. (`read` is `recv` without
                     // flags on a socket, and works on pipes.)
-                    let n = unsafe { libc::read(this.fd, buffer.as_mut_ptr().cast(), buffer.len()) };
+                    let n =
+                        unsafe { libc::read(this.fd, buffer.as_mut_ptr().cast(), buffer.len()) };
                     if n < 0 {
                         Err(io::Error::last_os_error())
                     } else {
@@ -470,8 +405,16 @@ impl StreamTransport {
             // 64 + 36 KiB keeps the next message on the straight path).
             this.large_reads.store(MAX_READ - budget >= LARGE_READ, Ordering::Relaxed);
             let more = this.may_have_more(length, capacity);
-            if let Err(error) = this.call_protocol(protocol, pyo3::intern!(py, "data_received"), Some(data.as_any())) {
-                return Self::protocol_failed(slf, error, "Fatal error: protocol.data_received() call failed.");
+            if let Err(error) = this.call_protocol(
+                protocol,
+                pyo3::intern!(py, "data_received"),
+                Some(data.as_any()),
+            ) {
+                return Self::protocol_failed(
+                    slf,
+                    error,
+                    "Fatal error: protocol.data_received() call failed.",
+                );
             }
             if !more {
                 return Ok(());
@@ -486,30 +429,53 @@ impl StreamTransport {
     /// Whether the transport still reads, for `protocol` (which `data_received` may have
     /// paused, closed or replaced).
     fn reads_into(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> bool {
-        self.reading.load(Ordering::Relaxed) && self.lock(py).protocol.as_ref().is_some_and(|p| p.is(protocol))
+        self.reading.load(Ordering::Relaxed)
+            && self.state(py).protocol.as_ref().is_some_and(|p| p.is(protocol))
     }
 
     /// A read for a `BufferedProtocol`: `get_buffer(-1)`, `read` straight into it, then
     /// `buffer_updated(n)`.
-    fn read_into_protocol_buffer(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn read_into_protocol_buffer(
+        slf: &Bound<'_, Self>,
+        protocol: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let minus_one = (-1i32).into_pyobject(py)?.into_any();
-        let buffer = match this.call_protocol(protocol, pyo3::intern!(py, "get_buffer"), Some(&minus_one)) {
-            Ok(buffer) => buffer,
-            Err(error) => return Self::protocol_failed(slf, error, "Fatal error: protocol.get_buffer() call failed."),
-        };
+        let buffer =
+            match this.call_protocol(protocol, pyo3::intern!(py, "get_buffer"), Some(&minus_one)) {
+                Ok(buffer) => buffer,
+                Err(error) => {
+                    return Self::protocol_failed(
+                        slf,
+                        error,
+                        "Fatal error: protocol.get_buffer() call failed.",
+                    )
+                }
+            };
         let received = match read_into(this.fd, &buffer) {
             Ok(received) => received,
-            Err(ReceiveIntoError::Python(error)) => return Self::protocol_failed(slf, error, "Fatal error: protocol.get_buffer() call failed."),
+            Err(ReceiveIntoError::Python(error)) => {
+                return Self::protocol_failed(
+                    slf,
+                    error,
+                    "Fatal error: protocol.get_buffer() call failed.",
+                )
+            }
             Err(ReceiveIntoError::Os(err)) => return Self::read_failed(slf, err),
         };
         if received.bytes == 0 {
             return Self::on_eof(slf, protocol);
         }
         let count = received.bytes.into_pyobject(py)?.into_any();
-        if let Err(error) = this.call_protocol(protocol, pyo3::intern!(py, "buffer_updated"), Some(&count)) {
-            return Self::protocol_failed(slf, error, "Fatal error: protocol.buffer_updated() call failed.");
+        if let Err(error) =
+            this.call_protocol(protocol, pyo3::intern!(py, "buffer_updated"), Some(&count))
+        {
+            return Self::protocol_failed(
+                slf,
+                error,
+                "Fatal error: protocol.buffer_updated() call failed.",
+            );
         }
         if this.may_have_more(received.bytes, received.capacity) {
             Self::schedule_read(slf);
@@ -535,7 +501,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             state.eof_received = true;
             this.sync_reading(&state);
         }
@@ -544,9 +510,16 @@ impl StreamTransport {
                 debug_log(py, "%r received EOF", transport.bind(py))?;
             }
         }
-        let keep_open = match this.call_protocol(protocol, pyo3::intern!(py, "eof_received"), None) {
+        let keep_open = match this.call_protocol(protocol, pyo3::intern!(py, "eof_received"), None)
+        {
             Ok(keep_open) => keep_open,
-            Err(error) => return Self::protocol_failed(slf, error, "Fatal error: protocol.eof_received() call failed."),
+            Err(error) => {
+                return Self::protocol_failed(
+                    slf,
+                    error,
+                    "Fatal error: protocol.eof_received() call failed.",
+                )
+            }
         };
         if this.role == Role::ReadPipe || !keep_open.is_truthy()? {
             Self::close_transport(slf)?;
@@ -556,17 +529,19 @@ impl StreamTransport {
 
     /// Sends as much of the buffer as the kernel takes now.
     fn send_buffer(&self, py: Python<'_>) -> FlushOutcome {
-        let mut state = self.lock(py);
+        let mut state = self.state(py);
         let mut iov = [const { MaybeUninit::<libc::iovec>::uninit() }; MAX_IOVECS];
         loop {
             if state.buffer.is_empty() {
                 break FlushOutcome::Emptied;
             }
-            let pieces = state.buffer.fill_iovecs(py, &mut iov);
+            let pieces = state.buffer.fill_iovecs(&mut iov);
             match send_vectored(self.role, self.fd, pieces) {
-                Ok(sent) => state.buffer.consume(py, sent),
+                Ok(sent) => state.buffer.consume(sent),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break FlushOutcome::WouldBlock,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    break FlushOutcome::WouldBlock
+                }
                 Err(err) => break FlushOutcome::Failed(err),
             }
         }
@@ -581,7 +556,7 @@ impl StreamTransport {
         match this.send_buffer(py) {
             FlushOutcome::WouldBlock if !this.pollable.load(Ordering::Relaxed) => {
                 // No writable event will come: try again at the end of the iteration.
-                let mut state = this.lock(py);
+                let mut state = this.state(py);
                 if !state.flush_queued {
                     state.flush_queued = true;
                     drop(state);
@@ -598,11 +573,12 @@ impl StreamTransport {
             FlushOutcome::Failed(err) => {
                 this.stop_watching_writable(py)?;
                 let error = os_error(err);
-                let waiter = this.lock(py).empty_waiter.as_ref().map(|w| w.clone_ref(py));
+                let waiter = this.state(py).empty_waiter.as_ref().map(|w| w.clone_ref(py));
                 if let Some(waiter) = waiter {
                     let waiter = waiter.bind(py);
                     if !waiter.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
-                        waiter.call_method1(pyo3::intern!(py, "set_exception"), (error.value(py),))?;
+                        waiter
+                            .call_method1(pyo3::intern!(py, "set_exception"), (error.value(py),))?;
                     }
                 }
                 Self::fatal_error(slf, error, this.role.write_error_message())
@@ -611,7 +587,7 @@ impl StreamTransport {
                 this.stop_watching_writable(py)?;
                 Self::maybe_resume_protocol(slf)?;
                 let (waiter, lose_connection, shut_down) = {
-                    let mut state = this.lock(py);
+                    let mut state = this.state(py);
                     let waiter = state.empty_waiter.as_ref().map(|w| w.clone_ref(py));
                     let lose_connection = state.closing && state.conn_lost == 0;
                     if lose_connection {
@@ -646,7 +622,7 @@ impl StreamTransport {
     pub(crate) fn flush_queued(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        this.lock(py).flush_queued = false;
+        this.state(py).flush_queued = false;
         if this.write_pending.load(Ordering::Relaxed) {
             return Ok(()); // the writable event will flush
         }
@@ -656,7 +632,10 @@ impl StreamTransport {
     /// Schedules `SocketTransport._call_connection_lost(exc)` with `call_soon`, in the
     /// transport's context. Once the loop is closed, this fails as asyncio's `call_soon`
     /// does (the transport is left closing, its socket for its finalizer to close).
-    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    fn schedule_connection_lost(
+        slf: &Bound<'_, Self>,
+        exc: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         if this.shared.is_released(py) {
@@ -678,8 +657,8 @@ impl StreamTransport {
     fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let protocol = {
-            let mut state = slf.get().lock(py);
-            if state.buffer.len <= state.high_water || state.writing_paused {
+            let mut state = slf.get().state(py);
+            if state.buffer.len() <= state.high_water || state.writing_paused {
                 return Ok(());
             }
             state.writing_paused = true;
@@ -696,8 +675,8 @@ impl StreamTransport {
     fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let protocol = {
-            let mut state = slf.get().lock(py);
-            if !state.writing_paused || state.buffer.len > state.low_water {
+            let mut state = slf.get().state(py);
+            if !state.writing_paused || state.buffer.len() > state.low_water {
                 return Ok(());
             }
             state.writing_paused = false;
@@ -711,7 +690,11 @@ impl StreamTransport {
 
     /// Calls `pause_writing`/`resume_writing`; an exception goes to the exception handler
     /// (`protocol.<method>() failed`), as asyncio's flow-control mixin does.
-    fn call_flow_control(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
+    fn call_flow_control(
+        slf: &Bound<'_, Self>,
+        protocol: &Bound<'_, PyAny>,
+        method: &str,
+    ) -> PyResult<()> {
         let py = slf.py();
         let Err(error) = protocol.call_method0(method) else { return Ok(()) };
         if is_fatal(py, &error) {
@@ -733,7 +716,7 @@ impl StreamTransport {
     /// 3.12, `writelines` called `write()`, whose message names `write()`).
     fn writelines_refusal(&self, py: Python<'_>) -> Option<&'static str> {
         let message = {
-            let state = self.lock(py);
+            let state = self.state(py);
             if state.eof_requested {
                 "Cannot call writelines() after write_eof()"
             } else if state.empty_waiter.is_some() {
@@ -748,14 +731,18 @@ impl StreamTransport {
     /// Appends `data` (a bytes-like object) to the buffer, queues the flush, and sends at
     /// once when the buffer would otherwise pause the protocol — unless `more_follows` (a
     /// piece of `writelines` before its last, which decides for all of them).
-    fn write_data(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>, more_follows: bool) -> PyResult<()> {
+    fn write_data(
+        slf: &Bound<'_, Self>,
+        data: &Bound<'_, PyAny>,
+        more_follows: bool,
+    ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         check_bytes_like(data)?;
         // A mutable buffer is copied now (the caller may change it after `write()` returns),
-        // outside the lock; `bytes` are immutable and used in place.
+        // outside the borrow; `bytes` are immutable and used in place.
         // Only an exact `bytes` is kept by reference: a subclass's deallocation could run
-        // Python code, and chunks are dropped under the lock (see `consume`).
+        // Python code, and chunks are dropped during a state borrow (see [`SharedBytes`]).
         let bytes = data.cast_exact::<PyBytes>().ok();
         let mut copy = match bytes {
             Some(_) => None,
@@ -763,7 +750,7 @@ impl StreamTransport {
         };
         let len = bytes.map_or_else(|| copy.as_ref().map_or(0, Vec::len), |b| b.as_bytes().len());
         let (warn_dropped, queue_flush, send_now) = {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             if state.eof_requested {
                 return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
             }
@@ -787,7 +774,9 @@ impl StreamTransport {
                 (Some(lost), false, false)
             } else {
                 match (bytes, copy.take()) {
-                    (Some(bytes), _) => state.buffer.push_bytes(bytes),
+                    (Some(bytes), _) => state
+                        .buffer
+                        .push_shared(bytes.as_bytes(), || SharedBytes(bytes.clone().unbind())),
                     (None, Some(copy)) => state.buffer.push_owned(copy),
                     (None, None) => unreachable!("a copy is made of every non-bytes buffer"),
                 }
@@ -795,7 +784,9 @@ impl StreamTransport {
                 // A pipe is written at once, as asyncio does (its reader may be waiting in
                 // a blocking read); a socket at the end of the iteration, or at once above
                 // the high-water mark.
-                let send_now = !pending && !more_follows && (this.role == Role::WritePipe || state.buffer.len > state.high_water);
+                let send_now = !pending
+                    && !more_follows
+                    && (this.role == Role::WritePipe || state.buffer.len() > state.high_water);
                 let queue_flush = !send_now && !state.flush_queued && !pending;
                 if queue_flush {
                     state.flush_queued = true;
@@ -817,7 +808,7 @@ impl StreamTransport {
             Self::flush(slf)?;
         }
         // Only a buffer that was above the high-water mark (or already waiting for the kernel)
-        // can need pausing: the common small write skips the check and its lock.
+        // can need pausing: the common small write skips the check and its borrow.
         if may_need_pause {
             Self::maybe_pause_protocol(slf)?;
         }
@@ -829,7 +820,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let lose_now = {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             if state.closing {
                 return Ok(());
             }
@@ -851,7 +842,7 @@ impl StreamTransport {
     /// Unregisters the descriptor from the loop (if registered).
     fn unwatch(&self, py: Python<'_>) -> Option<Py<StreamTransport>> {
         let was_watched = {
-            let mut state = self.lock(py);
+            let mut state = self.state(py);
             std::mem::replace(&mut state.watched, false)
         };
         self.reading.store(false, Ordering::Relaxed);
@@ -867,9 +858,14 @@ impl StreamTransport {
     /// its loop closed (breaks the reference cycles through the protocol).
     pub(crate) fn abandon(&self, py: Python<'_>) {
         let dropped = {
-            let mut state = self.lock(py);
+            let mut state = self.state(py);
             state.watched = false;
-            (state.protocol.take(), state.transport.take(), state.buffer.clear(), state.empty_waiter.take())
+            (
+                state.protocol.take(),
+                state.transport.take(),
+                state.buffer.clear(),
+                state.empty_waiter.take(),
+            )
         };
         self.reading.store(false, Ordering::Relaxed);
         self.write_pending.store(false, Ordering::Relaxed);
@@ -878,7 +874,40 @@ impl StreamTransport {
 
     /// The Python transport, until the transport is detached.
     pub(crate) fn python_transport(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.lock(py).transport.as_ref().map(|t| t.clone_ref(py))
+        self.state(py).transport.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    /// A write pipe's reader went away: close now, with a `BrokenPipeError` if data is still
+    /// buffered (asyncio's `_UnixWritePipeTransport._read_ready`).
+    fn reader_gone(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        if !this.peer_closed.load(Ordering::Relaxed) {
+            return Ok(()); // data from a socket's peer: not the reader going away
+        }
+        let py = slf.py();
+        if this.shared.debug_enabled() {
+            Self::log_transport(slf, "%r was closed by peer")?;
+        }
+        let error = if this.state(py).buffer.is_empty() {
+            None
+        } else {
+            Some(
+                pyo3::exceptions::PyBrokenPipeError::new_err(())
+                    .into_value(py)
+                    .into_bound(py)
+                    .into_any(),
+            )
+        };
+        Self::force_close(slf, error)
+    }
+
+    /// Logs `message % (transport,)` at debug level (debug mode only).
+    fn log_transport(slf: &Bound<'_, Self>, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        match slf.get().transport_and_protocol(py) {
+            (Some(transport), _) => debug_log(py, message, transport.bind(py)),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -889,7 +918,13 @@ impl StreamTransport {
     /// "write_pipe". Reading starts with `_start_reading()`.
     #[new]
     #[pyo3(signature = (event_loop, fd, protocol, transport, kind="socket"))]
-    fn py_new(event_loop: &Bound<'_, LoopCore>, fd: RawFd, protocol: Bound<'_, PyAny>, transport: Bound<'_, PyAny>, kind: &str) -> PyResult<Py<Self>> {
+    fn py_new(
+        event_loop: &Bound<'_, LoopCore>,
+        fd: RawFd,
+        protocol: Bound<'_, PyAny>,
+        transport: Bound<'_, PyAny>,
+        kind: &str,
+    ) -> PyResult<Py<Self>> {
         let py = event_loop.py();
         let role = Role::parse(kind)?;
         let shared = LoopCore::shared_for_transport(event_loop)?;
@@ -929,10 +964,13 @@ impl StreamTransport {
             },
         )?;
         match shared.register_stream(py, fd, this.clone_ref(py)) {
-            Ok(()) => this.get().lock(py).watched = true,
+            Ok(()) => this.get().state(py).watched = true,
             // A pipe end the poller refuses (a character device such as /dev/null) is used
             // unwatched, as always ready; a socket must be watchable.
-            Err(err) if role != Role::Socket && err.value(py).is_instance_of::<pyo3::exceptions::PyPermissionError>() => {
+            Err(err)
+                if role != Role::Socket
+                    && err.value(py).is_instance_of::<pyo3::exceptions::PyPermissionError>() =>
+            {
                 this.get().pollable.store(false, Ordering::Relaxed);
             }
             Err(err) => return Err(err),
@@ -945,7 +983,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             state.started = true;
             this.sync_reading(&state);
         }
@@ -958,7 +996,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             state.watching_peer = true;
             this.sync_reading(&state);
         }
@@ -976,7 +1014,10 @@ impl StreamTransport {
     /// `transport.writelines(list_of_data)`: the pieces are buffered in order and sent
     /// together. As asyncio's (which joins them and calls `write()`), nothing is written if a
     /// piece is not bytes-like, and an empty list still raises after `write_eof()`.
-    pub(crate) fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+    pub(crate) fn writelines(
+        slf: &Bound<'_, Self>,
+        list_of_data: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         if let Some(message) = slf.get().writelines_refusal(slf.py()) {
             return Err(PyRuntimeError::new_err(message));
         }
@@ -996,17 +1037,17 @@ impl StreamTransport {
 
     /// Whether the transport is closing or closed.
     pub(crate) fn is_closing(&self, py: Python<'_>) -> bool {
-        self.lock(py).closing
+        self.state(py).closing
     }
 
     /// Bytes written but not yet accepted by the kernel.
     pub(crate) fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
-        self.lock(py).buffer.len
+        self.state(py).buffer.len()
     }
 
     /// Whether the transport delivers incoming data (not paused, not closing).
     pub(crate) fn is_reading(&self, py: Python<'_>) -> bool {
-        let state = self.lock(py);
+        let state = self.state(py);
         !state.reading_paused && !state.closing
     }
 
@@ -1015,7 +1056,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let changed = {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             let changed = !state.reading_paused && !state.closing;
             if changed {
                 state.reading_paused = true;
@@ -1034,7 +1075,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let changed = {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             let changed = state.reading_paused && !state.closing;
             if changed {
                 state.reading_paused = false;
@@ -1062,7 +1103,11 @@ impl StreamTransport {
     fn force_close(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if exc.is_none() && this.role == Role::Socket && !this.write_pending.load(Ordering::Relaxed) && this.lock(py).conn_lost == 0 {
+        if exc.is_none()
+            && this.role == Role::Socket
+            && !this.write_pending.load(Ordering::Relaxed)
+            && this.state(py).conn_lost == 0
+        {
             // `abort()`. asyncio's `write()` has already sent what the kernel takes, and abort
             // drops only the rest; small writes wait here for the end of the iteration, so
             // they are offered to the kernel now. What it refuses (or an error) is dropped,
@@ -1070,7 +1115,7 @@ impl StreamTransport {
             let _ = this.send_buffer(slf.py());
         }
         let dropped = {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             if state.conn_lost > 0 {
                 return Ok(());
             }
@@ -1088,7 +1133,7 @@ impl StreamTransport {
     /// `write_eof()`: shut down the write side once the buffer is sent.
     fn write_eof(&self, py: Python<'_>) -> PyResult<()> {
         let shut_down_now = {
-            let mut state = self.lock(py);
+            let mut state = self.state(py);
             if state.closing || state.eof_requested {
                 return Ok(());
             }
@@ -1105,14 +1150,14 @@ impl StreamTransport {
     /// Whether `write_eof()` was called.
     #[getter]
     fn eof_requested(&self, py: Python<'_>) -> bool {
-        self.lock(py).eof_requested
+        self.state(py).eof_requested
     }
 
     /// Sets the protocol that receives the following events.
     fn set_protocol(&self, py: Python<'_>, protocol: Bound<'_, PyAny>) -> PyResult<()> {
         let buffered = is_buffered_protocol(&protocol)?;
         let old = {
-            let mut state = self.lock(py);
+            let mut state = self.state(py);
             state.buffered = buffered;
             state.protocol.replace(protocol.unbind())
         };
@@ -1122,14 +1167,14 @@ impl StreamTransport {
 
     /// The current protocol (None once the transport is done).
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.lock(py).protocol.as_ref().map(|p| p.clone_ref(py))
+        self.state(py).protocol.as_ref().map(|p| p.clone_ref(py))
     }
 
     /// Sets validated flow-control limits and pauses the protocol if already above.
     fn set_write_buffer_limits(slf: &Bound<'_, Self>, high: usize, low: usize) -> PyResult<()> {
         let py = slf.py();
         {
-            let mut state = slf.get().lock(py);
+            let mut state = slf.get().state(py);
             state.high_water = high;
             state.low_water = low;
         }
@@ -1139,7 +1184,7 @@ impl StreamTransport {
     /// Whether `pause_writing()` is in effect (asyncio's `_protocol_paused`).
     #[getter]
     fn writing_paused(&self, py: Python<'_>) -> bool {
-        self.lock(py).writing_paused
+        self.state(py).writing_paused
     }
 
     /// Whether a send waits for the socket to become writable.
@@ -1151,7 +1196,7 @@ impl StreamTransport {
     /// asyncio's `_conn_lost`.
     #[getter]
     fn conn_lost(&self, py: Python<'_>) -> u32 {
-        self.lock(py).conn_lost
+        self.state(py).conn_lost
     }
 
     /// Whether the loop watches the descriptor for reading now.
@@ -1164,7 +1209,7 @@ impl StreamTransport {
     /// at once if the buffer is already empty.
     fn set_empty_waiter(&self, py: Python<'_>, waiter: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let empty = {
-            let mut state = self.lock(py);
+            let mut state = self.state(py);
             state.empty_waiter = waiter.as_ref().map(|w| w.clone().unbind());
             state.buffer.is_empty()
         };
@@ -1177,7 +1222,7 @@ impl StreamTransport {
     /// Whether `sendfile` has a waiter set.
     #[getter]
     fn has_empty_waiter(&self, py: Python<'_>) -> bool {
-        self.lock(py).empty_waiter.is_some()
+        self.state(py).empty_waiter.is_some()
     }
 
     /// Stops watching the descriptor (`sendfile` drives it directly meanwhile).
@@ -1190,12 +1235,12 @@ impl StreamTransport {
     fn resume_watching(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if this.lock(py).watched {
+        if this.state(py).watched {
             return Ok(());
         }
         this.shared.register_stream(py, this.fd, slf.clone().unbind())?;
         {
-            let mut state = this.lock(py);
+            let mut state = this.state(py);
             state.watched = true;
             this.sync_reading(&state);
         }
@@ -1217,7 +1262,9 @@ impl StreamTransport {
         // borrows the state.
         let py = unsafe { Python::assume_attached() };
         if let Some(state) = self.state.try_borrow_mut(py) {
-            for object in [&state.protocol, &state.transport, &state.empty_waiter].into_iter().flatten() {
+            for object in
+                [&state.protocol, &state.transport, &state.empty_waiter].into_iter().flatten()
+            {
                 visit.call(object)?;
             }
         }
@@ -1227,48 +1274,6 @@ impl StreamTransport {
     fn __clear__(&self, py: Python<'_>) {
         self.abandon(py);
     }
-}
-
-impl StreamTransport {
-    /// A write pipe's reader went away: close now, with a `BrokenPipeError` if data is still
-    /// buffered (asyncio's `_UnixWritePipeTransport._read_ready`).
-    fn reader_gone(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let this = slf.get();
-        if !this.peer_closed.load(Ordering::Relaxed) {
-            return Ok(()); // data from a socket's peer: not the reader going away
-        }
-        let py = slf.py();
-        if this.shared.debug_enabled() {
-            Self::log_transport(slf, "%r was closed by peer")?;
-        }
-        let error = if this.lock(py).buffer.is_empty() { None } else { Some(pyo3::exceptions::PyBrokenPipeError::new_err(()).into_value(py).into_bound(py).into_any()) };
-        Self::force_close(slf, error)
-    }
-
-    /// Logs `message % (transport,)` at debug level (debug mode only).
-    fn log_transport(slf: &Bound<'_, Self>, message: &str) -> PyResult<()> {
-        let py = slf.py();
-        match slf.get().transport_and_protocol(py) {
-            (Some(transport), _) => debug_log(py, message, transport.bind(py)),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// asyncio's logger.
-fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    LOGGER.get_or_try_init(py, || Ok::<_, PyErr>(py.import("logging")?.call_method1("getLogger", ("asyncio",))?.unbind())).map(|l| l.bind(py))
-}
-
-/// `logger.debug(message, transport)`.
-pub(crate) fn debug_log(py: Python<'_>, message: &str, transport: &Bound<'_, PyAny>) -> PyResult<()> {
-    logger(py)?.call_method1("debug", (message, transport)).map(drop)
-}
-
-/// `logger.warning(message)`.
-pub(crate) fn warn_log(py: Python<'_>, message: &str) -> PyResult<()> {
-    logger(py)?.call_method1("warning", (message,)).map(drop)
 }
 
 /// `future.set_result(None)` unless the future is already done.
@@ -1287,46 +1292,18 @@ fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
     protocol.is_instance(buffered)
 }
 
-/// asyncio's check of `write()`'s argument.
-fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<()> {
-    if data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
-        Ok(())
-    } else {
-        Err(PyTypeError::new_err(format!("data argument must be a bytes-like object, not {}", data.get_type().name()?.repr()?)))
-    }
-}
-
-/// Runs `f` on the contents of a contiguous bytes-like object.
-pub(crate) fn with_buffer<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
-    let py = data.py();
-    let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
-    // SAFETY: the GIL is held; on success the view describes `len` readable bytes at `buf`
-    // until `PyBuffer_Release`, which is called before returning.
-    unsafe {
-        if ffi::PyObject_GetBuffer(data.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_SIMPLE) < 0 {
-            return Err(PyErr::fetch(py));
-        }
-        let mut view = view.assume_init();
-        let slice = if view.len == 0 { &[][..] } else { std::slice::from_raw_parts(view.buf as *const u8, view.len as usize) };
-        let result = f(slice);
-        ffi::PyBuffer_Release(&mut view);
-        Ok(result)
-    }
-}
-
-extern "C" {
-    /// CPython's `_PyBytes_Resize` (not in PyO3's bindings): resizes a `bytes` object that
-    /// nobody else refers to yet; on failure frees it and sets `*bytes` to NULL.
-    fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, new_size: ffi::Py_ssize_t) -> c_int;
-}
-
 /// `read` of up to `capacity` bytes straight into a new `bytes`, shrunk to what was read.
-fn read_into_new_bytes(py: Python<'_>, fd: RawFd, capacity: usize) -> io::Result<Bound<'_, PyBytes>> {
+fn read_into_new_bytes(
+    py: Python<'_>,
+    fd: RawFd,
+    capacity: usize,
+) -> io::Result<Bound<'_, PyBytes>> {
     // SAFETY: the GIL is held. A `bytes` made with a NULL source is uninitialised and not yet
     // shared, so writing into it and resizing it (which may move it) is allowed; it is
     // initialised up to the size it is shrunk to before anyone else sees it.
     unsafe {
-        let mut object = ffi::PyBytes_FromStringAndSize(std::ptr::null(), capacity as ffi::Py_ssize_t);
+        let mut object =
+            ffi::PyBytes_FromStringAndSize(std::ptr::null(), capacity as ffi::Py_ssize_t);
         if object.is_null() {
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         }
@@ -1372,7 +1349,9 @@ fn read_into(fd: RawFd, buffer: &Bound<'_, PyAny>) -> Result<Received, ReceiveIn
         let mut view = view.assume_init();
         let capacity = view.len as usize;
         let result = if capacity == 0 {
-            Err(ReceiveIntoError::Python(PyRuntimeError::new_err("get_buffer() returned an empty buffer")))
+            Err(ReceiveIntoError::Python(PyRuntimeError::new_err(
+                "get_buffer() returned an empty buffer",
+            )))
         } else {
             let n = libc::read(fd, view.buf, capacity);
             if n < 0 {

@@ -44,14 +44,21 @@ unsafe impl Sync for FreeList {}
 
 impl FreeList {
     const fn new() -> Self {
-        FreeList { owner: AtomicPtr::new(std::ptr::null_mut()), objects: UnsafeCell::new(Vec::new()) }
+        FreeList {
+            owner: AtomicPtr::new(std::ptr::null_mut()),
+            objects: UnsafeCell::new(Vec::new()),
+        }
     }
 
     /// `tp_alloc`: recycled memory of `subtype`, or a fresh object.
     ///
     /// # Safety
     /// Called by CPython as `tp_alloc`, with the GIL held.
-    unsafe fn alloc(&self, subtype: *mut ffi::PyTypeObject, nitems: ffi::Py_ssize_t) -> *mut ffi::PyObject {
+    unsafe fn alloc(
+        &self,
+        subtype: *mut ffi::PyTypeObject,
+        nitems: ffi::Py_ssize_t,
+    ) -> *mut ffi::PyObject {
         let exact_type = std::ptr::eq(subtype, self.owner.load(Ordering::Relaxed));
         if nitems == 0 && exact_type {
             // SAFETY: the GIL is held (see the module invariants).
@@ -76,7 +83,11 @@ impl FreeList {
                 let object = ffi::PyObject_GC_New::<ffi::PyObject>(subtype);
                 if !object.is_null() {
                     let header = std::mem::size_of::<ffi::PyObject>();
-                    std::ptr::write_bytes(object.cast::<u8>().add(header), 0, (*subtype).tp_basicsize as usize - header);
+                    std::ptr::write_bytes(
+                        object.cast::<u8>().add(header),
+                        0,
+                        (*subtype).tp_basicsize as usize - header,
+                    );
                 }
                 return object;
             }
@@ -107,7 +118,10 @@ static HANDLES: FreeList = FreeList::new();
 static TIMER_HANDLES: FreeList = FreeList::new();
 
 /// `tp_alloc` of `Handle`.
-unsafe extern "C" fn alloc_handle(subtype: *mut ffi::PyTypeObject, nitems: ffi::Py_ssize_t) -> *mut ffi::PyObject {
+unsafe extern "C" fn alloc_handle(
+    subtype: *mut ffi::PyTypeObject,
+    nitems: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
     // SAFETY: called by CPython as tp_alloc.
     unsafe { HANDLES.alloc(subtype, nitems) }
 }
@@ -119,7 +133,10 @@ unsafe extern "C" fn free_handle(object: *mut c_void) {
 }
 
 /// `tp_alloc` of `TimerHandle`.
-unsafe extern "C" fn alloc_timer_handle(subtype: *mut ffi::PyTypeObject, nitems: ffi::Py_ssize_t) -> *mut ffi::PyObject {
+unsafe extern "C" fn alloc_timer_handle(
+    subtype: *mut ffi::PyTypeObject,
+    nitems: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
     // SAFETY: called by CPython as tp_alloc.
     unsafe { TIMER_HANDLES.alloc(subtype, nitems) }
 }

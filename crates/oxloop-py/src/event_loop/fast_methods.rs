@@ -8,57 +8,48 @@
 //! (`LoopCore::schedule_soon` / `LoopCore::schedule_timer` / `LoopCore::spawn_task`).
 //!
 //! Invariants: CPython calls them with the GIL held (they are `METH_FASTCALL | METH_KEYWORDS`
-//! methods installed on `LoopCore` at module initialisation, with a method definition that
-//! lives for the life of the process). They never unwind into C: a Rust panic becomes a
-//! `PanicException`.
-
-use std::ffi::{c_char, CStr};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+//! methods installed on `LoopCore` at module initialisation from the table [`METHODS`], with
+//! method definitions that live for the life of the process). They never unwind into C: a
+//! Rust panic becomes a `PanicException`.
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
-use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyString, PyTuple, PyType};
 
-use crate::event_loop::LoopCore;
+use super::LoopCore;
+use crate::method_table::{fastcall_entry, install_methods, MethodEntry, NativeMethod};
 
-/// Which scheduling method an entry point implements.
+/// Which scheduling method an entry function implements.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Method {
-    CallSoon,
-    CallSoonThreadsafe,
-    CallLater,
-    CallAt,
+enum Call {
+    /// `call_soon(callback, *args, context=None)`.
+    Soon,
+    /// `call_soon_threadsafe(callback, *args, context=None)`.
+    SoonThreadsafe,
+    /// `call_later(delay, callback, *args, context=None)`.
+    Later,
+    /// `call_at(when, callback, *args, context=None)`.
+    At,
 }
 
-impl Method {
+impl Call {
     /// The method's name, for error messages.
     const fn name(self) -> &'static str {
         match self {
-            Method::CallSoon => "call_soon",
-            Method::CallSoonThreadsafe => "call_soon_threadsafe",
-            Method::CallLater => "call_later",
-            Method::CallAt => "call_at",
+            Call::Soon => "call_soon",
+            Call::SoonThreadsafe => "call_soon_threadsafe",
+            Call::Later => "call_later",
+            Call::At => "call_at",
         }
     }
 
     /// The name of the time argument that precedes `callback`, if any.
     const fn time_parameter(self) -> Option<&'static str> {
         match self {
-            Method::CallSoon | Method::CallSoonThreadsafe => None,
-            Method::CallLater => Some("delay"),
-            Method::CallAt => Some("when"),
-        }
-    }
-
-    /// The method for the `u8` const parameter of [`schedule_entry`].
-    const fn from_code(code: u8) -> Method {
-        match code {
-            0 => Method::CallSoon,
-            1 => Method::CallSoonThreadsafe,
-            2 => Method::CallLater,
-            _ => Method::CallAt,
+            Call::Soon | Call::SoonThreadsafe => None,
+            Call::Later => Some("delay"),
+            Call::At => Some("when"),
         }
     }
 }
@@ -75,16 +66,17 @@ unsafe fn schedule_from_vectorcall(
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
-    method: Method,
+    call: Call,
 ) -> PyResult<Py<PyAny>> {
-    let name = method.name();
-    // SAFETY (whole block): pointers come from CPython's vectorcall protocol, see above.
+    let name = call.name();
+    // SAFETY: (whole block) the pointers come from CPython's vectorcall protocol, as the
+    // function's contract states.
     unsafe {
         // The method descriptor has already checked that `slf` is a LoopCore (or a subclass):
         // CPython's method_descriptor calls verify the type of `self`.
         let slf = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopCore>();
         let mut positional = std::slice::from_raw_parts(args, nargs as usize).iter();
-        let mut time = match method.time_parameter() {
+        let mut time = match call.time_parameter() {
             Some(_) => positional.next().map(|&arg| Bound::from_borrowed_ptr(py, arg)),
             None => None,
         };
@@ -103,84 +95,101 @@ unsafe fn schedule_from_vectorcall(
             for (keyword, &value) in names.iter().zip(values) {
                 let value = Bound::from_borrowed_ptr(py, value);
                 // Keyword names are almost always the interned string itself.
-                let is = |expected: &str| keyword.cast::<PyString>().is_ok_and(|k| k.to_str().is_ok_and(|k| k == expected));
+                let is = |expected: &str| {
+                    keyword
+                        .cast::<PyString>()
+                        .is_ok_and(|k| k.to_str().is_ok_and(|k| k == expected))
+                };
                 let slot = if keyword.is(context_name) || is("context") {
                     &mut context
                 } else if is("callback") {
                     &mut callback
-                } else if method.time_parameter().is_some_and(|parameter| is(parameter)) {
+                } else if call.time_parameter().is_some_and(is) {
                     &mut time
                 } else {
-                    return Err(PyTypeError::new_err(format!("{name}() got an unexpected keyword argument '{keyword}'")));
+                    return Err(PyTypeError::new_err(format!(
+                        "{name}() got an unexpected keyword argument '{keyword}'"
+                    )));
                 };
                 if slot.replace(value).is_some() {
-                    return Err(PyTypeError::new_err(format!("{name}() got multiple values for argument '{keyword}'")));
+                    return Err(PyTypeError::new_err(format!(
+                        "{name}() got multiple values for argument '{keyword}'"
+                    )));
                 }
             }
         }
-        let missing = |parameter: &str| PyTypeError::new_err(format!("{name}() missing 1 required positional argument: '{parameter}'"));
-        let time = match method.time_parameter() {
+        let missing = |parameter: &str| {
+            PyTypeError::new_err(format!(
+                "{name}() missing 1 required positional argument: '{parameter}'"
+            ))
+        };
+        let time = match call.time_parameter() {
             Some(parameter) => Some(time.ok_or_else(|| missing(parameter))?),
             None => None,
         };
         let callback = callback.ok_or_else(|| missing("callback"))?;
-        match (method, time) {
-            (Method::CallSoon | Method::CallSoonThreadsafe, _) => {
-                let threadsafe = method == Method::CallSoonThreadsafe;
+        match (call, time) {
+            (Call::Soon | Call::SoonThreadsafe, _) => {
+                let threadsafe = call == Call::SoonThreadsafe;
                 LoopCore::schedule_soon(&slf, callback, rest, context, threadsafe).map(Py::into_any)
             }
-            (Method::CallLater | Method::CallAt, Some(time)) => {
+            (Call::Later | Call::At, Some(time)) => {
                 if time.is_none() {
-                    let message = if method == Method::CallAt { "when cannot be None" } else { "delay must not be None" };
+                    let message = if call == Call::At {
+                        "when cannot be None"
+                    } else {
+                        "delay must not be None"
+                    };
                     return Err(PyTypeError::new_err(message));
                 }
                 let mut when: f64 = time.extract()?;
-                let given_when = match method {
-                    Method::CallLater => {
+                let given_when = match call {
+                    Call::Later => {
                         when += slf.get().scheduling_now(py)?;
                         None
                     }
                     _ => (!time.is_exact_instance_of::<PyFloat>()).then_some(time),
                 };
-                LoopCore::schedule_timer(&slf, when, given_when, callback, rest, context, "call_at").map(Py::into_any)
+                LoopCore::schedule_timer(&slf, when, given_when, callback, rest, context, "call_at")
+                    .map(Py::into_any)
             }
-            (Method::CallLater | Method::CallAt, None) => unreachable!("timer methods always have a time parameter"),
+            (Call::Later | Call::At, None) => {
+                unreachable!("timer methods always have a time parameter")
+            }
         }
     }
 }
 
-/// Runs the body of a native method CPython called and turns its outcome into what CPython
-/// expects: a new reference, or NULL with an exception set. A Rust panic becomes a
-/// `PanicException` (it never unwinds into C).
-///
-/// # Safety
-/// Only called from a method CPython calls, which holds the GIL.
-pub(crate) unsafe fn run_entry(body: impl FnOnce(Python<'_>) -> PyResult<Py<PyAny>>) -> *mut ffi::PyObject {
-    // SAFETY: the caller's contract: CPython calls methods with the GIL held.
-    let py = unsafe { Python::assume_attached() };
-    match catch_unwind(AssertUnwindSafe(|| body(py))) {
-        Ok(Ok(result)) => result.into_ptr(),
-        Ok(Err(err)) => {
-            err.restore(py);
-            std::ptr::null_mut()
-        }
-        Err(_) => {
-            PanicException::new_err("Rust panic in a native method of oxloop").restore(py);
-            std::ptr::null_mut()
-        }
+fastcall_entry! {
+    /// The C function of `call_soon`.
+    call_soon_entry(py, slf, args, nargs, kwnames) {
+        // SAFETY: the vectorcall arguments of a `LoopCore` method, as the function requires.
+        unsafe { schedule_from_vectorcall(py, slf, args, nargs, kwnames, Call::Soon) }
     }
 }
 
-/// The entry point of one scheduling method (`METHOD` is a [`Method`] code).
-unsafe extern "C" fn schedule_entry<const METHOD: u8>(
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls methods with the GIL held; arguments as `schedule_from_vectorcall`
-    // documents.
-    unsafe { run_entry(|py| schedule_from_vectorcall(py, slf, args, nargs, kwnames, Method::from_code(METHOD))) }
+fastcall_entry! {
+    /// The C function of `call_soon_threadsafe`.
+    call_soon_threadsafe_entry(py, slf, args, nargs, kwnames) {
+        // SAFETY: the vectorcall arguments of a `LoopCore` method, as the function requires.
+        unsafe { schedule_from_vectorcall(py, slf, args, nargs, kwnames, Call::SoonThreadsafe) }
+    }
+}
+
+fastcall_entry! {
+    /// The C function of `call_later`.
+    call_later_entry(py, slf, args, nargs, kwnames) {
+        // SAFETY: the vectorcall arguments of a `LoopCore` method, as the function requires.
+        unsafe { schedule_from_vectorcall(py, slf, args, nargs, kwnames, Call::Later) }
+    }
+}
+
+fastcall_entry! {
+    /// The C function of `call_at`.
+    call_at_entry(py, slf, args, nargs, kwnames) {
+        // SAFETY: the vectorcall arguments of a `LoopCore` method, as the function requires.
+        unsafe { schedule_from_vectorcall(py, slf, args, nargs, kwnames, Call::At) }
+    }
 }
 
 /// Parses `(coro, *, name=None, context=None, **kwargs)` and creates the task.
@@ -194,11 +203,14 @@ unsafe fn create_task_from_vectorcall(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<Py<PyAny>> {
-    // SAFETY (whole block): pointers come from CPython's vectorcall protocol, see above.
+    // SAFETY: (whole block) the pointers come from CPython's vectorcall protocol, as the
+    // function's contract states.
     unsafe {
         let slf = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopCore>();
         if nargs > 1 {
-            return Err(PyTypeError::new_err(format!("create_task() takes 1 positional argument but {nargs} were given")));
+            return Err(PyTypeError::new_err(format!(
+                "create_task() takes 1 positional argument but {nargs} were given"
+            )));
         }
         let mut coro = (nargs == 1).then(|| Bound::from_borrowed_ptr(py, *args));
         let (mut name, mut context, mut extra) = (None, None, None::<Bound<'_, PyDict>>);
@@ -217,80 +229,57 @@ unsafe fn create_task_from_vectorcall(
                     }
                 };
                 if slot.replace(value).is_some() {
-                    return Err(PyTypeError::new_err(format!("create_task() got multiple values for argument '{keyword}'")));
+                    return Err(PyTypeError::new_err(format!(
+                        "create_task() got multiple values for argument '{keyword}'"
+                    )));
                 }
             }
         }
-        let coro = coro.ok_or_else(|| PyTypeError::new_err("create_task() missing 1 required positional argument: 'coro'"))?;
+        let coro = coro.ok_or_else(|| {
+            PyTypeError::new_err("create_task() missing 1 required positional argument: 'coro'")
+        })?;
         LoopCore::spawn_task(&slf, &coro, name, context, extra.as_ref()).map(Bound::unbind)
     }
 }
 
-/// The entry point of `create_task`.
-unsafe extern "C" fn create_task_entry(
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls methods with the GIL held; arguments as `schedule_from_vectorcall`
-    // documents.
-    unsafe { run_entry(|py| create_task_from_vectorcall(py, slf, args, nargs, kwnames)) }
+fastcall_entry! {
+    /// The C function of `create_task`.
+    create_task_entry(py, slf, args, nargs, kwnames) {
+        // SAFETY: the vectorcall arguments of a `LoopCore` method, as the function requires.
+        unsafe { create_task_from_vectorcall(py, slf, args, nargs, kwnames) }
+    }
 }
 
-/// One method to install: its name, its C function and its docstring (with the text signature
-/// `inspect.signature` reads).
-struct FastMethod {
-    name: &'static CStr,
-    function: ffi::PyCFunctionFastWithKeywords,
-    doc: &'static CStr,
-}
-
-const METHODS: [FastMethod; 5] = [
-    FastMethod {
+/// The hand-written methods of `LoopCore`.
+static METHODS: [NativeMethod; 5] = [
+    NativeMethod {
         name: c"call_soon",
-        function: schedule_entry::<0>,
         doc: c"call_soon($self, callback, *args, context=None)\n--\n\nSchedule callback(*args) for the next iteration; return its Handle.",
+        entry: MethodEntry::FastWithKeywords(call_soon_entry),
     },
-    FastMethod {
+    NativeMethod {
         name: c"call_soon_threadsafe",
-        function: schedule_entry::<1>,
         doc: c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\nLike call_soon(), callable from any thread and from signal handlers: wakes the loop.",
+        entry: MethodEntry::FastWithKeywords(call_soon_threadsafe_entry),
     },
-    FastMethod {
+    NativeMethod {
         name: c"call_later",
-        function: schedule_entry::<2>,
         doc: c"call_later($self, delay, callback, *args, context=None)\n--\n\nSchedule callback(*args) after delay seconds; return its TimerHandle.",
+        entry: MethodEntry::FastWithKeywords(call_later_entry),
     },
-    FastMethod {
+    NativeMethod {
         name: c"call_at",
-        function: schedule_entry::<3>,
         doc: c"call_at($self, when, callback, *args, context=None)\n--\n\nSchedule callback(*args) at when on the loop's clock; return its TimerHandle.",
+        entry: MethodEntry::FastWithKeywords(call_at_entry),
     },
-    FastMethod {
+    NativeMethod {
         name: c"create_task",
-        function: create_task_entry,
         doc: c"create_task($self, coro, *, name=None, context=None, **kwargs)\n--\n\nWrap the coroutine coro in a Task (or what the task factory makes) and schedule its first step.",
+        entry: MethodEntry::FastWithKeywords(create_task_entry),
     },
 ];
 
 /// Installs the hand-written methods on `LoopCore`.
 pub(crate) fn install(loop_type: &Bound<'_, PyType>) -> PyResult<()> {
-    let py = loop_type.py();
-    for method in METHODS {
-        // The definition must outlive the type: leak it (two small structs per process).
-        let definition: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
-            ml_name: method.name.as_ptr(),
-            ml_meth: ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: method.function },
-            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-            ml_doc: method.doc.as_ptr() as *const c_char,
-        }));
-        // SAFETY: the type object and the leaked definition are valid; PyDescr_NewMethod
-        // returns a new reference or NULL with an exception set.
-        let descriptor = unsafe {
-            Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(loop_type.as_ptr().cast(), definition))?
-        };
-        loop_type.setattr(method.name.to_str().expect("method names are ASCII"), descriptor)?;
-    }
-    Ok(())
+    install_methods(loop_type, &METHODS)
 }
