@@ -67,7 +67,7 @@ pub struct Watch {
 
 impl Watch {
     /// The epoll event mask of this watch, or `None` when nothing is watched. Readable
-    /// interest includes `EPOLLRDHUP` (the peer shut its side down), as mio registered it.
+    /// interest includes `EPOLLRDHUP` (the peer shut its side down).
     fn epoll_events(&self) -> Option<u32> {
         let mut events = 0;
         if self.readable {
@@ -102,8 +102,8 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    /// Maps the event mask epoll reported for `fd`, exactly as the mio-based reactor did
-    /// (mio 1's `is_readable`, `is_read_closed`, `is_write_closed`, `is_error`):
+    /// Maps the event mask epoll reported for `fd` (the mapping mio 1 makes, which the loop was
+    /// first built on):
     /// - `EPOLLIN` or `EPOLLPRI`: readable;
     /// - `EPOLLOUT`: writable;
     /// - `EPOLLHUP` (both directions closed): readable, writable and read closed;
