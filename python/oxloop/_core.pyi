@@ -69,8 +69,8 @@ class LoopCore:
 
     # -- Scheduling ------------------------------------------------------------------------
     def time(self) -> float: ...
-    # callback is positional-only here (hand-written vectorcall entry points, event_loop/fast_methods.rs);
-    # asyncio's own call_soon also accepts callback=... as a keyword.
+    # callback is positional-only here (hand-written vectorcall entry points,
+    # event_loop/fast_methods.rs); asyncio's own call_soon also accepts callback=... as a keyword.
     def call_soon(
         self,
         callback: Callable[[Unpack[_Ts]], object],
