@@ -7,7 +7,8 @@ Use it as a loop factory::
     with asyncio.Runner(loop_factory=oxloop.new_event_loop) as runner: ...
 
 or, for code that creates its loops through asyncio's policy (Python < 3.14), call
-``oxloop.install()`` first.
+``oxloop.install()`` first. ``oxloop.run(main(), clock=oxloop.VirtualClock())`` runs it on
+virtual time: hours of timers in milliseconds, with real I/O still working.
 """
 
 from ._interpreter import check_supported
@@ -18,5 +19,14 @@ from ._core import __version__ as __version__  # noqa: E402 (the version is the 
 from ._loop import Loop  # noqa: E402
 from ._policy import EventLoopPolicy, install  # noqa: E402
 from ._runner import new_event_loop, run  # noqa: E402
+from ._virtual_clock import DeadlockError, VirtualClock  # noqa: E402
 
-__all__ = ["EventLoopPolicy", "Loop", "install", "new_event_loop", "run"]
+__all__ = [
+    "DeadlockError",
+    "EventLoopPolicy",
+    "Loop",
+    "VirtualClock",
+    "install",
+    "new_event_loop",
+    "run",
+]

@@ -16,7 +16,7 @@ import threading
 import weakref
 from asyncio import base_events, events
 
-from . import _core
+from . import _core, _time_patch
 from ._datagram import DatagramOperations
 from ._dns import ResolverOperations
 from ._pipes import PipeOperations
@@ -24,12 +24,14 @@ from ._signals import SignalOperations
 from ._sockets import SocketOperations
 from ._subprocess import ProcessOperations
 from ._transports import StreamOperations
+from ._virtual_time import VirtualTimeOperations
 
 logger = logging.getLogger("asyncio")
 
 
 class Loop(
     _core.LoopCore,
+    VirtualTimeOperations,
     SocketOperations,
     StreamOperations,
     DatagramOperations,
@@ -39,10 +41,16 @@ class Loop(
     ResolverOperations,
     asyncio.BaseEventLoop,
 ):
-    """An asyncio event loop whose core is written in Rust."""
+    """An asyncio event loop whose core is written in Rust.
 
-    def __init__(self):
+    ``Loop(clock=None)``: with an ``oxloop.VirtualClock``, the loop runs on virtual time (see
+    ``oxloop.VirtualClock``); without, on the real monotonic clock.
+    """
+
+    def __init__(self, *, clock=None):
+        # ``clock`` was taken by the native constructor (``_core.LoopCore.__new__``).
         asyncio.BaseEventLoop.__init__(self)
+        self._init_virtual_time()
         # asyncio keeps its queues in these; ours live in the native core.
         del self._ready, self._scheduled
         # Transports made in Python (datagram), by fd, as asyncio keeps them: their fds
@@ -71,6 +79,10 @@ class Loop(
         self._set_coroutine_origin_tracking(self._debug)
         old_agen_hooks = sys.get_asyncgen_hooks()
         claimed_wakeup_fd = self._claim_wakeup_fd()
+        clock = self._virtual_clock
+        patches_time = clock is not None and clock.patch_time
+        if patches_time:
+            _time_patch.enter(clock)
         try:
             self._thread_id = threading.get_ident()
             sys.set_asyncgen_hooks(
@@ -87,6 +99,8 @@ class Loop(
             sys.set_asyncgen_hooks(*old_agen_hooks)
             if claimed_wakeup_fd:
                 self._end_run_wakeup_fd()
+            if patches_time:
+                _time_patch.leave()
 
     def close(self):
         """Close the loop: drop pending callbacks, stop watching fds, shut the executor down.

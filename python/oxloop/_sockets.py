@@ -166,7 +166,13 @@ class SocketOperations:
             if error != 0:
                 raise OSError(error, f"Connect call failed {address}")
 
-        await self._when_ready(sock, True, connect_result)
+        # A connection in progress is real work the loop hears back from: a virtual clock must
+        # not jump past a connect timeout meanwhile.
+        self._hold_time()
+        try:
+            await self._when_ready(sock, True, connect_result)
+        finally:
+            self._release_time()
 
     async def sock_accept(self, sock):
         """Accept a connection; return ``(conn, address)`` with ``conn`` non-blocking."""

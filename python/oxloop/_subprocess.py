@@ -131,6 +131,7 @@ class ProcessOperations:
             return
         self._child_pidfds[pidfd] = pid
         self._add_reader(pidfd, self._child_exited, pidfd, transport)
+        self._hold_time()  # a running child holds a virtual clock: it works in real time
 
     def _child_exited(self, pidfd, transport):
         """A child's pidfd became readable: reap the child and report its exit."""
@@ -170,6 +171,7 @@ class ProcessOperations:
         pid = self._child_pidfds.pop(pidfd)
         self._remove_reader(pidfd)
         os.close(pidfd)
+        self._release_time()
         return pid
 
     def _release_children(self):

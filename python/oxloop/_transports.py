@@ -105,6 +105,8 @@ class SocketTransport(NativeTransportBase, transports._FlowControlMixin, transpo
         self._core = _core.StreamTransport(loop, self._sock_fd, protocol, self)
         # From here on the transport owns the socket.
         self._sock = sock
+        if loop._virtual_clock is not None:
+            loop._classify_stream(self._core, sock, accepted=server is not None)
         if server is not None:
             self._server = server
             if _SERVER_TRACKS_TRANSPORTS:

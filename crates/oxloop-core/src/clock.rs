@@ -9,10 +9,11 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Clock;
 
-/// Reads `CLOCK_MONOTONIC` as nanoseconds.
+/// Reads `CLOCK_MONOTONIC` as nanoseconds (the real time a virtual clock measures its real
+/// waits with).
 // `time_t` and `c_long` are `i64` on 64-bit targets only: the casts are needed elsewhere.
 #[allow(clippy::unnecessary_cast)]
-fn monotonic_ns() -> i64 {
+pub fn monotonic_ns() -> i64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux,
     // so the call cannot fail.
@@ -21,7 +22,7 @@ fn monotonic_ns() -> i64 {
 }
 
 /// Converts nanoseconds to seconds the way CPython's `_PyTime_AsSecondsDouble` does.
-fn ns_to_seconds(ns: i64) -> f64 {
+pub fn ns_to_seconds(ns: i64) -> f64 {
     if ns % 1_000_000_000 == 0 {
         (ns / 1_000_000_000) as f64
     } else {

@@ -14,4 +14,5 @@ pub mod counters;
 pub mod reactor;
 pub mod ready;
 pub mod timers;
+pub mod virtual_time;
 pub mod write_buffer;

@@ -8,6 +8,7 @@
 //!   transports;
 //! - [`futures`], [`dns`], [`sockaddr`]: asyncio's futures and tasks, the address-literal path
 //!   of `getaddrinfo`, socket addresses;
+//! - [`virtual_clock`]: the time of a virtual-clock loop, and what transports tell it;
 //! - [`glue`], [`gil_cell`], [`method_table`]: what all of them use.
 //!
 //! Invariants: every object here is used with the GIL held, except the reactor's wait, which
@@ -30,6 +31,7 @@ mod sockaddr;
 mod stream;
 mod stream_methods;
 mod tls;
+mod virtual_clock;
 
 /// The extension module. It needs the GIL (`gil_used`): the native state is guarded by it
 /// (`gil_cell`, the free lists in `handle_alloc`), so a free-threaded interpreter must keep the
@@ -46,6 +48,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         &py.get_type::<handles::Handle>(),
         &py.get_type::<handles::TimerHandle>(),
     );
+    m.add_class::<virtual_clock::VirtualClockCore>()?;
     m.add_class::<stream::StreamTransport>()?;
     m.add_class::<datagram::DatagramTransport>()?;
     stream_methods::register(m)?;

@@ -47,6 +47,7 @@ use crate::glue::{
     _PyBytes_Resize, check_bytes_like, copy_current_context, debug_log, is_fatal, os_error,
     warn_log, with_buffer,
 };
+use crate::virtual_clock::PeerWatch;
 
 /// A read of at least this many bytes makes the next reads go straight into a `bytes` of this
 /// size (see `StreamTransport::read_bytes`).
@@ -214,10 +215,17 @@ pub struct StreamTransport {
     /// The poller accepts the descriptor. A character device it refuses (`/dev/null`) is
     /// always ready: reads reschedule themselves, writes that would block are retried.
     pollable: AtomicBool,
+    /// Where the peer is and whether it owes a reply (for a virtual-clock loop).
+    peer: PeerWatch,
     state: GilCell<StreamState>,
 }
 
 impl StreamTransport {
+    /// What the transport records about its peer for a virtual clock.
+    pub(crate) fn peer(&self) -> &PeerWatch {
+        &self.peer
+    }
+
     /// Borrows the state (by the rule of [`GilCell`]).
     #[inline]
     fn state<'a>(&'a self, py: Python<'a>) -> GilRefMut<'a, StreamState> {
@@ -346,6 +354,7 @@ impl StreamTransport {
         if this.role == Role::WritePipe {
             return Self::reader_gone(slf);
         }
+        this.peer.note_read();
         let py = slf.py();
         let (protocol, buffered) = {
             let state = this.state(py);
@@ -780,6 +789,7 @@ impl StreamTransport {
                     (None, Some(copy)) => state.buffer.push_owned(copy),
                     (None, None) => unreachable!("a copy is made of every non-bytes buffer"),
                 }
+                this.peer.note_write();
                 let pending = this.write_pending.load(Ordering::Relaxed);
                 // A pipe is written at once, as asyncio does (its reader may be waiting in
                 // a blocking read); a socket at the end of the iteration, or at once above
@@ -941,6 +951,7 @@ impl StreamTransport {
                 write_pending: AtomicBool::new(false),
                 peer_closed: AtomicBool::new(false),
                 large_reads: AtomicBool::new(false),
+                peer: PeerWatch::new(),
                 state: GilCell::new(StreamState {
                     protocol: Some(protocol.unbind()),
                     buffered,
@@ -976,6 +987,13 @@ impl StreamTransport {
             Err(err) => return Err(err),
         }
         Ok(this)
+    }
+
+    /// Tells a virtual-clock loop where the peer is: "in_loop" (a transport of the same loop),
+    /// "outside_client" (another process connected to this loop), "outside_server" (this loop
+    /// connected to another process, whose replies hold virtual time).
+    fn _set_peer(&self, kind: &str) -> PyResult<()> {
+        self.peer.set_kind(kind)
     }
 
     /// Starts reading (scheduled by the Python half after `connection_made`).

@@ -33,6 +33,7 @@ use super::state::{LoopState, Runnable};
 use super::LoopCore;
 use crate::handles::{Handle, ScheduledTimer};
 use crate::stream::StreamTransport;
+use crate::virtual_clock::VirtualClockCore;
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: the longest single wait, in seconds.
 const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -59,6 +60,9 @@ enum Wait {
     Skip,
     /// Poll for at most this many seconds (`None`: no limit).
     Poll(Option<f64>),
+    /// A virtual-clock loop with nothing ready: the jump rule decides (see `virtual_wait`);
+    /// the earliest timer's deadline, if any.
+    Virtual(Option<f64>),
 }
 
 /// The part of the loop only the thread running it uses: the reactor's waiting half and the
@@ -81,8 +85,8 @@ impl Driver {
 /// about as much as a callback). They are empty between iterations: Python objects in them
 /// are dropped after the state borrow ends, in the iteration that put them there.
 #[derive(Default)]
-struct IterationBuffers {
-    batch: VecDeque<Runnable>,
+pub(super) struct IterationBuffers {
+    pub(super) batch: VecDeque<Runnable>,
     /// The transports to flush at the end of an iteration.
     flushes: Vec<Py<StreamTransport>>,
     io_events: Vec<Readiness>,
@@ -108,23 +112,24 @@ impl LoopState {
     /// wakeup pipe is watched (threadsafe calls reach the ready queue directly, and signals
     /// are handled by `check_signals` every iteration). Skipping it then changes nothing but
     /// the cost of a system call per iteration.
-    fn poll_can_report(&self) -> bool {
+    pub(super) fn poll_can_report(&self) -> bool {
         self.registrar.as_ref().is_some_and(|r| r.len() > usize::from(self.wakeup_reader.is_some()))
     }
 
     /// Moves the timers due now to the ready queue (asyncio: deadline before now plus the
     /// clock's resolution), then takes the whole queue as this iteration's batch.
-    /// `patched_now` is the time when `loop.time` is patched (see `LoopCore::patched_time`).
-    fn take_batch(
+    /// `known_now` is the time when the real clock is not the loop's (a virtual clock, or a
+    /// patched `loop.time`: see `LoopCore::known_now`).
+    pub(super) fn take_batch(
         &mut self,
         py: Python<'_>,
         resolution: f64,
-        patched_now: Option<f64>,
+        known_now: Option<f64>,
         batch: &mut VecDeque<Runnable>,
     ) {
         if !self.timers.is_empty() {
             // The clock is read only when there are timers to compare with it.
-            let end = patched_now.unwrap_or_else(Clock::now) + resolution;
+            let end = known_now.unwrap_or_else(Clock::now) + resolution;
             let mut due = DueTimers { py, ready: &mut self.ready };
             self.timers.pop_due(end, |t| t.bind(py).as_super().get().is_cancelled(), &mut due);
         }
@@ -186,6 +191,66 @@ impl LoopCore {
         Ok(())
     }
 
+    /// The time to compare timers with when it is not the real clock's: a patched
+    /// `loop.time`'s (`patched_now`), or the virtual clock's.
+    pub(super) fn known_now(&self, py: Python<'_>, patched_now: Option<f64>) -> Option<f64> {
+        patched_now.or_else(|| self.virtual_clock.as_ref().map(|clock| clock.get().now(py)))
+    }
+
+    /// Polls for at most `timeout` seconds (`None`: until something happens), queues what
+    /// became ready and the timers now due, and takes the batch. With `advance`, a virtual
+    /// clock is moved on by the time the poll waited, up to the given deadline.
+    pub(super) fn poll_and_take_batch(
+        slf: &Bound<'_, Self>,
+        reactor: &mut Reactor,
+        buffers: &mut IterationBuffers,
+        timeout: Option<f64>,
+        advance: Option<(&VirtualClockCore, Option<f64>)>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let started = Instant::now();
+        let io_events = &mut buffers.io_events;
+        let timeout = timeout.map(Duration::from_secs_f64);
+        // A zero-timeout poll does not block: the GIL is kept (releasing and taking it
+        // back would cost more than the system call).
+        let outcome = if timeout == Some(Duration::ZERO) {
+            reactor.poll(timeout, io_events)
+        } else {
+            py.detach(|| reactor.poll(timeout, io_events))
+        };
+        let waited = started.elapsed();
+        if let Some((clock, deadline)) = advance {
+            clock.advance_waited(py, waited.as_nanos() as u64, deadline, false);
+        }
+        // Read again after the wait, as asyncio does (outside the borrow: it calls Python).
+        let patched_now = this.patched_now(py);
+        {
+            let mut state = this.state(py);
+            state.waiting = false;
+            state.counters.polls += 1;
+            state.counters.poll_wait_ns += waited.as_nanos() as u64;
+            state.counters.io_events += buffers.io_events.len() as u64;
+            for event in buffers.io_events.drain(..) {
+                state.dispatch_io(py, event, &mut buffers.released_objects);
+            }
+            if let Ok(patched_now) = patched_now {
+                let now = this.known_now(py, patched_now);
+                state.take_batch(py, this.clock_resolution, now, &mut buffers.batch);
+            }
+        }
+        // Dropped after the borrow.
+        buffers.released_objects.clear();
+        // A patched `time` that raised: its exception leaves the loop, as in asyncio (the
+        // events are queued, nothing was taken out of the queue).
+        patched_now?;
+        if let Err(err) = outcome {
+            this.state(py).ready.requeue_front(&mut buffers.batch);
+            return Err(err.into());
+        }
+        Ok(())
+    }
+
     /// One iteration: wait for I/O or the next timer, queue what became ready, run the batch.
     fn run_once(
         slf: &Bound<'_, Self>,
@@ -206,9 +271,12 @@ impl LoopCore {
                 if state.poll_can_report() {
                     Wait::Poll(Some(0.0))
                 } else {
-                    state.take_batch(py, this.clock_resolution, patched_now, &mut buffers.batch);
+                    let now = this.known_now(py, patched_now);
+                    state.take_batch(py, this.clock_resolution, now, &mut buffers.batch);
                     Wait::Skip
                 }
+            } else if this.virtual_clock.is_some() {
+                Wait::Virtual(state.timers.next_deadline())
             } else {
                 let deadline = state.timers.next_deadline();
                 state.waiting = true;
@@ -221,42 +289,10 @@ impl LoopCore {
         };
         buffers.released_timers.clear(); // dropped after the borrow
 
-        if let Wait::Poll(timeout) = wait {
-            let started = Instant::now();
-            let io_events = &mut buffers.io_events;
-            let timeout = timeout.map(Duration::from_secs_f64);
-            // A zero-timeout poll does not block: the GIL is kept (releasing and taking it
-            // back would cost more than the system call).
-            let outcome = if timeout == Some(Duration::ZERO) {
-                reactor.poll(timeout, io_events)
-            } else {
-                py.detach(|| reactor.poll(timeout, io_events))
-            };
-            let waited = started.elapsed();
-            // Read again after the wait, as asyncio does (outside the borrow: it calls Python).
-            let patched_now = this.patched_now(py);
-            {
-                let mut state = this.state(py);
-                state.waiting = false;
-                state.counters.polls += 1;
-                state.counters.poll_wait_ns += waited.as_nanos() as u64;
-                state.counters.io_events += buffers.io_events.len() as u64;
-                for event in buffers.io_events.drain(..) {
-                    state.dispatch_io(py, event, &mut buffers.released_objects);
-                }
-                if let Ok(patched_now) = patched_now {
-                    state.take_batch(py, this.clock_resolution, patched_now, &mut buffers.batch);
-                }
-            }
-            // Dropped after the borrow.
-            buffers.released_objects.clear();
-            // A patched `time` that raised: its exception leaves the loop, as in asyncio (the
-            // events are queued, nothing was taken out of the queue).
-            patched_now?;
-            if let Err(err) = outcome {
-                this.state(py).ready.requeue_front(&mut buffers.batch);
-                return Err(err.into());
-            }
+        match wait {
+            Wait::Skip => {}
+            Wait::Poll(timeout) => Self::poll_and_take_batch(slf, reactor, buffers, timeout, None)?,
+            Wait::Virtual(deadline) => Self::wait_virtually(slf, reactor, buffers, deadline)?,
         }
         // Outside the borrow: a signal handler may schedule callbacks. Fails only by raising
         // (KeyboardInterrupt): the batch goes back to the queue first.
@@ -343,9 +379,9 @@ impl LoopCore {
             return run(transport);
         }
         let py = slf.py();
-        let started = slf.get().now();
+        let started = slf.get().now(py);
         run(transport)?;
-        let elapsed = slf.get().now() - started;
+        let elapsed = slf.get().now(py) - started;
         let slow: f64 = slf.getattr(pyo3::intern!(py, "slow_callback_duration"))?.extract()?;
         if elapsed >= slow {
             if let Some(owner) = transport.get().python_transport(py) {
@@ -361,9 +397,9 @@ impl LoopCore {
     fn run_handle_debug(slf: &Bound<'_, Self>, handle: &Bound<'_, Handle>) -> PyResult<()> {
         let py = slf.py();
         slf.setattr(pyo3::intern!(py, "_current_handle"), handle)?;
-        let started = slf.get().now();
+        let started = slf.get().now(py);
         let result = Handle::run(handle, false);
-        let elapsed = slf.get().now() - started;
+        let elapsed = slf.get().now(py) - started;
         slf.setattr(pyo3::intern!(py, "_current_handle"), py.None())?;
         let logged = result.and_then(|()| {
             let slow: f64 = slf.getattr(pyo3::intern!(py, "slow_callback_duration"))?.extract()?;

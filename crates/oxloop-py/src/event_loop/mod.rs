@@ -13,6 +13,8 @@
 //!   mutex held by the thread running the loop for the whole run (see [`iteration`]).
 //! - The loop owns its epoll instance and waker, never a watched descriptor (see
 //!   [`fd_watch`]).
+//! - A loop made with a virtual clock reads its time from it and moves it (see
+//!   [`virtual_wait`]); without one, the only cost is a branch where the time is read.
 //! - The ready queue holds callbacks and stream transport events ([`Runnable`]); what stream
 //!   transports wrote during an iteration is sent at its end, before the next poll.
 
@@ -20,6 +22,7 @@ pub(crate) mod fast_methods;
 mod fd_watch;
 mod iteration;
 mod state;
+mod virtual_wait;
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,10 +41,12 @@ use self::fd_watch::{fileobj_to_fd, Side};
 use self::iteration::Driver;
 pub(crate) use self::state::{LoopRef, MAX_READ};
 use self::state::{LoopState, Runnable};
+use self::virtual_wait::ThreadCensus;
 use crate::futures;
 use crate::gil_cell::{GilCell, GilRefMut};
 use crate::glue::os_error;
 use crate::handles::{Callback, Handle, HandleContext, ScheduledTimer, TimerHandle};
+use crate::virtual_clock::VirtualClockCore;
 
 /// The native half of `oxloop.Loop`.
 #[pyclass(module = "oxloop._core", subclass, weakref, frozen)]
@@ -62,27 +67,62 @@ pub struct LoopCore {
     patched_time: GilCell<Option<Py<PyAny>>>,
     /// Whether `patched_time` is set: the one branch an iteration pays for it.
     time_patched: AtomicBool,
+    /// The virtual clock the loop was made with (`oxloop.Loop(clock=...)`), or None for the
+    /// real monotonic clock. Fixed for the loop's life.
+    virtual_clock: Option<Py<VirtualClockCore>>,
+    /// What a virtual clock last learnt of the threads that may call into the loop.
+    thread_census: GilCell<ThreadCensus>,
 }
 
 impl Drop for LoopCore {
     fn drop(&mut self) {
         // Pending handles may sit in cycles with their callbacks' objects: break them.
         Python::attach(|py| self.shared.release_everything(py));
+        if let Some(clock) = &self.virtual_clock {
+            clock.get().release();
+        }
     }
 }
 
 #[pymethods]
 impl LoopCore {
-    /// A new, empty loop core on the real monotonic clock.
+    /// A new, empty loop core: on the real monotonic clock, or on the `oxloop.VirtualClock`
+    /// given as the keyword argument `clock` (other arguments are the subclass's).
     #[new]
-    #[pyo3(signature = (*_args, **_kwargs))]
+    #[pyo3(signature = (*_args, **kwargs))]
     fn py_new(
         py: Python<'_>,
         _args: &Bound<'_, PyTuple>,
-        _kwargs: Option<&Bound<'_, PyDict>>,
+        kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
-        let (reactor, registrar, waker) = reactor::new()?;
+        let virtual_clock = match kwargs.map(|k| k.get_item("clock")).transpose()?.flatten() {
+            Some(clock) if !clock.is_none() => {
+                let clock = clock.cast_into::<VirtualClockCore>().map_err(|err| {
+                    pyo3::exceptions::PyTypeError::new_err(format!(
+                        "clock must be an oxloop.VirtualClock or None, not {}",
+                        err.into_inner()
+                            .get_type()
+                            .name()
+                            .map_or_else(|_| "?".into(), |n| n.to_string())
+                    ))
+                })?;
+                clock.get().claim()?;
+                Some(clock.unbind())
+            }
+            _ => None,
+        };
+        let (reactor, registrar, waker) = match reactor::new() {
+            Ok(parts) => parts,
+            Err(err) => {
+                if let Some(clock) = &virtual_clock {
+                    clock.get().release();
+                }
+                return Err(err.into());
+            }
+        };
         Ok(LoopCore {
+            virtual_clock,
+            thread_census: GilCell::new(ThreadCensus::default()),
             clock_resolution: Clock::resolution(),
             shared: LoopRef::new(py, registrar, waker)?,
             driver: Mutex::new(Some(Driver::new(reactor))),
@@ -95,9 +135,35 @@ impl LoopCore {
         })
     }
 
-    /// The loop's time: `time.monotonic()`.
-    fn time(&self) -> f64 {
-        self.now()
+    /// The loop's time: `time.monotonic()`, or its virtual clock's time.
+    fn time(&self, py: Python<'_>) -> f64 {
+        self.now(py)
+    }
+
+    /// The `oxloop.VirtualClock` the loop was made with, or None.
+    #[getter]
+    fn _virtual_clock(&self, py: Python<'_>) -> Option<Py<VirtualClockCore>> {
+        self.virtual_clock.as_ref().map(|c| c.clone_ref(py))
+    }
+
+    /// Virtual clock: real work started that the loop will hear back from (an executor job, a
+    /// child process, a connection being made): time may not jump until `_release_time()`.
+    fn _hold_time(&self, py: Python<'_>) {
+        self.state(py).time_holds += 1;
+    }
+
+    /// Virtual clock: the real work of a `_hold_time()` is over.
+    fn _release_time(&self, py: Python<'_>) {
+        let mut state = self.state(py);
+        state.time_holds = state.time_holds.saturating_sub(1);
+    }
+
+    /// Virtual clock: sets `future`'s result the next time nothing is ready and nothing is
+    /// outstanding, instead of moving time (`VirtualClock.run_until_idle()`).
+    fn _add_idle_waiter(&self, future: Bound<'_, PyAny>) -> PyResult<()> {
+        self.check_closed()?;
+        self.state(future.py()).idle_waiters.push(future.unbind());
+        Ok(())
     }
 
     /// Sets an attribute as `object.__setattr__` does, noting a patched `time`.
@@ -246,6 +312,9 @@ impl LoopCore {
         self.closed.store(true, Ordering::Release);
         self.shared.release_everything(py);
         *driver = None; // closes the epoll instance
+        if let Some(clock) = &self.virtual_clock {
+            clock.get().release();
+        }
         Ok(())
     }
 
@@ -610,7 +679,7 @@ impl LoopCore {
                 return time.bind(py).call0()?.extract();
             }
         }
-        Ok(self.now())
+        Ok(self.now(py))
     }
 
     /// The patched time (see `patched_time`), if `time` is patched.
@@ -632,9 +701,13 @@ impl LoopCore {
         drop(old); // after the borrow ends: dropping may run a finalizer
     }
 
-    /// The loop's clock.
-    pub(crate) fn now(&self) -> f64 {
-        Clock::now()
+    /// The loop's time: its clock's, or its virtual clock's.
+    #[inline]
+    pub(crate) fn now(&self, py: Python<'_>) -> f64 {
+        match &self.virtual_clock {
+            None => Clock::now(),
+            Some(clock) => clock.get().now(py),
+        }
     }
 }
 

@@ -58,6 +58,10 @@ pub(super) struct LoopState {
     /// The read end of the signal wakeup pipe (`signal.set_wakeup_fd`), drained natively: it
     /// only exists to end a wait when a signal arrives.
     pub(super) wakeup_reader: Option<RawFd>,
+    /// Virtual clock: real work in progress that keeps time from jumping (`_hold_time`).
+    pub(super) time_holds: usize,
+    /// Virtual clock: futures to resolve when the loop is next idle (`_add_idle_waiter`).
+    pub(super) idle_waiters: Vec<Py<PyAny>>,
 }
 
 /// The callbacks watching one file descriptor, and the file object first registered for it
@@ -114,6 +118,8 @@ impl LoopRef {
                 counters: Counters::default(),
                 waiting: false,
                 wakeup_reader: None,
+                time_holds: 0,
+                idle_waiters: Vec::new(),
             }),
         };
         Ok(LoopRef(Py::new(py, shared)?))
@@ -194,7 +200,7 @@ impl LoopShared {
     /// Removes every pending callback, timer and fd watch, and drops their callbacks (the
     /// loop is closing or being freed). Nothing is dropped during the state borrow.
     pub(super) fn release_everything(&self, py: Python<'_>) {
-        let (ready, timers, watchers, streams, flushes) = {
+        let (ready, timers, watchers, streams, queued) = {
             let mut state = self.state(py);
             // Dropping the registrar and the waker lets go of their shares of the epoll
             // instance and the eventfd; each closes once the reactor (dropped in
@@ -206,7 +212,9 @@ impl LoopShared {
             let watchers: Vec<FdCallbacks> = state.fd_callbacks.drain().map(|(_, w)| w).collect();
             let streams: Vec<Py<StreamTransport>> = state.streams.drain().map(|(_, t)| t).collect();
             let flushes = std::mem::take(&mut state.flush_queue);
-            (state.ready.drain_all(), state.timers.drain_all(), watchers, streams, flushes)
+            let idle_waiters = std::mem::take(&mut state.idle_waiters);
+            let ready = state.ready.drain_all();
+            (ready, state.timers.drain_all(), watchers, streams, (flushes, idle_waiters))
         };
         for item in &ready {
             if let Runnable::Callback(handle) = item {
@@ -226,6 +234,6 @@ impl LoopShared {
                 handle.get().release_callback(py);
             }
         }
-        drop((ready, timers, watchers, streams, flushes));
+        drop((ready, timers, watchers, streams, queued));
     }
 }
