@@ -97,10 +97,11 @@ class LoopGuard:
     def _record_error(self, loop, context):
         self.unexpected_errors.append(context)
 
-    def new_loop(self, kind: str | None = None):
-        """A new loop of the guard's kind (or of ``kind``), checked at teardown."""
+    def new_loop(self, kind: str | None = None, *, factory=None):
+        """A new loop of the guard's kind (or of ``kind``, or made by ``factory()``), checked
+        at teardown."""
         before = open_fds()
-        loop = LOOP_FACTORIES[kind or self.kind]()
+        loop = (factory or LOOP_FACTORIES[kind or self.kind])()
         self.loop_fds |= open_fds() - before
         loop.set_exception_handler(self._record_error)
         self.loops.append(loop)

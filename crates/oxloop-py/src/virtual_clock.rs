@@ -18,10 +18,6 @@ use pyo3::prelude::*;
 
 use crate::gil_cell::GilCell;
 
-/// How long, by default, a connection to another process keeps time from jumping after it
-/// last received data (see `PeerWatch`): a reply that comes in several pieces is not cut off.
-const DEFAULT_IO_QUIET_PERIOD: f64 = 0.02;
-
 /// The native half of `oxloop.VirtualClock`: a loop's virtual time and its settings.
 #[pyclass(module = "oxloop._core", subclass, frozen, weakref)]
 pub struct VirtualClockCore {
@@ -40,9 +36,11 @@ pub struct VirtualClockCore {
 
 #[pymethods]
 impl VirtualClockCore {
-    /// A clock starting at `start` seconds (see `oxloop.VirtualClock`).
+    /// A clock starting at `start` seconds (see `oxloop.VirtualClock`). The default
+    /// `io_quiet_period`, 20 ms, lets a reply from another process that comes in several
+    /// pieces arrive whole before time may jump.
     #[new]
-    #[pyo3(signature = (start = 0.0, *, patch_time = false, io_quiet_period = DEFAULT_IO_QUIET_PERIOD))]
+    #[pyo3(signature = (start = 0.0, *, patch_time = false, io_quiet_period = 0.02))]
     fn py_new(start: f64, patch_time: bool, io_quiet_period: f64) -> PyResult<Self> {
         let time = VirtualTime::new(start).map_err(|_| {
             PyValueError::new_err(format!(

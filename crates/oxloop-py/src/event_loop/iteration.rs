@@ -129,7 +129,10 @@ impl LoopState {
     ) {
         if !self.timers.is_empty() {
             // The clock is read only when there are timers to compare with it.
-            let end = known_now.unwrap_or_else(Clock::now) + resolution;
+            let now = known_now.unwrap_or_else(Clock::now);
+            // At times as large as the epoch, the resolution is below a float's step: a timer
+            // due exactly now must still be due (a virtual clock sits on its deadline).
+            let end = (now + resolution).max(now.next_up());
             let mut due = DueTimers { py, ready: &mut self.ready };
             self.timers.pop_due(end, |t| t.bind(py).as_super().get().is_cancelled(), &mut due);
         }
