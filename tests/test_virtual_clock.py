@@ -227,7 +227,7 @@ def test_bad_clock_arguments(kwargs, error, match):
 
 
 def test_clock_must_be_a_virtual_clock():
-    with pytest.raises(TypeError, match="clock must be an oxloop.VirtualClock or None, not str"):
+    with pytest.raises(TypeError, match=r"clock must be an oxloop\.VirtualClock or None, not str"):
         oxloop.new_event_loop(clock="fast")
 
 

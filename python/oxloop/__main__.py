@@ -9,12 +9,11 @@ command line (an unknown option, a missing module name, a script that cannot be 
 a message and exit status 2, as it does with ``python`` itself.
 """
 
+import asyncio
 import os
 import runpy
 import sys
 from typing import NoReturn
-
-import asyncio
 
 from ._loop import Loop
 from ._policy import EventLoopPolicy, install

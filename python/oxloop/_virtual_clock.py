@@ -59,7 +59,9 @@ class VirtualClock(_core.VirtualClockCore):
             raise ValueError(f"seconds must be a number >= 0, not {seconds!r}")
         loop = self._running_loop("advance")
         done = loop.create_future()
-        timer = loop.call_at(self.time() + seconds, futures._set_result_unless_cancelled, done, None)
+        timer = loop.call_at(
+            self.time() + seconds, futures._set_result_unless_cancelled, done, None
+        )
         try:
             await done
         finally:

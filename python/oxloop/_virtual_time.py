@@ -8,7 +8,6 @@ counters that child processes and connections in progress update.
 """
 
 import asyncio
-import ipaddress
 import os
 import socket
 import threading
@@ -29,12 +28,10 @@ class VirtualTimeOperations:
     """Mixin of ``Loop``: the bookkeeping of a virtual clock."""
 
     def _init_virtual_time(self):
-        # Stream transports by (family, local address, peer address): a new stream whose
-        # reverse key is here has its other end in this loop.
-        self._stream_ends = weakref.WeakValueDictionary()
-        # The addresses this loop listens on (TCP by port, Unix by path).
-        self._listening_ports = set()
-        self._listening_paths = set()
+        # Stream transports whose other end may yet appear in this loop, by (family, local
+        # address, peer address): a new stream whose reverse key is here is their other end.
+        # (Several Unix clients of one path share a key.)
+        self._unpaired_ends = {}
         # The executors this loop ran jobs in: their idle workers will not call into it.
         self._executors_used = weakref.WeakSet()
 
@@ -59,55 +56,40 @@ class VirtualTimeOperations:
             own.update(thread.ident for thread in getattr(executor, "_threads", ()))
         return sum(1 for thread in threading.enumerate() if thread.ident not in own)
 
-    def _start_serving(self, protocol_factory, sock, *args, **kwargs):
-        if self._virtual_clock is not None:
-            self._note_listening(sock)
-        return super()._start_serving(protocol_factory, sock, *args, **kwargs)
-
-    def _note_listening(self, sock):
-        try:
-            address = sock.getsockname()
-        except OSError:
-            return
-        if sock.family == socket.AF_UNIX:
-            self._listening_paths.add(address)
-        else:
-            self._listening_ports.add(address[1])
-
     def _classify_stream(self, core, sock, accepted):
         """Tell the native transport ``core`` (of a new connection on ``sock``; ``accepted``
-        by one of this loop's servers) where its peer is."""
+        by one of this loop's servers) where its peer is.
+
+        Both ends of a connection made in this loop are paired by their addresses, whichever
+        transport is made first (a client's is often made before its server accepts); the
+        first is classified as outside until then, which only makes it hold time for the
+        iteration or two before the accept.
+        """
         try:
             local, peer = sock.getsockname(), sock.getpeername()
         except OSError:
             return
         family = sock.family
-        other = self._stream_ends.get((family, peer, local))
+        if family == socket.AF_UNIX and not local and not peer:
+            core._set_peer(_IN_LOOP)  # an unnamed pair: socketpair()
+            return
+        other = self._pop_unpaired_end((family, peer, local))
         if other is not None:
             other._set_peer(_IN_LOOP)
-            kind = _IN_LOOP
-        elif family == socket.AF_UNIX and not local and not peer:
-            kind = _IN_LOOP  # an unnamed pair: socketpair()
-        elif accepted:
-            kind = _OUTSIDE_CLIENT
-        elif self._listens_at(family, local, peer):
-            kind = _IN_LOOP
-        else:
-            kind = _OUTSIDE_SERVER
-        core._set_peer(kind)
-        self._stream_ends[(family, local, peer)] = core
+            core._set_peer(_IN_LOOP)
+            return
+        core._set_peer(_OUTSIDE_CLIENT if accepted else _OUTSIDE_SERVER)
+        self._unpaired_ends.setdefault((family, local, peer), []).append(weakref.ref(core))
 
-    def _listens_at(self, family, local, peer):
-        """Whether ``peer`` (of a connection from ``local``) is a listening socket of this
-        loop."""
-        if family == socket.AF_UNIX:
-            return peer in self._listening_paths
-        if peer[1] not in self._listening_ports:
-            return False
-        try:
-            return ipaddress.ip_address(peer[0].split("%")[0]).is_loopback or peer[0] == local[0]
-        except ValueError:
-            return False
+    def _pop_unpaired_end(self, key):
+        """A live transport waiting under ``key`` for its other end, if any (removed)."""
+        ends = self._unpaired_ends.get(key)
+        while ends:
+            end = ends.pop(0)()
+            if end is not None:
+                return end
+        self._unpaired_ends.pop(key, None)
+        return None
 
     def _deadlock_error(self):
         """The ``DeadlockError`` to raise now that nothing can wake the loop, or None if a
