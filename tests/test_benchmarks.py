@@ -1,13 +1,15 @@
 """The loop benchmark harnesses run and report what they measured (benchmarks/loop_bench.py,
-benchmarks/process_bench.py), in their ``--quick`` sizes.
+benchmarks/process_bench.py, benchmarks/virtual_clock_bench.py), in their ``--quick`` sizes.
 
 Nothing here looks at a speed: the point is that the harnesses quoted in docs/performance.md
 keep working, measure every workload on every loop asked for, and say in their reports how
 they measured (the garbage collector on, or off with ``--no-gc``). uvloop and rloop are not
-test dependencies, so the runs ask for stock asyncio and oxloop only.
+test dependencies, so the runs ask for stock asyncio and oxloop only (and looptime where it is
+installed).
 """
 
 import ast
+import importlib.util
 import json
 import subprocess
 from pathlib import Path
@@ -71,3 +73,34 @@ def test_process_bench_spawns_on_every_loop(tmp_path):
     for workload in results["workloads"]:
         assert workload["errors"] == {}, workload["name"]
         assert set(workload["loops"]) == {"asyncio", "oxloop"}, workload["name"]
+
+
+def test_virtual_clock_bench_checks_and_reports_every_mode(tmp_path):
+    modes = ["oxloop-virtual", "oxloop-real", "asyncio-real"]
+    if importlib.util.find_spec("looptime") is not None:
+        modes.insert(1, "looptime")
+    json_path = tmp_path / "virtual.json"
+    args = [PYTHON, str(BENCHMARKS / "virtual_clock_bench.py"), "--quick", "--rounds", "1"]
+    args += ["--tasks", "20", "--sleeps", "5", "--real-scale", "1e-6", "--json", str(json_path)]
+    args += ["--modes", ",".join(modes)]
+    done = subprocess.run(args, env=child_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    report, results = done.stdout, json.loads(json_path.read_text())
+
+    assert "## Virtual clock benchmark" in report
+    assert "100 timer firings" in report
+    assert results["firings"] == 100
+    assert list(results["modes"]) == modes
+    for name, mode in results["modes"].items():
+        assert mode["error"] is None, name
+        assert len(mode["samples_seconds"]) == 1, name
+        assert mode["events_per_second"] > 0, name
+        assert f"| {name} |" in report
+        # The child checked the firings and the clock; the spans it reports say the same.
+        expected_span = 8 * 3600 if mode["virtual"] else 8 * 3600 * 1e-6
+        (span,) = mode["loop_spans_seconds"]
+        if mode["virtual"]:
+            assert span == pytest.approx(expected_span, abs=0.01), name
+        else:
+            assert span >= expected_span - 1e-3, name
+    assert results["modes"]["oxloop-real"]["target_speedup"] is not None

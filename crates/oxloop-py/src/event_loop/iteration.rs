@@ -203,6 +203,7 @@ impl LoopCore {
     /// Polls for at most `timeout` seconds (`None`: until something happens), queues what
     /// became ready and the timers now due, and takes the batch. With `advance`, a virtual
     /// clock is moved on by the time the poll waited, up to the given deadline.
+    #[inline(always)]
     pub(super) fn poll_and_take_batch(
         slf: &Bound<'_, Self>,
         reactor: &mut Reactor,
