@@ -99,7 +99,8 @@ class VirtualTimeOperations:
         tasks = [task for task in asyncio.all_tasks(self) if not task.done()]
         if tasks:
             lines = "".join(f"\n  {_describe_waiting_task(task)}" for task in tasks)
-            waiting = f"{len(tasks)} task{'s' if len(tasks) > 1 else ''} wait forever:{lines}"
+            many = len(tasks) > 1
+            waiting = f"{len(tasks)} task{'s wait' if many else ' waits'} forever:{lines}"
         else:
             waiting = "no task is waiting"
         return DeadlockError(
