@@ -40,7 +40,9 @@ test_version() {
     (
         PYTHON="$python" VENV=".venv-$version" source scripts/env.sh -r requirements/test.txt -r requirements/ecosystem.txt
         set +e
-        python -m pytest tests -p no:cacheprovider "$@" 2>&1 | tee "$RESULTS/pytest-$version.log"
+        # Two worker processes (pytest-xdist): the tests are independent (each makes its own
+        # loops, sockets and ports), and CI has two cores.
+        python -m pytest tests -n 2 -p no:cacheprovider "$@" 2>&1 | tee "$RESULTS/pytest-$version.log"
         local pytest_status=${PIPESTATUS[0]}
         python tests/stdlib/run_stdlib_tests.py 2>&1 | tee "$RESULTS/stdlib-$version.log"
         local stdlib_status=${PIPESTATUS[0]}

@@ -319,10 +319,11 @@ def test_adding_a_writer_again_replaces_the_callback_and_releases_the_old_one(lo
 # --------------------------------------------------------------------------------------------
 
 INVALID_OBJECTS = [object(), "not a file", 1.5, None, FileLike("abc")]
+INVALID_OBJECT_IDS = ["object", "str", "float", "None", "FileLike"]
 
 
 @pytest.mark.parametrize("method", ["add_reader", "add_writer"])
-@pytest.mark.parametrize("obj", INVALID_OBJECTS, ids=repr)
+@pytest.mark.parametrize("obj", INVALID_OBJECTS, ids=INVALID_OBJECT_IDS)
 def test_add_rejects_invalid_file_objects(loop, method, obj):
     with pytest.raises(ValueError) as info:
         getattr(loop, method)(obj, print)
@@ -330,7 +331,7 @@ def test_add_rejects_invalid_file_objects(loop, method, obj):
 
 
 @pytest.mark.parametrize("method", ["remove_reader", "remove_writer"])
-@pytest.mark.parametrize("obj", INVALID_OBJECTS, ids=repr)
+@pytest.mark.parametrize("obj", INVALID_OBJECTS, ids=INVALID_OBJECT_IDS)
 def test_remove_rejects_invalid_file_objects(loop, method, obj):
     with pytest.raises(ValueError) as info:
         getattr(loop, method)(obj)

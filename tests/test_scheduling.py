@@ -196,7 +196,7 @@ def test_call_later_rejects_none_delay(loop):
         loop.call_later(None, print)
 
 
-@pytest.mark.parametrize("delay", ["1", [], object()], ids=repr)
+@pytest.mark.parametrize("delay", ["1", [], object()], ids=["str", "list", "object"])
 def test_call_later_rejects_non_numbers(loop, delay):
     with pytest.raises(TypeError):
         loop.call_later(delay, print)
