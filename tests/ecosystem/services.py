@@ -12,6 +12,7 @@ channels and key prefixes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -19,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import redis.asyncio as aioredis
 
 PG_DSN = os.environ.get("OXLOOP_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:54329/postgres")
 REDIS_URL = os.environ.get("OXLOOP_TEST_REDIS_URL", "redis://127.0.0.1:63799/0")
@@ -56,3 +58,13 @@ def require(name: str, url: str, default_port: int) -> str:
 def unique_name(prefix: str = "oxl") -> str:
     """A fresh identifier (lower-case letters, digits and underscores)."""
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+@contextlib.asynccontextmanager
+async def redis_client(url: str, **kwargs):
+    """A redis.asyncio client (with its own connection pool), closed at exit."""
+    redis = aioredis.Redis.from_url(url, **kwargs)
+    try:
+        yield redis
+    finally:
+        await redis.aclose()

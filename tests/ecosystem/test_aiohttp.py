@@ -19,7 +19,7 @@ from aiohttp import web
 
 from helpers.net import record_errors
 from helpers.tls import make_client_context, make_server_context
-from web_helpers import MiB, aiohttp_server, random_bytes, sha256
+from web_helpers import MiB, aiohttp_server, connection_trace, random_bytes, sha256
 
 # What a loop in debug mode reports when an incoming connection's TLS handshake fails.
 FAILED_INCOMING = "Error on transport creation for incoming connection"
@@ -408,17 +408,7 @@ def test_keep_alive_reuses_one_connection(loop):
             peers.append(request.transport.get_extra_info("peername"))
             return web.Response(text=str(len(peers)))
 
-        created, reused = [], []
-
-        async def on_create(session, context, params):
-            created.append(params)
-
-        async def on_reuse(session, context, params):
-            reused.append(params)
-
-        trace = aiohttp.TraceConfig()
-        trace.on_connection_create_end.append(on_create)
-        trace.on_connection_reuseconn.append(on_reuse)
+        trace, created, reused = connection_trace()
 
         app = web.Application()
         app.router.add_get("/peer", peer)

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 import services
+from services import redis_client
 
 # A limit for each test's coroutine, well under pytest-timeout's, for a clearer failure.
 TEST_TIMEOUT = 20
@@ -33,23 +34,13 @@ def run(loop, coro):
 
 
 @contextlib.asynccontextmanager
-async def client(url, **kwargs):
-    """A redis.asyncio client (with its own connection pool), closed at exit."""
-    redis = aioredis.Redis.from_url(url, **kwargs)
-    try:
-        yield redis
-    finally:
-        await redis.aclose()
-
-
-@contextlib.asynccontextmanager
 async def prefixed(url):
     """A fresh key prefix; every key under it is deleted at exit."""
     prefix = services.unique_name("oxl") + ":"
     try:
         yield prefix
     finally:
-        async with client(url) as redis:
+        async with redis_client(url) as redis:
             keys = [key async for key in redis.scan_iter(match=prefix + "*")]
             if keys:
                 await redis.delete(*keys)
@@ -74,7 +65,7 @@ def test_get_set_and_binary_values(loop, redis_url):
     blob = os.urandom(1024 * 1024) + bytes(range(256))
 
     async def main():
-        async with prefixed(redis_url) as p, client(redis_url) as redis:
+        async with prefixed(redis_url) as p, redis_client(redis_url) as redis:
             assert await redis.set(p + "greeting", "héllo")
             assert await redis.set(p + "once", "1", nx=True)
             assert await redis.set(p + "once", "2", nx=True) is None
@@ -110,7 +101,11 @@ def test_pipelines_with_and_without_transaction(loop, redis_url):
     in order; a watched key changed by another client makes the transaction fail."""
 
     async def main():
-        async with prefixed(redis_url) as p, client(redis_url) as redis, client(redis_url) as other:
+        async with (
+            prefixed(redis_url) as p,
+            redis_client(redis_url) as redis,
+            redis_client(redis_url) as other,
+        ):
             async with redis.pipeline(transaction=True) as pipe:
                 for i in range(100):
                     pipe.set(f"{p}k{i}", i).incr(f"{p}k{i}").rpush(p + "list", i)
@@ -150,8 +145,8 @@ def test_pubsub_channels_and_patterns(loop, redis_url):
     async def main():
         async with (
             prefixed(redis_url) as p,
-            client(redis_url) as publisher,
-            client(redis_url) as redis,
+            redis_client(redis_url) as publisher,
+            redis_client(redis_url) as redis,
         ):
             channel, pattern = p + "news", p + "topic.*"
             async with redis.pubsub() as pubsub:
@@ -233,7 +228,7 @@ def test_connection_pool_under_concurrent_use(loop, redis_url):
             redis_url, max_connections=size, timeout=WAIT, client_name=name
         )
         try:
-            async with prefixed(redis_url) as p, client(redis_url) as other:
+            async with prefixed(redis_url) as p, redis_client(redis_url) as other:
                 redis = aioredis.Redis(connection_pool=pool)
 
                 async def bump(i):
@@ -274,8 +269,8 @@ def test_blpop_released_by_another_client(loop, redis_url):
         name = services.unique_name("oxl_blpop")
         async with (
             prefixed(redis_url) as p,
-            client(redis_url, client_name=name) as waiter,
-            client(redis_url) as pusher,
+            redis_client(redis_url, client_name=name) as waiter,
+            redis_client(redis_url) as pusher,
         ):
             blocked = asyncio.ensure_future(waiter.blpop([p + "empty", p + "jobs"], timeout=10))
             await wait_blocked(pusher, name, 1)

@@ -27,7 +27,6 @@ import contextlib
 import aiohttp
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
 from aiohttp import web
 
 import services
@@ -37,7 +36,8 @@ from helpers.virtual_time import (
     new_virtual_loop,
     sleeping_hours,
 )
-from web_helpers import aiohttp_server
+from services import redis_client
+from web_helpers import aiohttp_server, connection_trace
 
 # How far past its deadline a timeout may fire while virtual time runs with real time (a
 # request awaits its reply): the real time the loop takes to run the timer and the
@@ -89,17 +89,7 @@ def test_aiohttp_keep_alive_requests_in_virtual_time(vloop):
             slow_done.append(asyncio.get_running_loop().time())
             return web.Response(text=f"slow {len(peers)}")
 
-        created, reused = [], []
-
-        async def on_create(session, context, params):
-            created.append(params)
-
-        async def on_reuse(session, context, params):
-            reused.append(params)
-
-        trace = aiohttp.TraceConfig()
-        trace.on_connection_create_end.append(on_create)
-        trace.on_connection_reuseconn.append(on_reuse)
+        trace, created, reused = connection_trace()
 
         app = web.Application()
         app.router.add_get("/fast", fast)
@@ -262,16 +252,6 @@ def test_asyncpg_timeout_fires_at_its_virtual_deadline(vloop, postgres_dsn):
 # --------------------------------------------------------------------------------------------
 # redis-py: requests to another process (they hold time until answered)
 # --------------------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def redis_client(url, **kwargs):
-    """A redis.asyncio client (with its own connection pool), closed at exit."""
-    redis = aioredis.Redis.from_url(url, **kwargs)
-    try:
-        yield redis
-    finally:
-        await redis.aclose()
 
 
 @contextlib.asynccontextmanager

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import random
 
+import aiohttp
 from aiohttp import web
 
 MiB = 1024 * 1024
@@ -44,3 +45,20 @@ def random_bytes(size: int, seed: int = 0) -> bytes:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def connection_trace():
+    """An ``aiohttp.TraceConfig`` recording the connections a client session makes and reuses:
+    ``(trace, created, reused)``, the last two lists of the events' parameters."""
+    created, reused = [], []
+
+    async def on_create(session, context, params):
+        created.append(params)
+
+    async def on_reuse(session, context, params):
+        reused.append(params)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(on_create)
+    trace.on_connection_reuseconn.append(on_reuse)
+    return trace, created, reused
