@@ -74,12 +74,12 @@ impl VirtualTime {
         self.reported = self.reported.max(ns_to_seconds(self.now_ns));
     }
 
-    /// Moves forward by `ns` nanoseconds of real waiting for at most `timeout` seconds until
-    /// `deadline`: if the wait lasted its whole timeout, the time is the deadline exactly (the
-    /// timer fires at its own time, not a little after it); otherwise it moved by `ns`.
-    pub fn advance_waited(&mut self, ns: u64, deadline: Option<f64>, timed_out: bool) {
+    /// Moves forward by `ns` nanoseconds of real waiting towards `deadline`: a wait that
+    /// reaches the deadline leaves the time at the deadline exactly (the timer fires at its own
+    /// time, not a little after it); a shorter one moves it by `ns`.
+    pub fn advance_waited(&mut self, ns: u64, deadline: Option<f64>) {
         match deadline {
-            Some(deadline) if timed_out || ns_to_seconds(self.now_ns + ns as i64) >= deadline => {
+            Some(deadline) if ns_to_seconds(self.now_ns + ns as i64) >= deadline => {
                 self.jump_to(deadline)
             }
             _ => self.advance_ns(ns),
@@ -134,13 +134,13 @@ mod tests {
     #[test]
     fn real_waits_stop_at_the_deadline() {
         let mut t = VirtualTime::new(10.0).unwrap();
-        t.advance_waited(5_000_000, Some(10.5), false);
+        t.advance_waited(5_000_000, Some(10.5));
         assert_eq!(t.now(), 10.005);
-        t.advance_waited(1_000_000_000, Some(10.5), false);
+        t.advance_waited(1_000_000_000, Some(10.5));
         assert_eq!(t.now(), 10.5);
-        t.advance_waited(1_000, Some(11.0), true);
+        t.advance_waited(500_000_000, Some(11.0));
         assert_eq!(t.now(), 11.0);
-        t.advance_waited(2_000_000, None, true);
+        t.advance_waited(2_000_000, None);
         assert_eq!(t.now(), 11.002);
     }
 }

@@ -111,16 +111,10 @@ impl VirtualClockCore {
         self.time.borrow_mut(py).jump_to(deadline);
     }
 
-    /// Moves on by `ns` nanoseconds of real waiting, stopping at `deadline` if the wait ran
-    /// its course (see `VirtualTime::advance_waited`).
-    pub(crate) fn advance_waited(
-        &self,
-        py: Python<'_>,
-        ns: u64,
-        deadline: Option<f64>,
-        timed_out: bool,
-    ) {
-        self.time.borrow_mut(py).advance_waited(ns, deadline, timed_out);
+    /// Moves on by `ns` nanoseconds of real waiting, stopping at `deadline` if the wait
+    /// reached it (see `VirtualTime::advance_waited`).
+    pub(crate) fn advance_waited(&self, py: Python<'_>, ns: u64, deadline: Option<f64>) {
+        self.time.borrow_mut(py).advance_waited(ns, deadline);
     }
 
     /// How long a connection holds time after its last read, in nanoseconds.

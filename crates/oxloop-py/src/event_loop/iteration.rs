@@ -225,7 +225,7 @@ impl LoopCore {
         };
         let waited = started.elapsed();
         if let Some((clock, deadline)) = advance {
-            clock.advance_waited(py, waited.as_nanos() as u64, deadline, false);
+            clock.advance_waited(py, waited.as_nanos() as u64, deadline);
         }
         // Read again after the wait, as asyncio does (outside the borrow: it calls Python).
         let patched_now = this.patched_now(py);

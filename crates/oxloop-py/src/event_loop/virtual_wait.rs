@@ -135,11 +135,13 @@ impl LoopCore {
                     waiter.call_method1(pyo3::intern!(py, "set_result"), (py.None(),))?;
                 }
             }
-            return Self::take_batch_now(slf, buffers, clock);
+            Self::take_batch_now(slf, buffers);
+            return Ok(());
         }
         if let Some(deadline) = deadline {
             clock.jump_to(py, deadline);
-            return Self::take_batch_now(slf, buffers, clock);
+            Self::take_batch_now(slf, buffers);
+            return Ok(());
         }
         // No timer: only something outside the loop can still wake it.
         if !Self::may_be_woken_from_outside(slf) {
@@ -177,16 +179,11 @@ impl LoopCore {
     }
 
     /// Takes the batch at the virtual clock's time (nothing was polled).
-    fn take_batch_now(
-        slf: &Bound<'_, Self>,
-        buffers: &mut IterationBuffers,
-        clock: &VirtualClockCore,
-    ) -> PyResult<()> {
+    fn take_batch_now(slf: &Bound<'_, Self>, buffers: &mut IterationBuffers) {
         let py = slf.py();
         let this = slf.get();
-        let now = clock.now(py);
-        this.state(py).take_batch(py, this.clock_resolution, Some(now), &mut buffers.batch);
-        Ok(())
+        let now = this.known_now(py, None);
+        this.state(py).take_batch(py, this.clock_resolution, now, &mut buffers.batch);
     }
 
     /// What keeps virtual time from jumping now (see the module notes).
